@@ -1,0 +1,36 @@
+"""mbaf_jax: memory-based multimodal fusion (DMF and MBAF) in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="mbaf_jax",
+    version="0.1.0",
+    description=("Dual Memory Fusion and Memory Based Attentive Fusion for "
+                 "multimodal learning, in JAX/Flax."),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mbaf_jax", "mbaf_jax.*", "train", "train.*", "configs"]),
+    package_data={"mbaf_jax": ["**/*.json", "**/*.txt"]},
+    install_requires=[
+        "jax>=0.4.35",
+        "flax>=0.10",
+        "optax>=0.2.3",
+        "orbax-checkpoint>=0.6",
+        "chex>=0.1.87",
+        "transformers>=4.40",
+        "tokenizers>=0.19",
+        "librosa>=0.10",
+        "soundfile>=0.12",
+        "numpy>=1.26",
+        "absl-py>=2.0",
+        "ml-collections>=0.1.1",
+        "safetensors>=0.4",
+        "wfdb>=4.1",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+    },
+)
