@@ -1,0 +1,29 @@
+"""Pure, jit/vmap/grad-able ops shared by the fusion layers.
+
+* :func:`compact_bilinear_pooling` with :func:`make_count_sketch` /
+  :func:`count_sketch` (Gao et al. 2016; Fukui et al. 2016; DMF Eq. 3);
+* :func:`gumbel_softmax`, :func:`sample_gumbel`, :func:`clip_temperature`
+  (DMF Eqs. 1–2);
+* :func:`top_k_pool` (gPool of Graph U-Nets; DMF writer);
+* :func:`memory_similarity_loss` (DMF Eq. 4);
+* :func:`check_finite` and the argument checks in :mod:`mbaf_jax.ops.validation`.
+"""
+from mbaf_jax._lazy import lazy_exports
+
+_EXPORTS = {
+    "CountSketch": "cbp",
+    "make_count_sketch": "cbp",
+    "count_sketch": "cbp",
+    "compact_bilinear_pooling": "cbp",
+    "signed_sqrt": "cbp",
+    "l2_normalize": "cbp",
+    "gumbel_softmax": "gumbel",
+    "sample_gumbel": "gumbel",
+    "clip_temperature": "gumbel",
+    "top_k_pool": "topk",
+    "memory_similarity_loss": "losses",
+    "cosine_similarity_matrix": "losses",
+    "check_finite": "validation",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
