@@ -1,0 +1,183 @@
+"""Shared benchmark helpers: timing, XLA cost analysis, matmul roofline, memory, JSON lines.
+
+Every benchmark script prints ONE JSON line per measurement with at least
+``bench, device, shape, dtype, median_ms, throughput, peak_mem_mb`` and, where
+the FLOP count matters, ``gflop, gflops_per_s, matmul_peak_gflops,
+frac_of_peak``. Typical use::
+
+    from benchmarks import common
+    args = common.parser("CBP benchmark").parse_args()
+    peak = common.matmul_peak_gflops(quick=args.quick)
+    rec = common.measure("cbp_fft", fn, (x, y), items=batch, peak_gflops=peak,
+                         shape={"batch": 32, "d": 768, "D": 2048}, dtype="float32")
+    common.emit(rec)
+
+Run scripts as modules from the repository root (``python -m benchmarks.bench_cbp``)
+or directly (``python benchmarks/bench_cbp.py``).
+"""
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+  """An argument parser with the flags every benchmark shares."""
+  p = argparse.ArgumentParser(description=description)
+  p.add_argument("--quick", action="store_true",
+                 help="tiny sizes and few iterations (a smoke check, not a measurement)")
+  p.add_argument("--iters", type=int, default=None, help="timed iterations (default 20, quick 3)")
+  p.add_argument("--warmup", type=int, default=None, help="untimed iterations after compiling")
+  return p
+
+
+def iterations(args) -> tuple[int, int]:
+  """(warmup, iters) from parsed ``args``, smaller under ``--quick``."""
+  warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+  iters = args.iters if args.iters is not None else (3 if args.quick else 20)
+  if iters < 1 or warmup < 0:
+    raise SystemExit(f"--iters must be >= 1 and --warmup >= 0, got {iters}, {warmup}")
+  return warmup, iters
+
+
+def device_name() -> str:
+  """e.g. ``"cpu (x86_64, 2 cores) x8"`` or ``"NVIDIA H100 80GB HBM3 x1"``."""
+  devs = jax.devices()
+  kind = devs[0].device_kind
+  if devs[0].platform == "cpu":
+    import os
+    kind = f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
+  return f"{kind} x{len(devs)}"
+
+
+def time_fn(fn: Callable, args: Sequence[Any], warmup: int = 3, iters: int = 20) -> dict:
+  """Wall-clock times of ``fn(*args)`` (already compiled), blocking on the result.
+
+  Returns:
+    ``{"median_ms", "min_ms", "max_ms", "iters"}``.
+  """
+  for _ in range(warmup):
+    jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append((time.perf_counter() - t0) * 1e3)
+  return {"median_ms": statistics.median(times), "min_ms": min(times),
+          "max_ms": max(times), "iters": iters}
+
+
+def _cost_dict(compiled) -> dict:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older JAX: one dict per computation
+    cost = cost[0] if cost else {}
+  return cost or {}
+
+
+def compiled_gflop(compiled) -> float | None:
+  """FLOPs of a compiled computation from XLA's cost analysis, in GFLOP (None if unknown).
+
+  Note XLA counts what it can see: FFTs and scatters are counted at a few
+  FLOPs per element at most, so compare GFLOP across implementations with care.
+  """
+  flops = _cost_dict(compiled).get("flops")
+  return None if flops is None or flops < 0 else float(flops) / 1e9
+
+
+def compiled_mem_mb(compiled) -> float | None:
+  """Arguments + outputs + temporaries of a compiled computation, in MB (XLA's estimate)."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if m is None:
+    return None
+  total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+           - m.alias_size_in_bytes)
+  return total / 2 ** 20
+
+
+def peak_mem_mb() -> float:
+  """Peak memory so far: the device's ``peak_bytes_in_use`` on GPU/TPU, else process max RSS."""
+  stats = None
+  try:
+    stats = jax.devices()[0].memory_stats()
+  except Exception:  # pylint: disable=broad-except
+    stats = None
+  if stats and "peak_bytes_in_use" in stats:
+    return stats["peak_bytes_in_use"] / 2 ** 20
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return rss / 2 ** 20 if sys.platform == "darwin" else rss / 2 ** 10
+
+
+def matmul_peak_gflops(n: int = 2048, dtype=jnp.float32, quick: bool = False,
+                       iters: int | None = None) -> float:
+  """Measured f32 matmul throughput (GFLOP/s) of an ``n×n @ n×n`` jitted matmul.
+
+  This is the roofline the benchmarks compare against: the same run, the same
+  device, the best case of the most optimised op. ``quick`` uses n = 256.
+  """
+  if quick:
+    n = min(n, 256)
+  iters = iters or (3 if quick else 10)
+  ka, kb = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(ka, (n, n), dtype)
+  b = jax.random.normal(kb, (n, n), dtype)
+  f = jax.jit(lambda u, v: u @ v).lower(a, b).compile()
+  t = time_fn(f, (a, b), warmup=2, iters=iters)
+  return 2.0 * n ** 3 / (t["min_ms"] * 1e-3) / 1e9
+
+
+def measure(bench: str, fn: Callable, args: Sequence[Any], *, items: int, shape: dict,
+            dtype: str, peak_gflops: float | None = None, warmup: int = 3, iters: int = 20,
+            extra: dict | None = None) -> dict:
+  """Compiles ``fn`` with ``jax.jit``, times it and builds the JSON record.
+
+  Args:
+    bench: measurement name.
+    fn: the function to time (jitted here).
+    args: its arguments.
+    items: samples processed per call (throughput = items / median seconds).
+    shape: the sizes, e.g. ``{"batch": 32, "d": 768, "D": 2048}``.
+    dtype: dtype name for the record.
+    peak_gflops: measured matmul peak of this run (adds ``frac_of_peak``).
+    warmup, iters: see :func:`time_fn`.
+    extra: more keys for the record.
+
+  Returns:
+    The record (a dict); print it with :func:`emit`.
+  """
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  t = time_fn(compiled, args, warmup=warmup, iters=iters)
+  gflop = compiled_gflop(compiled)
+  rec = {"bench": bench, "device": device_name(), "shape": shape, "dtype": dtype,
+         "median_ms": round(t["median_ms"], 4), "min_ms": round(t["min_ms"], 4),
+         "iters": t["iters"], "compile_s": round(compile_s, 3),
+         "throughput": round(items / (t["median_ms"] * 1e-3), 2),
+         "throughput_unit": "samples/s",
+         "peak_mem_mb": round(peak_mem_mb(), 1),
+         "compiled_mem_mb": None if compiled_mem_mb(compiled) is None
+         else round(compiled_mem_mb(compiled), 2)}
+  if gflop is not None:
+    rec["gflop"] = round(gflop, 6)
+    rec["gflops_per_s"] = round(gflop / (t["median_ms"] * 1e-3), 3)
+    if peak_gflops:
+      rec["matmul_peak_gflops"] = round(peak_gflops, 2)
+      rec["frac_of_peak"] = round(rec["gflops_per_s"] / peak_gflops, 4)
+  if extra:
+    rec.update(extra)
+  return rec
+
+
+def emit(record: dict) -> None:
+  """Prints one JSON line and flushes."""
+  print(json.dumps(record, sort_keys=False), flush=True)
