@@ -184,7 +184,41 @@ def test_cbp_check_grads_float64():
     check_grads(plain, (x, y), order=2, modes=("fwd", "rev"))
     fukui = lambda a, b: ops.compact_bilinear_pooling(a, b, sk, signed_sqrt=True,
                                                        l2_normalize=True)
-    check_grads(fukui, (x, y), order=2, modes=("fwd", "rev"), atol=1e-4, rtol=1e-4)
+    check_grads(fukui, (x, y), order=1, modes=("fwd", "rev"), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_cbp_check_grads_float64_second_order_options_and_methods():
+  with jax.enable_x64(True):
+    sk = ops.make_count_sketch(jax.random.key(8), in_dims=(4, 3), dim=5)
+    rng = np.random.default_rng(9)
+    x = jnp.asarray(rng.normal(size=(3, 4)), jnp.float64)
+    y = jnp.asarray(rng.normal(size=(3, 3)), jnp.float64)
+    for method in cbp.SKETCH_METHODS:
+      f = lambda a, b: ops.compact_bilinear_pooling(a, b, sk, signed_sqrt=True,
+                                                    l2_normalize=True, method=method)
+      check_grads(f, (x, y), order=2, modes=("fwd", "rev"), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_cbp_kernel_property_larger_dims_tighter():
+  rng = np.random.default_rng(12)
+  d1, d2, dim, draws = 20, 12, 32, 20_000
+  x, y = rng.normal(size=d1), rng.normal(size=d2)
+  xp, yp = x + 0.3 * rng.normal(size=d1), -y + 0.3 * rng.normal(size=d2)
+  x, y, xp, yp = (jnp.asarray(v, jnp.float32) for v in (x, y, xp, yp))
+  target = float(jnp.dot(x, xp) * jnp.dot(y, yp))
+
+  def one(key):
+    sk = ops.make_count_sketch(key, in_dims=(d1, d2), dim=dim)
+    return jnp.dot(ops.compact_bilinear_pooling(x, y, sk),
+                   ops.compact_bilinear_pooling(xp, yp, sk))
+
+  keys = jax.random.split(jax.random.key(13), draws)
+  samples = np.asarray(jax.jit(jax.vmap(one))(keys), np.float64)
+  sem = samples.std(ddof=1) / np.sqrt(draws)
+  assert abs(samples.mean() - target) < 4.5 * sem
+  assert abs(samples.mean() - target) < 0.05 * abs(target)
 
 
 def test_cbp_vmap_and_jit_equal_loop(sketch, xy):
@@ -246,6 +280,8 @@ def test_cbp_bad_inputs_name_the_argument(sketch):
     ops.compact_bilinear_pooling(x, y, three)
   with pytest.raises(ValueError, match=r"method must be one of .*'fft'"):
     ops.compact_bilinear_pooling(x, y, sketch, method="fft")
+  with pytest.raises(ValueError, match="eps must be a non-negative"):
+    ops.compact_bilinear_pooling(x, y, sketch, signed_sqrt=True, eps=-1e-3)
 
 
 def test_count_sketch_bad_inputs(sketch):
@@ -262,3 +298,5 @@ def test_count_sketch_bad_inputs(sketch):
     ops.count_sketch(jnp.ones((2, D1)), s, s, D)
   with pytest.raises(ValueError, match="method must be one of"):
     ops.count_sketch(jnp.ones((2, D1)), h, s, D, method="matmul")
+  with pytest.raises(ValueError, match=r"hashes has values in \[\d+, \d+\] but must lie in \[0, dim=4\)"):
+    ops.count_sketch(jnp.ones((2, D1)), h, s, 4)  # sketch made for D=16

@@ -107,8 +107,8 @@ def count_sketch(x, hashes, signs, dim: int, method: str = "segment_sum") -> jax
 
   Args:
     x: ``(..., d)`` floating array; leading dimensions are batch dimensions.
-    hashes: ``(d,)`` int array with values in ``[0, dim)`` (not checked: the
-      values may be traced; out-of-range ids are dropped by the scatter).
+    hashes: ``(d,)`` int array with values in ``[0, dim)`` (checked when the
+      array is concrete; traced out-of-range ids would be dropped by the scatter).
     signs: ``(d,)`` float array of ±1.
     dim: the sketch dimension ``D`` (static positive int).
     method: ``"segment_sum"`` (default; ``jax.ops.segment_sum`` over the feature
@@ -124,6 +124,12 @@ def count_sketch(x, hashes, signs, dim: int, method: str = "segment_sum") -> jax
   x = validation.floating_array(x, "x")
   hashes, signs = _check_sketch_arrays(hashes, signs)
   validation.last_dim(x, hashes.shape[0], "x", "the count sketch (len(hashes))")
+  if not isinstance(hashes, jax.core.Tracer) and hashes.size:
+    host = np.asarray(hashes)  # concrete: read on the host, adds nothing to a trace
+    lo, hi = int(host.min()), int(host.max())
+    if lo < 0 or hi >= dim:
+      raise ValueError(f"hashes has values in [{lo}, {hi}] but must lie in [0, dim={dim}); "
+                       f"was the sketch made with a different dim?")
   xs = x * signs.astype(x.dtype)
   if method == "segment_sum":
     moved = jnp.moveaxis(xs, -1, 0)  # (d, ...)
@@ -192,6 +198,8 @@ def compact_bilinear_pooling(x, y, sk: CountSketch, signed_sqrt: bool = False,
     raise ValueError(f"sk must sketch exactly two inputs for compact_bilinear_pooling(x, y), "
                      f"got a sketch of {len(sk.hashes)} input(s); use "
                      f"make_count_sketch(key, in_dims=(d1, d2), dim=D).")
+  if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+    raise ValueError(f"eps must be a non-negative Python float, got {eps!r}.")
   x = validation.floating_array(x, "x")
   y = validation.floating_array(y, "y")
   d1, d2 = sk.in_dims
