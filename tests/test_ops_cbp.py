@@ -62,6 +62,13 @@ def xy():
           rng.normal(size=(2, 3, D2)).astype(np.float32))
 
 
+def test_every_exported_name_resolves():
+  for name in ops.__all__:
+    assert callable(getattr(ops, name)), name
+  with pytest.raises(AttributeError, match="no attribute 'nope'"):
+    getattr(ops, "nope")
+
+
 # ----- the sketch itself -----
 
 def test_make_count_sketch_ranges_dtypes_and_determinism():

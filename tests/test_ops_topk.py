@@ -48,6 +48,16 @@ def test_matches_brute_force_with_batch_dims_and_mask():
   np.testing.assert_allclose(pooled, want_p, atol=1e-6)
 
 
+def test_tanh_gate_option():
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(6, 3)).astype(np.float32)
+  scores = rng.normal(size=(6,)).astype(np.float32)
+  pooled, idx = ops.top_k_pool(x, scores, 2, gate="tanh")
+  order = np.argsort(-scores, kind="stable")[:2]
+  np.testing.assert_array_equal(idx, order)
+  np.testing.assert_allclose(pooled, x[order] * np.tanh(scores[order])[:, None], rtol=1e-6)
+
+
 def test_ties_keep_the_lower_index():
   x = np.arange(12.0, dtype=np.float32).reshape(6, 2)
   scores = np.array([0.5, 1.0, 0.5, 1.0, 0.5, -2.0], np.float32)
@@ -130,5 +140,7 @@ def test_bad_input():
     ops.top_k_pool(x, s, 2, mask=jnp.ones((4,)))
   with pytest.raises(ValueError, match="x must have at least 2 dimension"):
     ops.top_k_pool(jnp.ones((5,)), s, 2)
+  with pytest.raises(ValueError, match=r"gate must be one of \('sigmoid', 'tanh'\), got 'relu'"):
+    ops.top_k_pool(x, s, 2, gate="relu")
   with pytest.raises(TypeError, match="scores must be a floating-point array"):
     ops.top_k_pool(x, jnp.zeros((5,), jnp.int32), 2)

@@ -13,7 +13,11 @@ import jax.numpy as jnp
 from mbaf_jax.ops import validation
 
 
-def top_k_pool(x, scores, k: int, mask=None, return_valid: bool = False):
+GATES = ("sigmoid", "tanh")
+
+
+def top_k_pool(x, scores, k: int, mask=None, return_valid: bool = False,
+               gate: str = "sigmoid"):
   """Keeps the ``k`` highest-scoring rows of ``x``, gated by ``sigmoid(score)``.
 
   Selection order (deterministic): valid rows before masked rows, then higher
@@ -31,6 +35,8 @@ def top_k_pool(x, scores, k: int, mask=None, return_valid: bool = False):
     k: number of rows kept, static int with ``1 <= k <= N``.
     mask: optional ``(..., N)`` bool / {0, 1} array, 1 = valid row; ``None`` = all valid.
     return_valid: also return the ``(..., k)`` bool validity of each slot.
+    gate: ``"sigmoid"`` (Graph U-Nets' gPool, the default) or ``"tanh"`` (the
+      gate of PyTorch Geometric's ``TopKPooling``).
 
   Returns:
     ``(pooled, idx)`` or ``(pooled, idx, valid)``: ``pooled`` is ``(..., k, d)``
@@ -43,6 +49,7 @@ def top_k_pool(x, scores, k: int, mask=None, return_valid: bool = False):
   if scores.shape != x.shape[:-1]:
     raise ValueError(f"scores must have shape x.shape[:-1] = {x.shape[:-1]} (one score per "
                      f"row of x), got {scores.shape}.")
+  validation.option(gate, GATES, "gate")
   k = validation.positive_int(k, "k")
   if k > n:
     raise ValueError(f"k={k} is larger than the number of rows N={n} of x "
@@ -61,10 +68,11 @@ def top_k_pool(x, scores, k: int, mask=None, return_valid: bool = False):
                              dimension=scores.ndim - 1, num_keys=3)
   idx = order[..., :k]
   kept_valid = jnp.take_along_axis(valid, idx, axis=-1)
-  gate = jax.nn.sigmoid(jnp.take_along_axis(scores, idx, axis=-1))
-  gate = jnp.where(kept_valid, gate, 0).astype(jnp.result_type(x, scores))
+  gate_fn = jax.nn.sigmoid if gate == "sigmoid" else jnp.tanh
+  weight = gate_fn(jnp.take_along_axis(scores, idx, axis=-1))
+  weight = jnp.where(kept_valid, weight, 0).astype(jnp.result_type(x, scores))
   rows = jnp.take_along_axis(x, idx[..., None], axis=-2)
-  pooled = rows * gate[..., None]
+  pooled = rows * weight[..., None]
   if return_valid:
     return pooled, idx, kept_valid
   return pooled, idx
