@@ -84,3 +84,12 @@ def test_check_finite_eager_and_under_jit():
   np.testing.assert_allclose(f(ok), [3.0, 5.0])
   with pytest.raises(Exception, match=r"scaled contains 1 non-finite value"):
     jax.block_until_ready(f(jnp.array([1.0, jnp.inf])))
+
+
+@pytest.mark.parametrize("module", ["cbp", "gumbel", "topk", "losses"])
+def test_docstring_examples_run(module):
+  import doctest
+  import importlib
+  mod = importlib.import_module(f"mbaf_jax.ops.{module}")
+  result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE)
+  assert result.attempted > 0 and result.failed == 0, result

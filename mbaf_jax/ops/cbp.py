@@ -190,6 +190,17 @@ def compact_bilinear_pooling(x, y, sk: CountSketch, signed_sqrt: bool = False,
   Returns:
     ``(..., D)`` array, ``D = sk.dim``, in ``x``/``y``'s promoted dtype (the FFT
     runs in at least float32).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from mbaf_jax import ops
+    >>> sk = ops.make_count_sketch(jax.random.key(0), in_dims=(3, 4), dim=8)
+    >>> ops.compact_bilinear_pooling(jnp.ones((2, 3)), jnp.ones((2, 4)), sk).shape
+    (2, 8)
+    >>> z = ops.compact_bilinear_pooling(jnp.ones(3), jnp.ones(4), sk, signed_sqrt=True,
+    ...                                  l2_normalize=True)
+    >>> round(float(jnp.linalg.norm(z)), 4)
+    1.0
   """
   if not isinstance(sk, CountSketch):
     raise TypeError(f"sk must be a CountSketch from make_count_sketch, got "

@@ -69,6 +69,16 @@ def gumbel_softmax(logits, temperature, key=None, axis: int = -1,
 
   Returns:
     Array of ``logits``' shape and (promoted floating) dtype; sums to 1 along ``axis``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from mbaf_jax import ops
+    >>> logits = jnp.log(jnp.array([[0.2, 0.3, 0.5]]))
+    >>> print(ops.gumbel_softmax(logits, 1.0).round(3))  # no key: no noise
+    [[0.2 0.3 0.5]]
+    >>> y = ops.gumbel_softmax(logits, jnp.array([[0.5]]), key=jax.random.key(0))
+    >>> round(float(y.sum()), 5)
+    1.0
   """
   logits = validation.floating_array(logits, "logits")
   if not -logits.ndim <= axis < logits.ndim:

@@ -46,6 +46,15 @@ def memory_similarity_loss(memory, reduction: str = "paper", eps: float = 1e-8) 
 
   Returns:
     Scalar loss (or ``memory.shape[:-2]``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from mbaf_jax import ops
+    >>> m = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # cos: 1, 0, 0
+    >>> float(ops.memory_similarity_loss(m))  # 1 / (3 * 2)
+    0.1666666716337204
+    >>> float(ops.memory_similarity_loss(m, reduction="mean"))  # 1 / 3
+    0.3333333432674408
   """
   validation.option(reduction, REDUCTIONS, "reduction")
   memory = validation.floating_array(memory, "memory", min_rank=2)

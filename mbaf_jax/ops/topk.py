@@ -42,6 +42,18 @@ def top_k_pool(x, scores, k: int, mask=None, return_valid: bool = False,
     ``(pooled, idx)`` or ``(pooled, idx, valid)``: ``pooled`` is ``(..., k, d)``
     ``= x[idx] * sigmoid(scores[idx])[..., None]`` (zero for invalid slots),
     ``idx`` is ``(..., k)`` int32 row indices in selection order.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from mbaf_jax import ops
+    >>> x = jnp.arange(8.0).reshape(4, 2)
+    >>> pooled, idx = ops.top_k_pool(x, jnp.array([0.0, 2.0, -1.0, 1.0]), k=2,
+    ...                              mask=jnp.array([1, 0, 1, 1]))
+    >>> idx.tolist()  # row 1 has the best score but is masked
+    [3, 0]
+    >>> print(pooled.round(3))  # rows 3 and 0 gated by sigmoid(1.0), sigmoid(0.0)
+    [[4.386 5.117]
+     [0.    0.5  ]]
   """
   x = validation.floating_array(x, "x", min_rank=2)
   scores = validation.floating_array(scores, "scores", min_rank=1)
