@@ -77,7 +77,7 @@ def main(argv=None):
       if not rel_err <= 1e-4:
         raise AssertionError(f"CBP by FFT ({method}) differs from the explicit form at D={dim}: "
                              f"max relative error {rel_err:.2e} > 1e-4")
-      rec = common.measure(f"cbp_fft", fft_fn, (x, y, sk), items=batch, shape=shape,
+      rec = common.measure("cbp_fft", fft_fn, (x, y, sk), items=batch, shape=shape,
                            dtype="float32", peak_gflops=peak, warmup=warmup, iters=iters,
                            extra={"sketch_method": method,
                                   "max_rel_err_vs_explicit": rel_err})

@@ -17,6 +17,7 @@ or directly (``python benchmarks/bench_cbp.py``).
 """
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -52,7 +53,6 @@ def device_name() -> str:
   devs = jax.devices()
   kind = devs[0].device_kind
   if devs[0].platform == "cpu":
-    import os
     kind = f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
   return f"{kind} x{len(devs)}"
 

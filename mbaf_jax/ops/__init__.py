@@ -7,6 +7,12 @@
 * :func:`top_k_pool` (gPool of Graph U-Nets; DMF writer);
 * :func:`memory_similarity_loss` (DMF Eq. 4);
 * :func:`check_finite` and the argument checks in :mod:`mbaf_jax.ops.validation`.
+
+Bad input: shapes, ranks, dtypes, sizes (``dim``, ``k``, ``in_dims``) and option
+strings are checked at trace time (free under ``jit``) and raise
+``ValueError``/``TypeError`` naming the argument. NaN/Inf values are only known
+at run time: wrap an array in :func:`check_finite` (works eagerly and under
+``jit`` via ``jax.debug.callback``) where that matters.
 """
 from mbaf_jax._lazy import lazy_exports
 
