@@ -307,3 +307,23 @@ def test_count_sketch_bad_inputs(sketch):
     ops.count_sketch(jnp.ones((2, D1)), h, s, D, method="matmul")
   with pytest.raises(ValueError, match=r"hashes has values in \[\d+, \d+\] but must lie in \[0, dim=4\)"):
     ops.count_sketch(jnp.ones((2, D1)), h, s, 4)  # sketch made for D=16
+
+
+@pytest.mark.slow
+def test_bench_cbp_quick_prints_json_lines(capsys):
+  import importlib.util
+  import json
+  import pathlib
+  path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_cbp.py"
+  spec = importlib.util.spec_from_file_location("bench_cbp_under_test", path)
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  bench.main(["--quick", "--methods", "segment_sum", "--iters", "1"])
+  records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [r["bench"] for r in records] == ["cbp_explicit", "cbp_fft"] * 2
+  for r in records:
+    for key in ("device", "shape", "dtype", "median_ms", "throughput", "peak_mem_mb",
+                "gflop", "gflops_per_s", "matmul_peak_gflops", "frac_of_peak"):
+      assert key in r, key
+    assert r["median_ms"] > 0 and r["matmul_peak_gflops"] > 0
+  assert all(r["max_rel_err_vs_explicit"] <= 1e-4 for r in records[1::2])
