@@ -117,7 +117,7 @@ class CompactBilinearPooling(nn.Module):
     y = validation.floating_array(y, "y")
     in_dims = (x.shape[-1], y.shape[-1])
     have = all(self.has_variable("constants", n) for n in SKETCH_CONSTANTS)
-    if not have and not self.is_mutable_collection("constants"):
+    if not have and not self.is_initializing():
       raise ValueError(
           f"CompactBilinearPooling ({self.name}) found no count sketch in the 'constants' "
           f"collection; pass every collection returned by init to apply, e.g. "
