@@ -292,13 +292,11 @@ class DualMemoryFusion(nn.Module):
     return g_a, g_t
 
   @nn.compact
-  def __call__(self, x_a, x_t, *more, mask=None, train: bool = False) -> FusionOutput:
+  def __call__(self, *modes, mask=None, train: bool = False) -> FusionOutput:
     """Fuses audio and text embeddings through the two memories (DMF Eqs. 1–4).
 
     Args:
-      x_a: ``(B, d)`` audio embedding.
-      x_t: ``(B, d)`` text embedding.
-      *more: must be empty (DMF fuses exactly two modes).
+      *modes: exactly ``(x_a, x_t)``: the ``(B, d)`` audio and text embeddings.
       mask: optional ``(B,)`` mask, 1 = real row. Padded rows are zeroed on entry and
         excluded from the writer, the batch-norm statistics and the loss.
       train: write the new memories and return the similarity loss; Gumbel noise on.
@@ -308,7 +306,7 @@ class DualMemoryFusion(nn.Module):
       ``aux = {"memory_similarity": sim(M_a') + sim(M_t')}`` when training (Eq. 4,
       first term, on the new memories), else ``{}``.
     """
-    x_a, x_t = check_modes((x_a, x_t) + more, "DualMemoryFusion", count=2,
+    x_a, x_t = check_modes(modes, "DualMemoryFusion", count=2,
                            names=("x_a", "x_t"))
     if x_a.shape[-1] != x_t.shape[-1]:
       raise ValueError(f"x_a has width {x_a.shape[-1]} but x_t has width {x_t.shape[-1]}; "
