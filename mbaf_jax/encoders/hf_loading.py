@@ -131,6 +131,7 @@ def read_state_dict(path: str) -> Dict[str, np.ndarray]:
   Order of preference: ``model.safetensors``, ``model.safetensors.index.json`` (shards),
   ``pytorch_model.bin`` (only when ``torch`` is importable).
   """
+  from safetensors import SafetensorError  # pylint: disable=g-import-not-at-top
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
 
   single = os.path.join(path, "model.safetensors")
@@ -146,7 +147,7 @@ def read_state_dict(path: str) -> Dict[str, np.ndarray]:
       for shard in shards:
         out.update(load_file(os.path.join(path, shard)))
       return out
-  except (OSError, ValueError, KeyError) as e:  # safetensors raises SafetensorError(ValueError)
+  except (OSError, ValueError, KeyError, SafetensorError) as e:
     raise ValueError(f"from_pretrained: could not read the safetensors weights in {path!r} "
                      f"({type(e).__name__}: {e}). The file may be truncated; re-save it.") from e
   if os.path.isfile(torch_bin):
