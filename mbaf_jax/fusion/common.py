@@ -150,7 +150,8 @@ class MaskedBatchNorm(nn.Module):
   when devices hold different numbers of real rows (``flax.linen.BatchNorm`` averages
   per-device means, which is only right for equal counts). Running statistics use
   flax's convention ``ra ← momentum·ra + (1 − momentum)·stat`` with the biased
-  variance; they are left unchanged by a batch with no real rows.
+  variance; they are left unchanged by a batch with no real rows. Padded rows are
+  zeroed on entry (their outputs are meaningless but finite).
 
   Variables: ``params/{scale, bias}``, ``batch_stats/{mean, var}`` (flax's names).
   """
@@ -179,7 +180,10 @@ class MaskedBatchNorm(nn.Module):
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((feat,), jnp.float32))
     scale = self.param("scale", nn.initializers.ones, (feat,), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros, (feat,), self.param_dtype)
-    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    real = m > 0
+    # Padded rows are zeroed before any arithmetic (where, not multiply): a padded row of
+    # Inf/NaN must not give 0 * Inf = NaN in the statistics, the outputs or the gradients.
+    xf = jnp.where(real, x.astype(jnp.promote_types(x.dtype, jnp.float32)), 0)
     axes = tuple(range(x.ndim - 1))
     if use_running_average:
       mean, var = ra_mean.value, ra_var.value
@@ -187,10 +191,10 @@ class MaskedBatchNorm(nn.Module):
       def total(v):
         s = jnp.sum(v, axis=axes)
         return s if self.axis_name is None else jax.lax.psum(s, self.axis_name)
-      count = total(jnp.broadcast_to(m, x.shape[:-1] + (1,)))[..., 0]
+      count = total(jnp.broadcast_to(real, x.shape[:-1] + (1,)).astype(jnp.float32))[..., 0]
       safe = jnp.maximum(count, 1.0)
-      mean = total(m * xf) / safe
-      var = total(m * jnp.square(xf - mean)) / safe
+      mean = total(xf) / safe
+      var = total(jnp.where(real, jnp.square(xf - mean), 0)) / safe
       if not self.is_initializing():
         mom = self.momentum
         ra_mean.value = jnp.where(count > 0, mom * ra_mean.value + (1 - mom) * mean,
