@@ -117,6 +117,7 @@ def test_dropout_train_mode_and_layerdrop(large):
                              atol=1e-6)
 
 
+@pytest.mark.slow
 def test_remat_same_values_and_grads_and_frozen_encoder_stop_gradient():
   cfg = Wav2Vec2Config.tiny(hidden_dropout=0.0, attention_dropout=0.0, layerdrop=0.0)
   x = jax.random.normal(jax.random.key(0), (2, 400))
