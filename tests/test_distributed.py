@@ -1,0 +1,225 @@
+"""Data parallelism: pmap and jit-mesh train steps equal the single-device run.
+
+The step under test is a small DMF classifier (two Dense projections → DualMemoryFusion →
+Dense head) written to the ``train.distributed`` step contract: the *reference* is the same
+maths run on one device over the whole batch, unsharded, with no collectives. Parameters,
+memory (write-then-carry, DMF §2.2), batch statistics and the loss must agree after a few
+SGD steps.
+"""
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+
+from mbaf_jax.fusion import DualMemoryFusion
+from train import distributed as dist
+
+NUM_CLASSES = 4
+D_IN = 6
+GLOBAL_BATCH = 16
+STEPS = 3
+
+
+class TinyDmfClassifier(nn.Module):
+  """Projections → DMF fusion → class log-probabilities (DMF §2.3, shrunk)."""
+  axis_name: str | None = None  # pmap batch axis handed to the fusion layer
+
+  @nn.compact
+  def __call__(self, xa, xt, mask, train: bool = False):
+    a = nn.Dense(8, name="audio_proj")(xa)
+    t = nn.Dense(8, name="text_proj")(xt)
+    out = DualMemoryFusion(slots=4, cbp_dim=32, num_heads=2, attention_tokens=4,
+                           writer_ff_dim=16, axis_name=self.axis_name,
+                           name="fusion")(a, t, mask=mask, train=train)
+    return nn.log_softmax(nn.Dense(NUM_CLASSES, name="head")(out.fused)), out.aux
+
+
+TX = optax.sgd(0.1, momentum=0.9)
+
+
+def make_batch(seed=0, batch=GLOBAL_BATCH, n_pad=3):
+  """Synthetic features; the last ``n_pad`` rows are padding (mask 0, garbage values)."""
+  rng = np.random.default_rng(seed)
+  mask = np.ones((batch,), np.float32)
+  if n_pad:
+    mask[-n_pad:] = 0
+  return {"xa": rng.normal(size=(batch, D_IN)).astype(np.float32),
+          "xt": rng.normal(size=(batch, D_IN)).astype(np.float32),
+          "label": rng.integers(0, NUM_CLASSES, size=(batch,)).astype(np.int32),
+          "mask": mask}
+
+
+def init_state(seed=0):
+  """Host (NumPy) train state: params, optimiser state, batch stats, constants, memory, step."""
+  b = make_batch(seed)
+  variables = TinyDmfClassifier().init(
+      {"params": jax.random.key(seed), "memory": jax.random.key(seed + 1)},
+      b["xa"], b["xt"], b["mask"], train=False)
+  params = variables["params"]
+  state = {"params": params, "opt_state": TX.init(params),
+           "batch_stats": variables["batch_stats"], "constants": variables["constants"],
+           "memory": variables["memory"], "step": jnp.zeros((), jnp.int32)}
+  return jax.tree.map(np.asarray, state)
+
+
+def build_step(axis_name):
+  """The step contract of ``train.distributed``: global loss = Σ_devices per-device loss."""
+  model = TinyDmfClassifier(axis_name=axis_name)
+
+  def step(state, batch, key):
+    key = jax.random.fold_in(key, state["step"])
+
+    def loss_fn(params):
+      variables = {"params": params, "memory": state["memory"],
+                   "batch_stats": state["batch_stats"], "constants": state["constants"]}
+      (logp, aux), new_vars = model.apply(
+          variables, batch["xa"], batch["xt"], batch["mask"], train=True,
+          rngs={"gumbel": key}, mutable=["memory", "batch_stats"])
+      ce = -jnp.take_along_axis(logp, batch["label"][:, None], axis=1)[:, 0]
+      loss = (dist.global_masked_mean(ce, batch["mask"], axis_name)
+              + dist.device_share(aux["memory_similarity"], axis_name))
+      return loss, new_vars
+
+    (loss, new_vars), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    grads = dist.sum_over_devices(grads, axis_name)
+    loss = dist.sum_over_devices(loss, axis_name)
+    updates, opt_state = TX.update(grads, state["opt_state"], state["params"])
+    new_state = {"params": optax.apply_updates(state["params"], updates),
+                 "opt_state": opt_state, "batch_stats": new_vars["batch_stats"],
+                 "constants": state["constants"],
+                 "memory": jax.lax.stop_gradient(new_vars["memory"]),  # write-then-carry
+                 "step": state["step"] + 1}
+    return new_state, {"loss": loss}
+
+  return step
+
+
+def run_reference(steps=STEPS, seed=0):
+  """One device, whole batch, no collectives."""
+  step = jax.jit(build_step(None))
+  dev = jax.devices()[0]
+  state = jax.device_put(init_state(seed), dev)
+  key = jax.random.key(seed + 7)
+  losses = []
+  for i in range(steps):
+    state, m = step(state, jax.device_put(make_batch(100 + i), dev), key)
+    losses.append(float(m["loss"]))
+  return jax.tree.map(np.asarray, state), np.array(losses)
+
+
+def run_parallel(parallelism, devices, steps=STEPS, seed=0):
+  ps = dist.make_parallel_train_step(build_step, parallelism, devices=devices)
+  state = ps.put_state(init_state(seed))
+  key = jax.random.key(seed + 7)
+  losses = []
+  for i in range(steps):
+    state, m = ps(state, ps.put_batch(make_batch(100 + i)), key)
+    losses.append(float(ps.get_metrics(m)["loss"]))
+  return ps, ps.get_state(state), np.array(losses)
+
+
+@pytest.fixture(scope="module")
+def reference():
+  return run_reference()
+
+
+def assert_trees_close(got, want, atol):
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=atol, atol=atol), got, want)
+
+
+@pytest.mark.parametrize("parallelism,n_dev", [("jit", 8), ("pmap", 8), ("pmap", 2)])
+def test_parallel_step_equals_one_device(reference, parallelism, n_dev):
+  assert jax.device_count() >= 8, "tests/conftest.py should provide 8 fake CPU devices"
+  want_state, want_loss = reference
+  ps, got_state, got_loss = run_parallel(parallelism, jax.devices()[:n_dev])
+  assert len(ps.devices) == n_dev
+  # The run must actually change things, else equality is vacuous.
+  init = init_state()
+  assert np.abs(want_state["memory"]["fusion"]["M_a"] - init["memory"]["fusion"]["M_a"]).max() > 1e-3
+  assert np.abs(want_loss[0] - want_loss[-1]) > 1e-4
+  np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5, atol=1e-5)
+  assert_trees_close(got_state["params"], want_state["params"], 1e-5)
+  assert_trees_close(got_state["memory"], want_state["memory"], 1e-5)
+  assert_trees_close(got_state["batch_stats"], want_state["batch_stats"], 1e-5)
+  assert int(got_state["step"]) == STEPS
+
+
+def test_pmap_memory_identical_on_every_device():
+  ps = dist.make_parallel_train_step(build_step, "pmap", devices=jax.devices()[:4])
+  state = ps.put_state(init_state())
+  state, _ = ps(state, ps.put_batch(make_batch(100)), jax.random.key(7))
+  for name in ("M_a", "M_t"):
+    per_dev = np.asarray(state["memory"]["fusion"][name])
+    assert per_dev.shape[0] == 4
+    for i in range(1, 4):
+      np.testing.assert_array_equal(per_dev[i], per_dev[0])
+
+
+def test_global_masked_mean_shares_sum_to_global_mean():
+  rng = np.random.default_rng(0)
+  v = rng.normal(size=(8, 3)).astype(np.float32)
+  m = np.array([1, 1, 0, 1, 0, 0, 1, 1], np.float32)
+  want = (v.sum(-1) * m).sum() / m.sum()
+  shares = jax.pmap(lambda a, b: dist.global_masked_mean(a, b, "i"), axis_name="i",
+                    devices=jax.devices()[:4])(v.reshape(4, 2, 3), m.reshape(4, 2))
+  np.testing.assert_allclose(np.sum(shares), want, rtol=1e-6)
+  np.testing.assert_allclose(dist.global_masked_mean(v, m), want, rtol=1e-6)
+  assert float(dist.global_masked_mean(v, np.zeros(8))) == 0.0
+
+
+def test_host_local_to_global_single_process_layout():
+  mesh = dist.global_mesh(devices=jax.devices()[:4])
+  x = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
+  g = dist.host_local_to_global({"x": x}, mesh)["x"]
+  assert g.shape == (8, 3)
+  assert g.sharding.spec == jax.sharding.PartitionSpec("batch")
+  for shard in g.addressable_shards:
+    np.testing.assert_array_equal(np.asarray(shard.data), x[shard.index])
+  np.testing.assert_array_equal(np.asarray(g), x)
+
+
+def test_replicate_on_mesh_and_fetch_round_trip_keeps_keys():
+  mesh = dist.global_mesh(devices=jax.devices()[:2])
+  tree = {"w": np.arange(6.0).reshape(2, 3), "key": jax.random.key(3)}
+  rep = dist.replicate_on_mesh(tree, mesh)
+  assert rep["w"].sharding.is_fully_replicated and len(rep["w"].sharding.device_set) == 2
+  back = dist.fetch(rep)
+  np.testing.assert_array_equal(back["w"], tree["w"])
+  np.testing.assert_array_equal(jax.random.key_data(back["key"]), jax.random.key_data(tree["key"]))
+
+
+def test_bad_parallelism_and_indivisible_batch_are_explained():
+  with pytest.raises(ValueError, match=r"config.parallelism='pmapp'.*'jit'"):
+    dist.make_parallel_train_step(build_step, "pmapp")
+  with pytest.raises(ValueError, match=r"\['x'\] has 6 rows.*4 devices.*divisible by 4"):
+    dist.shard_for_pmap({"x": np.zeros((6, 2))}, 4)
+  mesh = dist.global_mesh(devices=jax.devices()[:4])
+  with pytest.raises(ValueError, match=r"has 6 rows.*4 local devices"):
+    dist.host_local_to_global({"x": np.zeros((6, 2))}, mesh)
+  with pytest.raises(ValueError, match=r"scalar"):
+    dist.host_local_to_global({"x": np.float32(1.0)}, mesh)
+
+
+def test_initialize_multihost_validates_settings(monkeypatch):
+  for name in ("MBAF_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS", "MBAF_NUM_PROCESSES",
+               "JAX_NUM_PROCESSES", "MBAF_PROCESS_ID", "JAX_PROCESS_ID"):
+    monkeypatch.delenv(name, raising=False)
+  setup = dist.initialize_multihost(None)  # nothing set: single process, nothing initialised
+  assert not setup.initialized and setup.process_count == 1
+  assert setup.global_devices == jax.device_count()
+  with pytest.raises(ValueError, match=r"coordinator_address='localhost' is not 'host:port'"):
+    dist.initialize_multihost(coordinator_address="localhost", num_processes=2, process_id=0)
+  with pytest.raises(ValueError, match=r"process_id=2 must lie in \[0, num_processes=2\)"):
+    dist.initialize_multihost(coordinator_address="127.0.0.1:1", num_processes=2, process_id=2)
+  with pytest.raises(ValueError, match=r"coordinator_address is not"):
+    dist.initialize_multihost(num_processes=2, process_id=0)
+  monkeypatch.setenv("MBAF_NUM_PROCESSES", "two")
+  monkeypatch.setenv("MBAF_PROCESS_ID", "0")
+  monkeypatch.setenv("MBAF_COORDINATOR_ADDRESS", "127.0.0.1:1234")
+  with pytest.raises(ValueError, match=r"num_processes='two'.*integers"):
+    dist.initialize_multihost(None)

@@ -1,0 +1,445 @@
+"""Devices and hosts: data parallelism over a jit device mesh or ``jax.pmap``, and multi-host.
+
+One train-step function serves every layout. A *step builder* ``build_step(axis_name)``
+returns ``step(state, batch, key) -> (state, metrics)``, a pure function of its arguments:
+
+* ``axis_name=None`` — the step sees the **global** batch. Under ``jax.jit`` over a device
+  mesh (``parallelism="jit"``) the batch is sharded along its leading axis, the state
+  (params, optimiser state, batch stats, constants, memory) is replicated, and XLA inserts
+  the collectives; the fusion writer sees the global batch with no option.
+* ``axis_name="batch"`` — the step sees this device's slice of the batch under ``jax.pmap``
+  (``parallelism="pmap"``). The step must then (i) build its fusion layer with
+  ``axis_name`` (the writer all-gathers the batch, batch norm syncs its statistics, the
+  Gumbel noise is drawn for the global batch and sliced), (ii) normalise its loss so that
+  the *sum over devices* of the per-device losses is the global loss
+  (:func:`global_masked_mean` for per-row terms, :func:`device_share` for terms computed
+  from the gathered global batch, e.g. DMF Eq. 4's similarity loss), and (iii) sum the
+  gradients over devices (:func:`sum_over_devices`) before the optimiser update. Then every
+  device holds the same params and the same memory (write-then-carry, DMF §2.2), equal to
+  the single-device run.
+
+Multi-host: :func:`initialize_multihost` calls ``jax.distributed.initialize``; every process
+builds the same global mesh (:func:`global_mesh`), feeds its own rows
+(:func:`host_local_to_global`), and runs the same jitted step.
+
+Typical use (what ``train.trainer`` calls)::
+
+  initialize_multihost(config)                    # no-op for one process
+  ps = make_parallel_train_step(build_step, config.get("parallelism", "jit"))
+  state = ps.put_state(state)
+  for batch in batches:                           # host-local rows
+    state, metrics = ps(state, ps.put_batch(batch), jax.random.fold_in(key, step))
+  state = ps.get_state(state)                     # host numpy / single copy
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+PARALLELISMS = ("jit", "pmap")
+DEFAULT_AXIS = "batch"
+
+_ENV_COORDINATOR = ("MBAF_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS")
+_ENV_NUM_PROCESSES = ("MBAF_NUM_PROCESSES", "JAX_NUM_PROCESSES")
+_ENV_PROCESS_ID = ("MBAF_PROCESS_ID", "JAX_PROCESS_ID")
+
+
+# --------------------------------------------------------------------------- loss helpers
+def global_masked_mean(values, mask, axis_name: str | None = None):
+  """This device's share of the masked mean over the global batch.
+
+  ``Σ_devices global_masked_mean(v_i, m_i, axis) == Σ_all v·m / Σ_all m``, so with gradients
+  summed over devices (:func:`sum_over_devices`) a pmap step equals the single-device step.
+  With ``axis_name=None`` it is the ordinary masked mean of the (global) batch.
+
+  Args:
+    values: ``(B, ...)`` per-row values (extra axes are summed per row).
+    mask: ``(B,)`` mask, 1 = real row.
+    axis_name: pmap axis, or ``None``.
+
+  Returns:
+    Scalar. An all-padded global batch gives 0 (the denominator is clamped to 1).
+  """
+  m = jnp.asarray(mask, jnp.float32)
+  v = jnp.asarray(values, jnp.float32).reshape(m.shape[0], -1).sum(-1)
+  num, den = jnp.sum(v * m), jnp.sum(m)
+  if axis_name is not None:
+    den = jax.lax.psum(den, axis_name)
+  return num / jnp.maximum(den, 1.0)
+
+
+def device_share(x, axis_name: str | None = None):
+  """This device's share ``x / P`` of a term every device computes identically.
+
+  For terms computed from the all-gathered global batch (e.g. DMF Eq. 4 on the new
+  memories): summing the shares over the ``P`` devices gives ``x`` once.
+  """
+  if axis_name is None:
+    return x
+  return x / jax.lax.axis_size(axis_name)
+
+
+def sum_over_devices(tree, axis_name: str | None = None):
+  """``psum`` of a pytree (e.g. gradients) over ``axis_name``; identity when ``None``."""
+  if axis_name is None:
+    return tree
+  return jax.lax.psum(tree, axis_name)
+
+
+# --------------------------------------------------------------------------- multi-host
+@dataclasses.dataclass(frozen=True)
+class HostSetup:
+  """Where this process stands after :func:`initialize_multihost`."""
+  process_index: int  # this process (0 .. process_count - 1)
+  process_count: int  # number of processes
+  local_devices: int  # devices this process drives
+  global_devices: int  # devices over all processes
+  initialized: bool  # True if jax.distributed.initialize was called here
+
+
+def _first_env(names):
+  for n in names:
+    if os.environ.get(n):
+      return os.environ[n]
+  return None
+
+
+def _get(cfg, name, default=None):
+  if cfg is None:
+    return default
+  try:
+    return cfg.get(name, default) if hasattr(cfg, "get") else getattr(cfg, name, default)
+  except (AttributeError, KeyError):
+    return default
+
+
+def _check_address(address: str) -> None:
+  if not isinstance(address, str) or not re.fullmatch(r"[^\s:]+:\d{1,5}", address):
+    raise ValueError(
+        f"coordinator_address={address!r} is not 'host:port' (e.g. '10.0.0.1:1234' or "
+        f"'127.0.0.1:29500'); set config.distributed.coordinator_address or "
+        f"{_ENV_COORDINATOR[0]}.")
+
+
+def initialize_multihost(config=None, *, coordinator_address: str | None = None,
+                         num_processes: int | None = None, process_id: int | None = None,
+                         local_device_ids=None, timeout_s: int = 300) -> HostSetup:
+  """Joins this process to a multi-host run via ``jax.distributed.initialize``.
+
+  Settings, first found wins: keyword arguments; ``config.distributed.{coordinator_address,
+  num_processes, process_id, local_device_ids, auto}`` (``config`` is the run config or its
+  ``distributed`` block); the environment (``MBAF_COORDINATOR_ADDRESS`` /
+  ``JAX_COORDINATOR_ADDRESS``, ``MBAF_NUM_PROCESSES`` / ``JAX_NUM_PROCESSES``,
+  ``MBAF_PROCESS_ID`` / ``JAX_PROCESS_ID``). With none of them (and ``auto`` false) this is a
+  single-process run and nothing is initialised. ``auto=True`` calls
+  ``jax.distributed.initialize()`` with no arguments, which detects Cloud TPU pods, SLURM
+  and Open MPI. On CPU the collectives go through gloo.
+
+  Call it before any other JAX call that touches devices.
+
+  Returns:
+    :class:`HostSetup`.
+  """
+  dist = _get(config, "distributed", None) if config is not None else None
+  if dist is None and config is not None and _get(config, "coordinator_address") is not None:
+    dist = config
+  address = coordinator_address or _get(dist, "coordinator_address") or _first_env(_ENV_COORDINATOR)
+  nproc = num_processes if num_processes is not None else _get(dist, "num_processes")
+  if nproc is None and _first_env(_ENV_NUM_PROCESSES) is not None:
+    nproc = _first_env(_ENV_NUM_PROCESSES)
+  pid = process_id if process_id is not None else _get(dist, "process_id")
+  if pid is None and _first_env(_ENV_PROCESS_ID) is not None:
+    pid = _first_env(_ENV_PROCESS_ID)
+  local_ids = local_device_ids if local_device_ids is not None else _get(dist, "local_device_ids")
+  auto = bool(_get(dist, "auto", False))
+
+  initialized = False
+  if jax.distributed.is_initialized():
+    pass
+  elif address is None and nproc is None and pid is None and not auto:
+    pass  # single process
+  else:
+    kwargs = {}
+    if address is not None or not auto:
+      if address is None:
+        raise ValueError("num_processes/process_id are set but coordinator_address is not; "
+                         "give all three (or config.distributed.auto=True on a TPU pod/SLURM).")
+      _check_address(address)
+      try:
+        nproc, pid = int(nproc), int(pid)
+      except (TypeError, ValueError):
+        raise ValueError(f"num_processes={nproc!r} and process_id={pid!r} must both be integers "
+                         f"when coordinator_address={address!r} is set.") from None
+      if nproc < 1 or not 0 <= pid < nproc:
+        raise ValueError(f"process_id={pid} must lie in [0, num_processes={nproc}) and "
+                         f"num_processes must be >= 1.")
+      kwargs = dict(coordinator_address=address, num_processes=nproc, process_id=pid,
+                    initialization_timeout=int(timeout_s))
+      if local_ids is not None:
+        kwargs["local_device_ids"] = list(local_ids)
+    if _platform() == "cpu":
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)
+    initialized = True
+  return HostSetup(process_index=jax.process_index(), process_count=jax.process_count(),
+                   local_devices=jax.local_device_count(), global_devices=jax.device_count(),
+                   initialized=initialized)
+
+
+def _platform() -> str:
+  plats = os.environ.get("JAX_PLATFORMS", "") or os.environ.get("JAX_PLATFORM_NAME", "")
+  return plats.split(",")[0].strip().lower() if plats else ""
+
+
+# --------------------------------------------------------------------------- mesh + sharding
+def global_mesh(axis_name: str = DEFAULT_AXIS, devices=None) -> Mesh:
+  """A 1-D mesh over ``devices`` (default: every device of every process), axis ``axis_name``.
+
+  Devices are ordered by (process, local id), so process ``p`` holds the ``p``-th contiguous
+  block of the global batch.
+  """
+  devs = list(jax.devices() if devices is None else devices)
+  if not devs:
+    raise ValueError("global_mesh got an empty device list.")
+  devs = sorted(devs, key=lambda d: (d.process_index, d.id))
+  return Mesh(np.array(devs), (axis_name,))
+
+
+def batch_sharding(mesh: Mesh, axis_name: str | None = None) -> NamedSharding:
+  """Leading (batch) axis split over the mesh, the rest replicated."""
+  return NamedSharding(mesh, PartitionSpec(axis_name or mesh.axis_names[0]))
+
+
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
+  """Every device holds the whole array (params, optimiser state, memory, keys)."""
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def _check_divisible(name: str, size: int, parts: int, what: str) -> None:
+  if size % parts:
+    raise ValueError(f"{name} has {size} rows, which does not split evenly over {parts} {what}; "
+                     f"choose a batch size divisible by {parts} (pad with masked rows).")
+
+
+def _leaves_with_paths(tree):
+  return jax.tree_util.tree_flatten_with_path(tree)[0]
+
+
+def host_local_to_global(batch, mesh: Mesh, axis_name: str | None = None):
+  """Assembles the global batch from each process's rows (its contiguous block).
+
+  Args:
+    batch: pytree of host arrays ``(B_local, ...)``, this process's rows; ``B_local`` is the
+      same on every process and divisible by the local device count.
+    mesh: from :func:`global_mesh`.
+    axis_name: mesh axis to split the batch over (default: the mesh's first axis).
+
+  Returns:
+    The same pytree of global ``jax.Array`` of leading size ``B_local · process_count``,
+    sharded over the batch axis.
+  """
+  sharding = batch_sharding(mesh, axis_name)
+  n_local = len([d for d in mesh.devices.flat if d.process_index == jax.process_index()])
+  for path, leaf in _leaves_with_paths(batch):
+    shape = np.shape(leaf)
+    if not shape:
+      raise ValueError(f"batch leaf {jax.tree_util.keystr(path)} is a scalar; every batch "
+                       f"entry needs a leading batch axis.")
+    _check_divisible(f"batch leaf {jax.tree_util.keystr(path)}", shape[0], n_local,
+                     "local devices")
+
+  def put(x):
+    x = np.asarray(x)
+    global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+    return jax.make_array_from_process_local_data(sharding, x, global_shape)
+  return jax.tree.map(put, batch)
+
+
+def _is_key(x) -> bool:
+  return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def replicate_on_mesh(tree, mesh: Mesh):
+  """Places a pytree (identical on every process) replicated on every mesh device.
+
+  Works across processes (``make_array_from_callback``); typed PRNG keys are carried as
+  their key data and re-wrapped.
+  """
+  sharding = replicated_sharding(mesh)
+
+  def put(x):
+    if _is_key(x):
+      impl = jax.random.key_impl(x)
+      data = put(jax.random.key_data(x))
+      return jax.random.wrap_key_data(data, impl=impl)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+  return jax.tree.map(put, tree)
+
+
+def fetch(tree):
+  """Host NumPy copy of a replicated (or fully addressable) pytree; keys stay keys."""
+  def get(x):
+    if _is_key(x):
+      return x
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      if not x.sharding.is_fully_replicated:
+        raise ValueError("fetch() got an array sharded over other processes; gather it first "
+                         "(only replicated state can be fetched on one host).")
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+  return jax.tree.map(get, tree)
+
+
+# --------------------------------------------------------------------------- jit over a mesh
+def make_jit_train_step(step_fn: Callable, mesh: Mesh, axis_name: str | None = None,
+                        donate: bool = True) -> Callable:
+  """``jax.jit`` of ``step_fn(state, batch, key)`` with the data-parallel layout.
+
+  Batch sharded along its leading axis over ``mesh``; state, key and metrics replicated.
+  ``step_fn`` must be the ``axis_name=None`` (global-batch) variant.
+  """
+  rep, shard = replicated_sharding(mesh), batch_sharding(mesh, axis_name)
+  return jax.jit(step_fn, in_shardings=(rep, shard, rep), out_shardings=(rep, rep),
+                 donate_argnums=(0,) if donate else ())
+
+
+# --------------------------------------------------------------------------- pmap
+def replicate(tree, devices):
+  """pmap layout: a leading device axis, one copy per device."""
+  devices = list(devices)
+  sharding = NamedSharding(Mesh(np.array(devices), ("d",)), PartitionSpec("d"))
+
+  def put(x):
+    if _is_key(x):
+      impl = jax.random.key_impl(x)
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=impl)
+    x = np.asarray(x)
+    return jax.device_put(np.broadcast_to(x, (len(devices),) + x.shape), sharding)
+  return jax.tree.map(put, tree)
+
+
+def unreplicate(tree):
+  """The first device's copy of a pmap-replicated pytree."""
+  return jax.tree.map(lambda x: x[0], tree)
+
+
+def shard_for_pmap(batch, num_devices: int):
+  """Reshapes each ``(B, ...)`` leaf to ``(num_devices, B / num_devices, ...)`` (contiguous blocks)."""
+  def split(path, x):
+    x = np.asarray(x) if not isinstance(x, jax.Array) else x
+    _check_divisible(f"batch leaf {jax.tree_util.keystr(path)}", x.shape[0], num_devices,
+                     "devices")
+    return x.reshape((num_devices, x.shape[0] // num_devices) + x.shape[1:])
+  return jax.tree_util.tree_map_with_path(split, batch)
+
+
+def make_pmap_train_step(step_fn: Callable, axis_name: str = DEFAULT_AXIS, devices=None,
+                         donate: bool = True) -> Callable:
+  """``jax.pmap`` of ``step_fn(state, batch, key)`` over ``axis_name``.
+
+  ``step_fn`` must be the ``axis_name`` variant (syncs gradients and batch statistics, the
+  writer gathers the global batch). State: pmap-replicated (:func:`replicate`); batch:
+  :func:`shard_for_pmap`; key: one key broadcast to every device (the layers draw noise for
+  the global batch and keep their slice, so no per-device keys). Returns replicated
+  ``(state, metrics)``.
+  """
+  return jax.pmap(step_fn, axis_name=axis_name, in_axes=(0, 0, None), out_axes=0,
+                  devices=devices, donate_argnums=(0,) if donate else ())
+
+
+# --------------------------------------------------------------------------- one front door
+@dataclasses.dataclass
+class ParallelStep:
+  """A train step wrapped for one layout, with the matching state/batch placement.
+
+  Attributes:
+    parallelism: ``"jit"`` or ``"pmap"``.
+    step: the compiled ``(state, batch, key) -> (state, metrics)`` in device layout.
+    mesh: the device mesh (``jit``) or ``None``.
+    devices: the devices used.
+    axis_name: the batch axis name.
+  """
+  parallelism: str  # "jit" | "pmap"
+  step: Callable  # wrapped step, device layout in and out
+  mesh: Mesh | None  # jit: the mesh; pmap: None
+  devices: tuple  # devices the step runs on
+  axis_name: str  # batch axis name
+
+  def __call__(self, state, batch, key):
+    if self.parallelism == "jit":
+      key = self.put_key(key)
+    return self.step(state, batch, key)
+
+  def put_key(self, key):
+    """A PRNG key → replicated on the mesh (``jit``; needed across processes)."""
+    if self.parallelism == "pmap":
+      return key
+    if isinstance(key, jax.Array) and key.sharding == replicated_sharding(self.mesh):
+      return key
+    return replicate_on_mesh(key, self.mesh)
+
+  def put_state(self, state):
+    """Host/single-device state → device layout (replicated)."""
+    if self.parallelism == "pmap":
+      return replicate(state, self.devices)
+    return replicate_on_mesh(state, self.mesh)
+
+  def put_batch(self, batch):
+    """This process's rows → device layout (sharded over the batch axis)."""
+    if self.parallelism == "pmap":
+      return shard_for_pmap(batch, len(self.devices))
+    return host_local_to_global(batch, self.mesh, self.axis_name)
+
+  def get_state(self, state):
+    """Device layout → one host copy (NumPy leaves)."""
+    if self.parallelism == "pmap":
+      state = unreplicate(state)
+    return fetch(state)
+
+  get_metrics = get_state
+
+
+def check_parallelism(parallelism: str) -> str:
+  """Validates ``config.parallelism``."""
+  if parallelism not in PARALLELISMS:
+    raise ValueError(f"config.parallelism={parallelism!r} is not one of {PARALLELISMS}: "
+                     f"'jit' shards the batch over a device mesh (default), 'pmap' runs the same "
+                     f"step under jax.pmap.")
+  return parallelism
+
+
+def make_parallel_train_step(build_step: Callable[[str | None], Callable], parallelism: str = "jit",
+                             devices=None, axis_name: str = DEFAULT_AXIS,
+                             donate: bool = True) -> ParallelStep:
+  """Builds the train step for ``config.parallelism`` from one step builder.
+
+  Args:
+    build_step: ``build_step(axis_name) -> step(state, batch, key) -> (state, metrics)``;
+      called with ``None`` for ``"jit"`` and with ``axis_name`` for ``"pmap"``.
+    parallelism: ``"jit"`` (device mesh, multi-host capable) or ``"pmap"`` (local devices).
+    devices: devices to use (default: all for ``jit``, all local for ``pmap``).
+    axis_name: name of the batch axis.
+    donate: donate the state buffers to the step.
+
+  Returns:
+    :class:`ParallelStep`.
+  """
+  check_parallelism(parallelism)
+  if parallelism == "pmap":
+    devs = tuple(jax.local_devices() if devices is None else devices)
+    if any(d.process_index != jax.process_index() for d in devs):
+      raise ValueError("parallelism='pmap' runs on this process's devices only; use "
+                       "parallelism='jit' for multi-host runs.")
+    step = make_pmap_train_step(build_step(axis_name), axis_name, devs, donate)
+    return ParallelStep("pmap", step, None, devs, axis_name)
+  mesh = global_mesh(axis_name, devices)
+  step = make_jit_train_step(build_step(None), mesh, axis_name, donate)
+  return ParallelStep("jit", step, mesh, tuple(mesh.devices.flat), axis_name)
