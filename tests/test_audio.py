@@ -146,3 +146,17 @@ def test_bad_arguments(files, tmp_path):
   blocker.write_text("x")
   with pytest.raises(DataError, match="cache_dir"):
     audio.load_waveforms([files["mono"]], cache_dir=blocker / "sub")
+
+
+@pytest.mark.slow
+def test_bench_audio_quick_emits_records(capsys):
+  import json  # pylint: disable=g-import-not-at-top
+  from benchmarks import bench_audio  # pylint: disable=g-import-not-at-top
+  bench_audio.main(["--quick", "--n", "8", "--iters", "1"])
+  recs = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
+  assert [r["bench"] for r in recs] == ["audio_decode_cold", "audio_decode_fill_cache", "audio_from_cache",
+                                        "audio_decode_resample_44k"]
+  for r in recs:
+    assert {"bench", "device", "shape", "dtype", "median_ms", "throughput", "peak_mem_mb"} <= set(r)
+    assert r["median_ms"] > 0 and r["throughput"] > 0
+  assert recs[2]["shape"]["n_utterances"] == 8 and "meets_target" in recs[2]
