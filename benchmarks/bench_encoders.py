@@ -1,0 +1,103 @@
+"""Wav2Vec2-base and BERT-base forward / forward+backward at the DMF input sizes.
+
+DMF §2.1 feeds 5 s of 16 kHz audio and 30 tokens per utterance. One JSON line per measurement
+(``benchmarks/common.py``): median ms, GFLOP from XLA's cost analysis, GFLOP/s, the matmul peak
+measured in the same run and the fraction of it (issue 3 target: Wav2Vec2-base forward ≥ 60 % of
+the matmul peak on CPU). Random init at base size (no checkpoint needed).
+
+  python -m benchmarks.bench_encoders                 # base sizes, batch 8 and 32, f32
+  python -m benchmarks.bench_encoders --dtypes float32,bfloat16 --batches 8
+  python -m benchmarks.bench_encoders --quick         # tiny configs: a smoke check only
+
+Modes: ``fwd`` (eval forward), ``fwd_bwd`` (training forward with dropout + gradient of all
+parameters), ``fwd_bwd_frozen`` (Wav2Vec2 only: conv feature encoder behind stop_gradient, as when
+it is frozen per DMF §2.1 — the backward pass skips the conv stack).
+"""
+import dataclasses
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mbaf_jax.encoders import (Bert, BertConfig, Wav2Vec2,  # pylint: disable=g-import-not-at-top
+                               Wav2Vec2Config)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _csv(s, cast=str):
+  return [cast(v) for v in s.split(",") if v]
+
+
+def build(model_name, quick, dtype, frozen=False):
+  """(module, make_inputs(batch) -> tuple of arrays, sizes dict)."""
+  if model_name == "wav2vec2":
+    cfg = (Wav2Vec2Config.tiny if quick else Wav2Vec2Config.base)(
+        dtype=dtype, stop_gradient_feature_encoder=frozen)
+    return Wav2Vec2(cfg), cfg
+  cfg = (BertConfig.tiny if quick else BertConfig.base)(dtype=dtype)
+  return Bert(cfg), cfg
+
+
+def inputs(model_name, batch, seconds, tokens, cfg):
+  key = jax.random.key(0)
+  if model_name == "wav2vec2":
+    n = int(round(seconds * 16000))
+    x = jax.random.normal(key, (batch, n), jnp.float32)
+    return (x, jnp.ones((batch, n), jnp.int32)), {"batch": batch, "samples": n}
+  ids = jax.random.randint(key, (batch, tokens), 1, cfg.vocab_size, jnp.int32)
+  return ((ids, jnp.ones((batch, tokens), jnp.int32), jnp.zeros((batch, tokens), jnp.int32)),
+          {"batch": batch, "tokens": tokens})
+
+
+def main():
+  p = common.parser(__doc__.split("\n")[0])
+  p.add_argument("--models", default="wav2vec2,bert", help="comma list of wav2vec2,bert")
+  p.add_argument("--batches", default=None, help="comma list (default 8,32; quick 2)")
+  p.add_argument("--dtypes", default="float32", help="comma list of float32,bfloat16")
+  p.add_argument("--modes", default="fwd,fwd_bwd,fwd_bwd_frozen")
+  p.add_argument("--seconds", type=float, default=None, help="audio length (default 5; quick 0.1)")
+  p.add_argument("--tokens", type=int, default=30, help="text length (DMF: 30)")
+  args = p.parse_args()
+  warmup, iters = common.iterations(args)
+  batches = _csv(args.batches or ("2" if args.quick else "8,32"), int)
+  seconds = args.seconds or (0.1 if args.quick else 5.0)
+  peak = common.matmul_peak_gflops(quick=args.quick)
+  for model_name in _csv(args.models):
+    if model_name not in ("wav2vec2", "bert"):
+      raise SystemExit(f"--models: unknown model {model_name!r}; expected wav2vec2 or bert")
+    for dtype_name in _csv(args.dtypes):
+      if dtype_name not in DTYPES:
+        raise SystemExit(f"--dtypes: unknown dtype {dtype_name!r}; expected {sorted(DTYPES)}")
+      for mode in _csv(args.modes):
+        if mode == "fwd_bwd_frozen" and model_name != "wav2vec2":
+          continue
+        model, cfg = build(model_name, args.quick, DTYPES[dtype_name], mode == "fwd_bwd_frozen")
+        for batch in batches:
+          x, sizes = inputs(model_name, batch, seconds, args.tokens, cfg)
+          params = jax.jit(model.init)(jax.random.key(1), *x)["params"]
+          if mode == "fwd":
+            fn = lambda p, *a: model.apply({"params": p}, *a).pooled  # pylint: disable=cell-var-from-loop
+          else:
+            def fn(p, *a):
+              def loss(q):
+                out = model.apply({"params": q}, *a, train=True,  # pylint: disable=cell-var-from-loop
+                                  rngs={"dropout": jax.random.key(2)})
+                return jnp.sum(out.pooled.astype(jnp.float32) ** 2)
+              return jax.grad(loss)(p)
+          rec = common.measure(
+              f"{model_name}_{mode}", fn, (params, *x), items=batch, peak_gflops=peak,
+              shape={**sizes, "size": "tiny" if args.quick else "base"}, dtype=dtype_name,
+              warmup=warmup, iters=iters,
+              extra={"params_m": round(sum(v.size for v in jax.tree.leaves(params)) / 1e6, 2),
+                     "config": {k: v for k, v in dataclasses.asdict(cfg).items()
+                                if k in ("hidden_size", "num_hidden_layers",
+                                         "do_stable_layer_norm", "feat_extract_norm")}})
+          common.emit(rec)
+
+
+if __name__ == "__main__":
+  main()
