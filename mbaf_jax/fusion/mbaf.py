@@ -296,14 +296,15 @@ class MBAF(nn.Module):
     bsz = modes[0].shape[0]
     m = batch_mask(mask, bsz)
     s = self.sizes(*(x.shape[1] for x in modes))
+    mem_var = self._memory(s)  # checks the memory width first
     if self.has_variable("params", "compose_kernel_0"):
       have = self.get_variable("params", "compose_kernel_0").shape[0] - s["H"]
       if have != s["l"]:
         raise ValueError(f"MBAF was initialised for memory inputs of total width {have} but "
                          f"got modes of widths {[x.shape[1] for x in modes]} "
-                         f"(memory_modes={self.memory_modes}, width {s['l']}).")
+                         f"(memory_modes={self.memory_modes}, width {s['l']}); pass inputs "
+                         f"of the widths used at init, or re-init.")
     p = self._params(s)
-    mem_var = self._memory(s)
     dtype = self.dtype or jnp.result_type(*modes, self.param_dtype)
     p = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), p)
     memory = jnp.asarray(mem_var.value, dtype)

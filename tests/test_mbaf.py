@@ -1,0 +1,350 @@
+"""Tests of the MBAF layer (MBAF §3, Eqs. 1–13) against a plain NumPy loop of the equations."""
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mbaf_jax.fusion import mbaf as mbaf_lib
+from mbaf_jax.fusion.mbaf import MBAF, mbaf_parameter_count
+
+
+def _modes(key, batch, dims):
+  keys = jax.random.split(key, len(dims))
+  return [jax.random.normal(k, (batch, d), jnp.float32) for k, d in zip(keys, dims)]
+
+
+def _init(layer, modes, seed=0):
+  return layer.init({"params": jax.random.key(seed), "memory": jax.random.key(seed + 100)},
+                    *modes)
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def _softmax(v):
+  e = np.exp(v - v.max())
+  return e / e.sum()
+
+
+def reference(params, memory, modes, mask, *, train, memory_modes=None, read="naive",
+              attention="feature", read_projection=True):
+  """Eqs. 1–9 (and 11–13) for one sample at a time, in float64 NumPy."""
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  mem = np.array(memory, np.float64)
+  modes = [np.asarray(x, np.float64) for x in modes]
+  sel = list(range(len(modes))) if memory_modes is None else list(memory_modes)
+  n_layers = len([k for k in p if k.startswith("compose_kernel_")])
+  out = []
+  for t in range(modes[0].shape[0]):
+    x = np.concatenate([modes[i][t] for i in sel])  # Eq. 1 / 13
+    xc = np.concatenate([modes[i][t] for i in sel[::-1]]) if read == "cross" else x  # Eq. 11
+    q = x @ p["read_kernel"] if read_projection else x
+    z = _softmax(np.array([mem[j] @ q for j in range(mem.shape[0])]))  # Eq. 2
+    m_r = sum(z[j] * mem[j] for j in range(mem.shape[0]))  # Eq. 3
+    y = np.concatenate([xc, m_r]) @ p["compose_kernel_0"] + p["compose_bias_0"]  # Eq. 4
+    for i in range(1, n_layers):
+      y = np.maximum(y, 0) @ p[f"compose_kernel_{i}"] + p[f"compose_bias_{i}"]
+    b = y
+    if attention == "feature":  # Eqs. 5-6, feature reading
+      alpha = _softmax(b * p["attention_context"])
+      c = len(b) * alpha * b
+    elif attention == "keys":
+      alpha = _softmax(p["attention_keys"] @ b / np.sqrt(len(b)))
+      c = sum(a * k for a, k in zip(alpha, p["attention_keys"]))
+    else:
+      c = b
+    h = c @ p["write_kernel"] + p.get("write_bias", 0.0)
+    h = np.maximum(h, 0.0)  # Eq. 7
+    hh = h @ p["output_kernel"] if "output_kernel" in p else h
+    o = x + hh  # Eq. 9
+    parts, start = {}, 0
+    for i in sel:
+      parts[i] = o[start:start + modes[i].shape[1]]
+      start += modes[i].shape[1]
+    row = np.concatenate([parts.get(i, modes[i][t]) for i in range(len(modes))])
+    if mask[t]:
+      out.append(row)
+      if train:  # Eq. 8, slot by slot
+        for j in range(mem.shape[0]):
+          mem[j] = mem[j] * (1.0 - z[j]) + z[j] * h
+    else:
+      out.append(np.zeros_like(row))
+  return np.stack(out), mem
+
+
+CASES = [
+    dict(dims=(3, 2), kw={}),
+    dict(dims=(3, 2), kw=dict(mlp_dims=(6,), attention="keys", attention_keys=3,
+                              write_bias=True)),
+    dict(dims=(3, 2), kw=dict(read="cross", attention="none")),
+    dict(dims=(2, 3, 2), kw=dict(hidden=4, compose_dim=5)),  # n = 3 modes, H != l
+    dict(dims=(3, 2), kw=dict(memory_modes=(1,))),  # Eq. 13
+    dict(dims=(3, 2), kw=dict(read_projection=False, write_bias=True)),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: str(c["kw"]) or "default")
+@pytest.mark.parametrize("train", [True, False])
+def test_scan_matches_numpy_loop(case, train):
+  modes = _modes(jax.random.key(1), 5, case["dims"])
+  mask = np.array([1, 1, 0, 1, 1], bool)
+  layer = MBAF(slots=4, **case["kw"])
+  v = _init(layer, modes)
+  out, new = layer.apply(v, *modes, mask=mask, train=train, mutable=["memory"])
+  ref_kw = {k: case["kw"][k] for k in ("memory_modes", "read", "attention", "read_projection")
+            if k in case["kw"]}
+  want, want_mem = reference(v["params"], v["memory"]["memory"], modes, mask, train=train,
+                             **ref_kw)
+  np.testing.assert_allclose(out.fused, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(new["memory"]["memory"], want_mem, rtol=1e-5, atol=1e-5)
+  assert out.aux == {}
+  assert out.fused.shape == (5, sum(case["dims"]))
+
+
+def test_compose_writes_equals_sequential_writes():
+  rng = np.random.default_rng(0)
+  mem = rng.normal(size=(4, 3))
+  z = rng.dirichlet(np.ones(4), size=6)
+  z[2] = 0.0  # a padded row is a no-op
+  z[4] = np.eye(4)[1]  # a hard write: erases slot 1 completely
+  h = rng.normal(size=(6, 3))
+  want = mem.copy()
+  for b in range(6):
+    want = want * (1 - z[b][:, None]) + np.outer(z[b], h[b])
+  got = mbaf_lib.compose_writes(jnp.asarray(mem, jnp.float32), jnp.asarray(z, jnp.float32),
+                                jnp.asarray(h, jnp.float32))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_batched_write_deviation_from_scan():
+  """write="batched" reads stale memory: equal to scan for B = 1, measurably off for B > 1."""
+  modes = _modes(jax.random.key(2), 16, (6, 4))
+  scan, batched = MBAF(slots=5), MBAF(slots=5, write="batched")
+  v = _init(scan, modes)
+  for b in (1, 16):
+    xs = [x[:b] for x in modes]
+    o1, m1 = scan.apply(v, *xs, train=True, mutable=["memory"])
+    o2, m2 = batched.apply(v, *xs, train=True, mutable=["memory"])
+    dev_mem = float(jnp.max(jnp.abs(m1["memory"]["memory"] - m2["memory"]["memory"])))
+    dev_out = float(jnp.max(jnp.abs(o1.fused - o2.fused)))
+    if b == 1:
+      assert dev_mem < 1e-5 and dev_out < 1e-5
+    else:
+      print(f"batched vs scan, B={b}: max |ΔM| = {dev_mem:.3g}, max |Δo| = {dev_out:.3g}")
+      assert 1e-4 < dev_mem < 10.0 and dev_out > 1e-4
+  # the first row reads M_{t-1} in both modes
+  np.testing.assert_allclose(o1.fused[0], o2.fused[0], rtol=1e-5, atol=1e-5)
+
+
+def test_memory_init_statistics_and_streams():
+  x = _modes(jax.random.key(3), 2, (40, 60))
+  layer = MBAF(slots=100)
+  v = _init(layer, x)
+  mem = np.asarray(v["memory"]["memory"])
+  assert mem.shape == (100, 100)
+  assert abs(mem.mean()) < 0.03 and abs(mem.std() - 1.0) < 0.03  # N(0, 1), 10^4 draws
+  v2 = layer.init({"params": jax.random.key(0), "memory": jax.random.key(7)}, *x)
+  assert not np.allclose(v2["memory"]["memory"], mem)  # from the 'memory' stream
+  np.testing.assert_array_equal(v2["params"]["write_kernel"], v["params"]["write_kernel"])
+  v3 = layer.init(jax.random.key(0), *x)  # no 'memory' stream: drawn from 'params'
+  assert np.isfinite(np.asarray(v3["memory"]["memory"])).all()
+  lim = np.sqrt(6.0 / (100 + 100))  # Glorot uniform
+  w = np.asarray(v["params"]["write_kernel"])
+  assert np.abs(w).max() <= lim and np.abs(w).max() > 0.9 * lim
+
+
+def test_eval_never_writes_and_train_leaves_inputs_untouched():
+  x = _modes(jax.random.key(4), 4, (3, 2))
+  layer = MBAF(slots=3)
+  v = _init(layer, x)
+  before = jax.tree_util.tree_map(np.array, v)
+  out, new = layer.apply(v, *x, train=False, mutable=["memory"])
+  np.testing.assert_array_equal(new["memory"]["memory"], before["memory"]["memory"])
+  out, new = layer.apply(v, *x, train=True, mutable=["memory"])
+  assert not np.allclose(new["memory"]["memory"], before["memory"]["memory"])
+  jax.tree_util.tree_map(np.testing.assert_array_equal, v, before)
+  # not mutable: train=True still computes the outputs of the sequential write
+  out2 = layer.apply(v, *x, train=True)
+  np.testing.assert_allclose(out2.fused, out.fused, rtol=1e-6)
+
+
+@pytest.mark.parametrize("write", ["scan", "batched"])
+def test_padded_rows_do_not_affect_real_rows(write):
+  real = _modes(jax.random.key(5), 3, (3, 2))
+  junk = _modes(jax.random.key(6), 3, (3, 2))
+  layer = MBAF(slots=4, write=write)
+  v = _init(layer, real)
+  # interleave: real0, junk0, real1, junk1, junk2, real2
+  order = [("r", 0), ("j", 0), ("r", 1), ("j", 1), ("j", 2), ("r", 2)]
+  padded = [jnp.stack([(r if s == "r" else j)[i] for s, i in order]) for r, j in zip(real, junk)]
+  mask = np.array([s == "r" for s, _ in order])
+  o1, m1 = layer.apply(v, *real, train=True, mutable=["memory"])
+  o2, m2 = layer.apply(v, *padded, mask=mask, train=True, mutable=["memory"])
+  np.testing.assert_allclose(o2.fused[mask], o1.fused, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(o2.fused[~mask], 0.0)
+  np.testing.assert_allclose(m2["memory"]["memory"], m1["memory"]["memory"], rtol=1e-5, atol=1e-6)
+
+
+def test_same_keys_same_outputs_and_write_then_carry():
+  x = _modes(jax.random.key(8), 4, (3, 2))
+  layer = MBAF(slots=3)
+  va, vb = _init(layer, x, seed=1), _init(layer, x, seed=1)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, va, vb)
+  oa, na = layer.apply(va, *x, train=True, mutable=["memory"])
+  # carrying the new memory: a second step reads what the first wrote
+  carried = {"params": va["params"], "memory": jax.lax.stop_gradient(na["memory"])}
+  ob, nb = layer.apply(carried, *x, train=True, mutable=["memory"])
+  _, want_mem = reference(va["params"], va["memory"]["memory"],
+                          [jnp.concatenate([a, a]) for a in x], np.ones(8, bool), train=True)
+  np.testing.assert_allclose(nb["memory"]["memory"], want_mem, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(oa.fused, ob.fused)
+
+
+def test_jit_and_grad_reach_every_weight():
+  x = _modes(jax.random.key(9), 4, (3, 2))
+  layer = MBAF(slots=3, mlp_dims=(4,))
+  v = _init(layer, x)
+
+  @jax.jit
+  def loss(params, memory):
+    out, new = layer.apply({"params": params, "memory": memory}, *x, train=True,
+                           mutable=["memory"])
+    return jnp.sum(out.fused ** 2) + jnp.sum(new["memory"]["memory"] ** 2)
+
+  grads = jax.grad(loss)(v["params"], v["memory"])
+  for name in ("read_kernel", "compose_kernel_0", "compose_kernel_1", "attention_context",
+               "write_kernel"):
+    g = np.asarray(grads[name])
+    assert np.isfinite(g).all() and np.abs(g).max() > 0, name
+  # directional derivative against a central difference of the same function
+  d = jax.tree_util.tree_map(lambda a: jax.random.normal(jax.random.key(1), a.shape), v["params"])
+  eps = 1e-2
+  plus = jax.tree_util.tree_map(lambda a, b: a + eps * b, v["params"], d)
+  minus = jax.tree_util.tree_map(lambda a, b: a - eps * b, v["params"], d)
+  fd = (loss(plus, v["memory"]) - loss(minus, v["memory"])) / (2 * eps)
+  an = sum(jnp.vdot(g, b) for g, b in zip(jax.tree_util.tree_leaves(grads),
+                                          jax.tree_util.tree_leaves(d)))
+  np.testing.assert_allclose(an, fd, rtol=2e-2)
+
+
+@pytest.mark.parametrize("write", ["scan", "batched"])
+def test_sharded_batch_equals_one_device(write):
+  devices = np.array(jax.devices()[:8])
+  if len(devices) < 8:
+    pytest.skip("needs 8 devices")
+  x = _modes(jax.random.key(10), 16, (3, 2))
+  mask = np.ones(16, bool)
+  mask[[3, 12]] = False
+  layer = MBAF(slots=4, write=write)
+  v = _init(layer, x)
+  f = jax.jit(lambda v, m, *x: layer.apply(v, *x, mask=m, train=True, mutable=["memory"]))
+  o1, n1 = f(v, mask, *x)
+  mesh = Mesh(devices, ("data",))
+  sh = NamedSharding(mesh, P("data"))
+  rep = NamedSharding(mesh, P())
+  xs = [jax.device_put(a, sh) for a in x]
+  o8, n8 = f(jax.device_put(v, rep), jax.device_put(mask, sh), *xs)
+  assert len(o8.fused.sharding.device_set) == 8
+  np.testing.assert_allclose(o8.fused, o1.fused, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(n8["memory"]["memory"], n1["memory"]["memory"], rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_pmap_axis_name_equals_one_device():
+  n = 8
+  if jax.device_count() < n:
+    pytest.skip("needs 8 devices")
+  x = _modes(jax.random.key(11), 16, (3, 2))
+  mask = np.ones(16, bool)
+  mask[[1, 9, 10]] = False
+  one = MBAF(slots=4)
+  v = _init(one, x)
+  o1, n1 = one.apply(v, *x, mask=mask, train=True, mutable=["memory"])
+  par = MBAF(slots=4, axis_name="batch")
+  rep = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), v)
+  split = lambda a: a.reshape((n, a.shape[0] // n) + a.shape[1:])
+  f = jax.pmap(lambda v, m, *x: par.apply(v, *x, mask=m, train=True, mutable=["memory"]),
+               axis_name="batch")
+  o8, n8 = f(rep, split(mask), *[split(a) for a in x])
+  np.testing.assert_allclose(o8.fused.reshape(16, -1), o1.fused, rtol=1e-5, atol=1e-6)
+  for d in range(n):  # identical memory on every device
+    np.testing.assert_allclose(n8["memory"]["memory"][d], n1["memory"]["memory"], rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_parameter_count_matches_own_formula_and_table3():
+  def own(l, slots_unused, h=None, c=None, mlp=(), read_projection=True, attention="feature",
+          keys=32, write_bias=False):
+    h = h or l
+    c = c or h
+    widths = list(mlp) + [c]
+    n, fan = 0, l + h
+    for w in widths:
+      n += fan * w + w
+      fan = w
+    n += l * h if read_projection else 0
+    n += {"feature": c, "keys": keys * c, "none": 0}[attention]
+    n += c * h + (h if write_bias else 0)
+    n += h * l if h != l else 0
+    return n
+
+  assert mbaf_parameter_count(5, 7) == own(12, 3)
+  assert mbaf_parameter_count(5, 7, hidden=6, compose_dim=4, mlp_dims=(3,), attention="keys",
+                              attention_keys=5, write_bias=True) == own(
+                                  12, 3, h=6, c=4, mlp=(3,), attention="keys", keys=5,
+                                  write_bias=True)
+  assert mbaf_parameter_count(5, 7, attention="none", read_projection=False) == own(
+      12, 3, attention="none", read_projection=False)
+  # Table 3 / Eq. 10 numbers for l = 1024, batch 32 (shapes only, via eval_shape)
+  count = mbaf_parameter_count(512, 512, attention_keys=32, **mbaf_lib.TABLE3_LAYOUT)
+  assert count == 14_628_867 - 11_448_323 == 3_180_544
+  assert mbaf_lib.paper_eq10(1024, 32) == 2_130_944 == count - (1024 ** 2 + 1024)
+  assert mbaf_lib.paper_table3_difference(6848, 64) + 4 * 6848 + 4 == 157_550_146 - 16_385_470
+
+
+def test_output_dim_and_dtype():
+  layer = MBAF(slots=2, dtype=jnp.bfloat16)
+  assert layer.output_dim(2048, 4800) == 6848
+  x = _modes(jax.random.key(12), 2, (3, 2))
+  v = _init(layer, x)
+  out, new = layer.apply(v, *x, train=True, mutable=["memory"])
+  assert out.fused.dtype == jnp.bfloat16
+  assert new["memory"]["memory"].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(write="sequential"), "write must be one of"),
+    (dict(read="cross_attention"), "read must be one of"),
+    (dict(attention="dot"), "attention must be one of"),
+    (dict(memory_modes=(2,)), r"memory_modes=\(2,\)"),
+    (dict(memory_modes=1), "memory_modes must be None or a non-empty tuple"),
+    (dict(hidden=4, read_projection=False), "read_projection=False"),
+    (dict(slots=0), "slots must be a positive int"),
+])
+def test_bad_options(kw, match):
+  x = _modes(jax.random.key(13), 2, (3, 2))
+  with pytest.raises(ValueError, match=match):
+    _init(MBAF(**kw), x)
+
+
+def test_bad_inputs():
+  layer = MBAF(slots=2)
+  x = _modes(jax.random.key(14), 2, (3, 2))
+  v = _init(layer, x)
+  with pytest.raises(ValueError, match="same batch size"):
+    layer.apply(v, x[0], x[1][:1])
+  with pytest.raises(ValueError, match="'memory' variable has shape"):
+    layer.apply(v, x[0], jnp.ones((2, 4)))
+  with pytest.raises(ValueError, match="mask must have shape"):
+    layer.apply(v, *x, mask=np.ones(3))
+  with pytest.raises(ValueError, match="at least one mode"):
+    layer.apply(v)
+  with pytest.raises(ValueError, match="shape \\(B, d\\)"):
+    layer.apply(v, x[0][None], x[1][None])
+  # hidden set: memory width fixed, input width changed -> named error
+  lh = MBAF(slots=2, hidden=4)
+  vh = _init(lh, x)
+  with pytest.raises(ValueError, match="initialised for memory inputs of total width 5"):
+    lh.apply(vh, x[0], jnp.ones((2, 4)))
