@@ -2,7 +2,7 @@
 
 Writes IEMOCAP-like clips (16 kHz mono PCM16; 2-7 s, mean 4.5 s like the real
 sentences, or 0.5 s under ``--quick``) to a temporary directory, then times
-:func:`mbaf_jax.data.audio.load_waveforms` (max 5 s per clip, DMF §2.1) for:
+:func:`mbaf_jax.data.audio.load_waveforms` (max 5 s per clip, as the DMF audio encoder takes) for:
 
 * ``audio_decode_cold``: decode every file, no cache;
 * ``audio_decode_fill_cache``: decode and write the cache (first epoch);

@@ -1,7 +1,8 @@
 """Audio reading, resampling and an on-disk decode cache.
 
 IEMOCAP sentence wavs are 16 kHz mono 16-bit PCM (DATA_FORMATS "IEMOCAP");
-DMF §2.1 feeds wav2vec 2.0 at most 5 s of 16 kHz audio. :func:`read_wav`
+the DMF audio encoder gets the first 5 s at 16 kHz (SPEC "DMF"; the paper gives no
+length). :func:`read_wav`
 normalises anything readable to that (stereo → mono by the channel mean, other
 rates → 16 kHz with ``librosa.resample``) and rejects what cannot be used
 (unreadable, empty, NaN/inf samples) with a :class:`DataError` naming the file.
@@ -104,7 +105,7 @@ def _decode_one(path, sr, max_samples, cache_dir):
 
 def load_waveforms(paths: Sequence, sr: int = 16000, max_seconds: float | None = 5.0,
                    cache_dir=None, workers: int = 2, summary: LoadSummary | None = None):
-  """Decodes many audio files into one zero-padded batch (DMF §2.1: ≤ 5 s at 16 kHz).
+  """Decodes many audio files into one zero-padded batch (SPEC: the first 5 s at 16 kHz).
 
   Each file is read with :func:`read_wav`, cut to ``max_seconds`` and, with
   ``cache_dir``, stored as ``<cache_dir>/<cache_key>.npy`` so later calls only

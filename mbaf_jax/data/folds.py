@@ -2,10 +2,11 @@
 
 * :func:`loso_folds` — IEMOCAP leave-one-session-out (DMF §3.1: 5 folds, train on
   4 sessions, test on the 5th), with a documented validation choice.
-* :func:`stratified_split` — the MBAF paper's 8:1:1 stratified random split
-  (MBAF §4.1).
+* :func:`stratified_split` — the MBAF paper's 8:1:1 train/val/test split
+  (MBAF §4.1; the paper does not say how it is drawn: here random, stratified
+  by class).
 * :func:`group_kfold` — leave-one-group-out over subjects (CEBS: 4 groups of 5
-  subjects, MBAF §4.1).
+  subjects, MBAF §4.2).
 
 Every split is a :class:`Fold` of sorted ``int64`` index arrays into the list of
 examples the caller passed in; the three arrays are disjoint.
@@ -55,7 +56,10 @@ def _largest_remainder(n: int, ratios: Sequence[float]) -> list[int]:
 
 
 def stratified_split(labels, ratios=(8, 1, 1), seed: int = 0, name: str | None = None) -> Fold:
-  """The MBAF 8:1:1 stratified random split (MBAF §4.1: "randomly split ... 8:1:1").
+  """The MBAF 8:1:1 split (MBAF §4.1: "a 8:1:1 dataset split for training, validation, and testing").
+
+  The paper does not say how the split is drawn; this one is random and
+  stratified by class.
 
   Within each class the examples are shuffled with ``seed`` and cut in the
   proportions ``ratios`` (train, val, test) by largest remainders, so every
@@ -149,7 +153,7 @@ def loso_folds(utterances, validation: str = "speaker", seed: int = 0) -> list[F
 
 def group_kfold(groups, n_groups: int = 4, seed: int = 0, val_fraction: float = 0.0,
                 name: str = "group") -> list[Fold]:
-  """Leave-one-group-out folds over subjects (MBAF §4.1, CEBS: 4 groups of 5 subjects).
+  """Leave-one-group-out folds over subjects (MBAF §4.2, CEBS: 4 groups of 5 subjects).
 
   The distinct values of ``groups`` (e.g. subject ids) are shuffled with
   ``seed`` and dealt into ``n_groups`` groups whose sizes differ by at most 1.

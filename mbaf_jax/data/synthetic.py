@@ -99,7 +99,7 @@ def _per_session(size) -> int:
   return int(size)
 
 
-def _dialog_names(session: int, n: int, rng) -> list:
+def _dialog_names(session: int, n: int) -> list:
   """``n`` dialog names of a session, irregular ones first (DATA_FORMATS "IEMOCAP")."""
   s = f"Ses0{session}"
   names = {3: ["Ses03M_impro05a", "Ses03M_impro05b", "Ses03F_impro01", "Ses03M_impro08a",
@@ -117,9 +117,7 @@ def _dialog_names(session: int, n: int, rng) -> list:
     if cand not in names:
       names.append(cand)
     k += 1
-  names = names[:n]
-  del rng
-  return names
+  return names[:n]
 
 
 def synth_voice(rng, n: int, sr: int, base_f0: float, loud_scale: float, style: int) -> np.ndarray:
@@ -275,7 +273,7 @@ def write_iemocap(out_dir, size="small", seed: int = 0, sample_rate: int = 16000
       excl_i += 1
     order = rng.permutation(len(turns))
     n_dialogs = max(2, math.ceil(len(turns) / 24))
-    dialogs = _dialog_names(session, n_dialogs, rng)
+    dialogs = _dialog_names(session, n_dialogs)
     for di, dialog in enumerate(dialogs):
       dturns = [turns[k] for k in order[di::n_dialogs]]
       wav_dir = os.path.join(sdir, "sentences", "wav", dialog)
