@@ -258,3 +258,19 @@ def test_strict_ignores_expected_quirks(corpus_dir):
   """Noise lines, XX ids, dotfiles, subfolders and non-4-class labels are not errors."""
   c = iemocap.load_iemocap(corpus_dir[0], strict=True, verbose=False)
   assert len(c.utterances) == 80 and sum(c.excluded.values()) == 15
+
+
+def test_undecodable_text_file_and_crlf(root, corpus_dir):
+  u = _first_labelled(corpus_dir[1], session=2)
+  with open(_emo_path(root, u), "rb") as f:
+    raw = f.read()
+  with open(_emo_path(root, u), "wb") as f:
+    f.write(raw.replace(b"\n", b"\r\n"))  # CRLF line ends are fine
+  assert iemocap.load_iemocap(root, verbose=False).summary.total_skipped == 0
+  with open(_emo_path(root, u), "wb") as f:
+    f.write(b"\xff\xfe\x00binary junk\x80\x81")
+  c = iemocap.load_iemocap(root, verbose=False)
+  assert c.summary.counts == {"unreadable text file": 1}
+  assert _emo_path(root, u) in c.summary.examples["unreadable text file"][0]
+  with pytest.raises(ValueError, match="sessions"):
+    iemocap.load_iemocap(root, sessions="one", verbose=False)

@@ -147,8 +147,8 @@ def parse_emo_evaluation(path, summary: LoadSummary):
   """
   rows = []
   for lineno, line in enumerate(_read_text(path, summary), 1):
-    line = line.rstrip("\r")
-    if not line.strip() or line.startswith(("%", "C-", "A-")):
+    line = line.rstrip()  # CR of CRLF files, trailing blanks
+    if not line or line.startswith(("%", "C-", "A-")):
       continue  # header, blank, per-evaluator category (C-) and attribute (A-) lines
     m = SUMMARY_LINE.match(line)
     if m is None:
@@ -267,7 +267,10 @@ def load_iemocap(root, strict: bool = False, sessions=None, check_wav: bool = Tr
   if sessions is None:
     wanted = sorted(found)
   else:
-    wanted = sorted({int(s) for s in sessions})
+    try:
+      wanted = sorted({int(s) for s in sessions})
+    except (TypeError, ValueError):
+      raise ValueError(f"load_iemocap: sessions must be an iterable of numbers in 1..5, got {sessions!r}") from None
     bad = [s for s in wanted if s not in range(1, 6)]
     if bad:
       raise ValueError(f"load_iemocap: sessions must be numbers in 1..5, got {bad}")
