@@ -52,6 +52,7 @@ class Wav2Vec2Config:
   param_dtype: Any = jnp.float32  # parameter dtype
   remat: bool = False  # nn.remat (gradient checkpointing) on each transformer layer
   stop_gradient_feature_encoder: bool = False  # no backprop through the frozen conv encoder
+  masked_group_norm: bool = False  # GroupNorm stats over real samples only (reference: all)
 
   def __post_init__(self):
     for name in ("conv_dim", "conv_kernel", "conv_stride"):
@@ -86,7 +87,8 @@ class Wav2Vec2Config:
       raise ValueError("config.json: add_adapter/adapter_attn_dim are set; Wav2Vec2 adapters are "
                        "not supported by mbaf_jax. Use a checkpoint without adapters.")
     names = {f.name for f in dataclasses.fields(cls)} - {"dtype", "param_dtype", "remat",
-                                                        "stop_gradient_feature_encoder"}
+                                                        "stop_gradient_feature_encoder",
+                                                        "masked_group_norm"}
     kwargs = {k: d[k] for k in names if k in d}
     kwargs.update(overrides)
     return cls(**kwargs)
@@ -153,15 +155,28 @@ class FeatureEncoder(nn.Module):
   config: Wav2Vec2Config  # model hyper-parameters
 
   @nn.compact
-  def __call__(self, input_values):
-    """Args: input_values (B, S). Returns: (B, T, conv_dim[-1])."""
+  def __call__(self, input_values, attention_mask=None):
+    """Feature encoder.
+
+    Args:
+      input_values: (B, S) waveforms.
+      attention_mask: (B, S) sample mask, used only when ``config.masked_group_norm``.
+
+    Returns:
+      (B, T, conv_dim[-1]).
+    """
     cfg = self.config
     act = get_activation(cfg.feat_extract_activation)
     h = input_values[..., None].astype(cfg.dtype)
     for i, (dim, k, s) in enumerate(zip(cfg.conv_dim, cfg.conv_kernel, cfg.conv_stride)):
-      layer = ConvLayer(dim, k, s, cfg.conv_bias, _conv_norm(cfg.feat_extract_norm, i), cfg.dtype,
-                        cfg.param_dtype, name=f"conv_layers_{i}")
-      h = act(layer(h))
+      norm = _conv_norm(cfg.feat_extract_norm, i)
+      mask = None
+      if norm == "group" and cfg.masked_group_norm and attention_mask is not None:
+        out_len = (input_values.shape[1] - k) // s + 1
+        mask = frame_mask(attention_mask, out_len, (k,), (s,))
+      layer = ConvLayer(dim, k, s, cfg.conv_bias, norm, cfg.dtype, cfg.param_dtype,
+                        name=f"conv_layers_{i}")
+      h = act(layer(h, mask))
     return h
 
 
@@ -182,18 +197,51 @@ class ConvLayer(nn.Module):
   param_dtype: Any  # parameter dtype
 
   @nn.compact
-  def __call__(self, x):
-    """Args: x (B, S, C). Returns: (B, floor((S − k)/s) + 1, features), before the activation."""
+  def __call__(self, x, mask=None):
+    """Conv then norm.
+
+    Args:
+      x: (B, S, C).
+      mask: optional (B, T') output-frame mask; the group norm then takes its per-channel
+        statistics over valid frames only.
+
+    Returns:
+      (B, T' = floor((S − k)/s) + 1, features), before the activation.
+    """
     x = nn.Conv(self.features, (self.kernel,), strides=(self.stride,), padding="VALID",
                 use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
                 kernel_init=nn.initializers.he_normal(), name="conv")(x)
     if self.norm == "group":
-      x = nn.GroupNorm(num_groups=self.features, epsilon=1e-5, dtype=self.dtype,
-                       param_dtype=self.param_dtype, use_fast_variance=False,
-                       name="layer_norm")(x)
+      x = ChannelGroupNorm(1e-5, self.dtype, self.param_dtype, name="layer_norm")(x, mask)
     elif self.norm == "layer":
       x = _layer_norm(1e-5, self.dtype, self.param_dtype, "layer_norm")(x)
     return x
+
+
+class ChannelGroupNorm(nn.Module):
+  """GroupNorm with one group per channel: per-channel mean/variance over time (torch
+  ``GroupNorm(C, C)``), optionally over the frames where ``mask`` is 1 only."""
+  epsilon: float  # variance epsilon (torch default 1e-5)
+  dtype: Any  # compute dtype
+  param_dtype: Any  # parameter dtype
+
+  @nn.compact
+  def __call__(self, x, mask=None):
+    """Args: x (B, T, C); mask optional (B, T). Returns: normalised x, (B, T, C)."""
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    if mask is None:
+      mean = jnp.mean(x32, axis=1, keepdims=True)
+      var = jnp.mean(jnp.square(x32 - mean), axis=1, keepdims=True)
+    else:
+      m = mask.astype(jnp.float32)[..., None]
+      count = jnp.maximum(jnp.sum(m, axis=1, keepdims=True), 1.0)
+      mean = jnp.sum(x32 * m, axis=1, keepdims=True) / count
+      var = jnp.sum(jnp.square(x32 - mean) * m, axis=1, keepdims=True) / count
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
+    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
 
 
 class FeatureProjection(nn.Module):
@@ -371,7 +419,7 @@ class Wav2Vec2(nn.Module):
     if input_values.shape[1] < min_len:
       raise ValueError(f"Wav2Vec2: input_values has {input_values.shape[1]} samples; the conv "
                        f"feature encoder needs at least {min_len}. Pad the audio.")
-    features = FeatureEncoder(cfg, name="feature_extractor")(input_values)
+    features = FeatureEncoder(cfg, name="feature_extractor")(input_values, attention_mask)
     if cfg.stop_gradient_feature_encoder:
       features = jax.lax.stop_gradient(features)
     num_frames = features.shape[1]
