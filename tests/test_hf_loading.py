@@ -136,3 +136,20 @@ def test_directory_errors(tmp_path, monkeypatch):
 
 BERT_TINY = {"model_type": "bert", "vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 1,
              "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 40}
+
+
+def test_sharded_safetensors_index(tmp_path):
+  state = load_file(os.path.join(FIXTURES, "bert", "model.safetensors"))
+  keys = sorted(state)
+  shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+            "model-00002-of-00002.safetensors": keys[len(keys) // 2:]}
+  for fname, ks in shards.items():
+    save_file({k: state[k] for k in ks}, str(tmp_path / fname))
+  (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+      {"weight_map": {k: f for f, ks in shards.items() for k in ks}}))
+  shutil.copy(os.path.join(FIXTURES, "bert", "config.json"), tmp_path / "config.json")
+  _, params, report = from_pretrained(str(tmp_path))
+  _, ref_params, _ = from_pretrained(os.path.join(FIXTURES, "bert"))
+  assert not report.missing_keys and len(report.loaded_keys) == 39
+  np.testing.assert_array_equal(params["pooler"]["dense"]["kernel"],
+                                ref_params["pooler"]["dense"]["kernel"])
