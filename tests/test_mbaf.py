@@ -15,6 +15,12 @@ def _modes(key, batch, dims):
   return [jax.random.normal(k, (batch, d), jnp.float32) for k, d in zip(keys, dims)]
 
 
+def _apply(layer, variables, *modes, mask=None, train=True):
+  """``layer.apply`` under one jit (eager dispatch of many tiny ops is slow)."""
+  f = jax.jit(lambda v, m, *x: layer.apply(v, *x, mask=m, train=train, mutable=["memory"]))
+  return f(variables, mask, *modes)
+
+
 def _init(layer, modes, seed=0):
   return layer.init({"params": jax.random.key(seed), "memory": jax.random.key(seed + 100)},
                     *modes)
@@ -85,14 +91,19 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: str(c["kw"]) or "default")
-@pytest.mark.parametrize("train", [True, False])
+REFERENCE_CASES = [
+    pytest.param(c, t, id=f"{'train' if t else 'eval'}-{c['kw'] or 'default'}",
+                 marks=() if t or i == 0 else pytest.mark.slow)
+    for i, c in enumerate(CASES) for t in (True, False)]
+
+
+@pytest.mark.parametrize("case, train", REFERENCE_CASES)
 def test_scan_matches_numpy_loop(case, train):
   modes = _modes(jax.random.key(1), 5, case["dims"])
   mask = np.array([1, 1, 0, 1, 1], bool)
   layer = MBAF(slots=4, **case["kw"])
   v = _init(layer, modes)
-  out, new = layer.apply(v, *modes, mask=mask, train=train, mutable=["memory"])
+  out, new = _apply(layer, v, *modes, mask=mask, train=train)
   ref_kw = {k: case["kw"][k] for k in ("memory_modes", "read", "attention", "read_projection")
             if k in case["kw"]}
   want, want_mem = reference(v["params"], v["memory"]["memory"], modes, mask, train=train,
@@ -125,8 +136,8 @@ def test_batched_write_deviation_from_scan():
   v = _init(scan, modes)
   for b in (1, 16):
     xs = [x[:b] for x in modes]
-    o1, m1 = scan.apply(v, *xs, train=True, mutable=["memory"])
-    o2, m2 = batched.apply(v, *xs, train=True, mutable=["memory"])
+    o1, m1 = _apply(scan, v, *xs, train=True)
+    o2, m2 = _apply(batched, v, *xs, train=True)
     dev_mem = float(jnp.max(jnp.abs(m1["memory"]["memory"] - m2["memory"]["memory"])))
     dev_out = float(jnp.max(jnp.abs(o1.fused - o2.fused)))
     if b == 1:
@@ -160,9 +171,9 @@ def test_eval_never_writes_and_train_leaves_inputs_untouched():
   layer = MBAF(slots=3)
   v = _init(layer, x)
   before = jax.tree_util.tree_map(np.array, v)
-  out, new = layer.apply(v, *x, train=False, mutable=["memory"])
+  out, new = _apply(layer, v, *x, train=False)
   np.testing.assert_array_equal(new["memory"]["memory"], before["memory"]["memory"])
-  out, new = layer.apply(v, *x, train=True, mutable=["memory"])
+  out, new = _apply(layer, v, *x, train=True)
   assert not np.allclose(new["memory"]["memory"], before["memory"]["memory"])
   jax.tree_util.tree_map(np.testing.assert_array_equal, v, before)
   # not mutable: train=True still computes the outputs of the sequential write
@@ -180,8 +191,8 @@ def test_padded_rows_do_not_affect_real_rows(write):
   order = [("r", 0), ("j", 0), ("r", 1), ("j", 1), ("j", 2), ("r", 2)]
   padded = [jnp.stack([(r if s == "r" else j)[i] for s, i in order]) for r, j in zip(real, junk)]
   mask = np.array([s == "r" for s, _ in order])
-  o1, m1 = layer.apply(v, *real, train=True, mutable=["memory"])
-  o2, m2 = layer.apply(v, *padded, mask=mask, train=True, mutable=["memory"])
+  o1, m1 = _apply(layer, v, *real, train=True)
+  o2, m2 = _apply(layer, v, *padded, mask=mask, train=True)
   np.testing.assert_allclose(o2.fused[mask], o1.fused, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(o2.fused[~mask], 0.0)
   np.testing.assert_allclose(m2["memory"]["memory"], m1["memory"]["memory"], rtol=1e-5, atol=1e-6)
@@ -192,10 +203,10 @@ def test_same_keys_same_outputs_and_write_then_carry():
   layer = MBAF(slots=3)
   va, vb = _init(layer, x, seed=1), _init(layer, x, seed=1)
   jax.tree_util.tree_map(np.testing.assert_array_equal, va, vb)
-  oa, na = layer.apply(va, *x, train=True, mutable=["memory"])
+  oa, na = _apply(layer, va, *x, train=True)
   # carrying the new memory: a second step reads what the first wrote
   carried = {"params": va["params"], "memory": jax.lax.stop_gradient(na["memory"])}
-  ob, nb = layer.apply(carried, *x, train=True, mutable=["memory"])
+  ob, nb = _apply(layer, carried, *x, train=True)
   _, want_mem = reference(va["params"], va["memory"]["memory"],
                           [jnp.concatenate([a, a]) for a in x], np.ones(8, bool), train=True)
   np.testing.assert_allclose(nb["memory"]["memory"], want_mem, rtol=1e-5, atol=1e-5)
@@ -261,7 +272,7 @@ def test_pmap_axis_name_equals_one_device():
   mask[[1, 9, 10]] = False
   one = MBAF(slots=4)
   v = _init(one, x)
-  o1, n1 = one.apply(v, *x, mask=mask, train=True, mutable=["memory"])
+  o1, n1 = _apply(one, v, *x, mask=mask, train=True)
   par = MBAF(slots=4, axis_name="batch")
   rep = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n,) + a.shape), v)
   split = lambda a: a.reshape((n, a.shape[0] // n) + a.shape[1:])
@@ -309,7 +320,7 @@ def test_output_dim_and_dtype():
   assert layer.output_dim(2048, 4800) == 6848
   x = _modes(jax.random.key(12), 2, (3, 2))
   v = _init(layer, x)
-  out, new = layer.apply(v, *x, train=True, mutable=["memory"])
+  out, new = _apply(layer, v, *x, train=True)
   assert out.fused.dtype == jnp.bfloat16
   assert new["memory"]["memory"].dtype == jnp.float32
 
