@@ -22,8 +22,8 @@ def make_inputs(seed=0, b=B):
 def setup():
   layer = DualMemoryFusion(**CFG)
   x_a, x_t = make_inputs()
-  variables = layer.init({"params": jax.random.key(0), "memory": jax.random.key(1)},
-                         x_a, x_t, train=False)
+  variables = jax.jit(layer.init)({"params": jax.random.key(0), "memory": jax.random.key(1)},
+                                  x_a, x_t)
   return layer, variables, x_a, x_t
 
 
@@ -254,6 +254,12 @@ def test_same_keys_same_outputs_different_gumbel_keys_differ(setup):
   e1 = layer.apply(variables, x_a, x_t)
   e2 = layer.apply(variables, x_a, x_t)
   np.testing.assert_array_equal(e1.fused, e2.fused)
+  # writer dropout (off by default) draws from the 'dropout' stream only
+  drop = DualMemoryFusion(**CFG, dropout_rate=0.5)
+  d1, d2 = [drop.apply(variables, x_a, x_t, train=True, mutable=["memory", "batch_stats"],
+                       rngs={"gumbel": jax.random.key(5), "dropout": jax.random.key(k)})[1]
+            for k in (0, 1)]
+  assert np.abs(np.asarray(d1["memory"]["M_a"]) - np.asarray(d2["memory"]["M_a"])).max() > 1e-3
   noisy = DualMemoryFusion(**CFG, gumbel_noise_in_eval=True)
   n1 = noisy.apply(variables, x_a, x_t, rngs={"gumbel": jax.random.key(1)})
   assert np.abs(np.asarray(n1.fused) - np.asarray(e1.fused)).max() > 1e-4
@@ -317,6 +323,7 @@ def test_batch_sharded_over_8_devices_equals_one_device(setup, single_device_run
   assert_runs_equal(got, want, mask)
 
 
+@pytest.mark.slow
 def test_pmap_with_axis_name_equals_one_device(setup, single_device_run):
   layer, variables, x_a, x_t = setup
   mask, (want_out, want_vars) = single_device_run

@@ -2,7 +2,6 @@
 import pathlib
 import re
 
-import jax
 import numpy as np
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
@@ -25,7 +24,7 @@ def test_readme_train_step_example_runs_and_carries_memory():
   exec(compile(code, str(README), "exec"), ns)  # pylint: disable=exec-used
   assert np.isfinite(ns["loss"])
   # memory was written and carried: it differs from the initial one, and eval reads it unchanged
-  init_mem = ns["fusion"].init(jax.random.key(1), ns["x_a"], ns["x_t"])["memory"]
+  init_mem = ns["variables"]["memory"]  # init's memory (the example copies it into `state`)
   carried = ns["state"]["memory"]
   assert np.abs(np.asarray(carried["M_a"]) - np.asarray(init_mem["M_a"])).max() > 1e-4
   assert np.all(np.isfinite(np.asarray(carried["M_t"])))
