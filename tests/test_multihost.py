@@ -1,0 +1,122 @@
+"""Multi-host: two processes on 127.0.0.1 (CPU, gloo collectives) equal one process.
+
+Each worker process (this file run as a script) calls ``train.distributed.initialize_multihost``
+with ``coordinator_address=127.0.0.1:PORT``, drives 2 local CPU devices (4 global), feeds only
+*its half* of every global batch (``host_local_to_global``), runs the jitted data-parallel
+step of ``tests/test_distributed.py`` and saves its final state. The reference is the
+single-process, single-device run over the whole batch.
+"""
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+NUM_PROCESSES = 2
+LOCAL_DEVICES = 2
+TIMEOUT_S = 240
+
+
+def _free_port() -> int:
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _flatten(tree, prefix=""):
+  out = {}
+  if isinstance(tree, dict):
+    for k, v in tree.items():
+      out.update(_flatten(v, f"{prefix}{k}/"))
+  else:
+    out[prefix.rstrip("/")] = np.asarray(tree)
+  return out
+
+
+def worker(port: int, process_id: int, out_path: str) -> None:
+  """One process of the two-process run (called when this file is run as a script)."""
+  sys.path.insert(0, HERE)
+  sys.path.insert(0, ROOT)
+  from train import distributed as dist
+  setup = dist.initialize_multihost(coordinator_address=f"127.0.0.1:{port}",
+                                    num_processes=NUM_PROCESSES, process_id=process_id,
+                                    timeout_s=120)
+  import jax
+  import test_distributed as td
+  assert setup.initialized and setup.process_count == NUM_PROCESSES, setup
+  ps = td.dist.make_parallel_train_step(td.build_step, "jit")
+  state = ps.put_state(td.init_state(0))
+  key = jax.random.key(7)
+  half = td.GLOBAL_BATCH // NUM_PROCESSES
+  rows = slice(process_id * half, (process_id + 1) * half)
+  losses = []
+  for i in range(td.STEPS):
+    local = {k: v[rows] for k, v in td.make_batch(100 + i).items()}  # this host's rows only
+    state, m = ps(state, ps.put_batch(local), key)
+    losses.append(float(ps.get_metrics(m)["loss"]))
+  state = ps.get_state(state)
+  flat = _flatten({"params": state["params"], "memory": state["memory"],
+                   "batch_stats": state["batch_stats"]})
+  np.savez(out_path, losses=np.array(losses), global_devices=setup.global_devices,
+           process_index=setup.process_index, **flat)
+  jax.distributed.shutdown()
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process(tmp_path):
+  sys.path.insert(0, HERE)
+  import test_distributed as td
+
+  port = _free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}")
+  for name in ("MBAF_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS"):
+    env.pop(name, None)
+  procs, logs = [], []
+  try:
+    for i in range(NUM_PROCESSES):
+      log = open(tmp_path / f"worker{i}.log", "w")
+      logs.append(log)
+      procs.append(subprocess.Popen(
+          [sys.executable, os.path.abspath(__file__), str(port), str(i),
+           str(tmp_path / f"out{i}.npz")], cwd=ROOT, env=env, stdout=log,
+          stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + TIMEOUT_S
+    for p in procs:
+      p.wait(timeout=max(1.0, deadline - time.monotonic()))
+  except subprocess.TimeoutExpired:
+    pass
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait(10)
+    for log in logs:
+      log.close()
+  for i, p in enumerate(procs):
+    text = (tmp_path / f"worker{i}.log").read_text()[-3000:]
+    assert p.returncode == 0, f"worker {i} exited with {p.returncode}:\n{text}"
+
+  want_state, want_loss = td.run_reference()
+  want = _flatten({"params": want_state["params"], "memory": want_state["memory"],
+                   "batch_stats": want_state["batch_stats"]})
+  for i in range(NUM_PROCESSES):
+    got = np.load(tmp_path / f"out{i}.npz")
+    assert int(got["global_devices"]) == NUM_PROCESSES * LOCAL_DEVICES
+    assert int(got["process_index"]) == i
+    np.testing.assert_allclose(got["losses"], want_loss, rtol=1e-5, atol=1e-5)
+    assert set(want) <= set(got.files)
+    for name, value in want.items():
+      np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
+  # The run moved the memory (so equality is not vacuous).
+  init = td.init_state(0)
+  assert np.abs(want["memory/fusion/M_a"] - init["memory"]["fusion"]["M_a"]).max() > 1e-3
+
+
+if __name__ == "__main__":
+  worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
