@@ -32,7 +32,8 @@ def _cases(args):
   key = jax.random.key(0)
   if args.quick:
     sinc = SincNetAudioEncoder(window=400, shift=100, sinc_filters=8, sinc_kernel=51,
-                               conv_features=(6,), conv_kernels=(5,), dense_features=(32,), dtype=dt)
+                               conv_features=(6,), conv_kernels=(5,), dense_features=(32,),
+                               dtype=dt)
     win_b, utt_b, samples = 4, 2, 1000
     text = CnnRnnTextEncoder(vocab_size=50, embed_dim=16, max_tokens=12, rnn_hidden=8,
                              conv_features=8, output_dim=48, dtype=dt,
@@ -65,7 +66,8 @@ def _cases(args):
 def main():
   p = common.parser("MBAF encoders forward / forward+backward")
   p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-  p.add_argument("--seconds", type=float, default=2.0, help="utterance length for sincnet_utterance")
+  p.add_argument("--seconds", type=float, default=2.0,
+                 help="utterance length (s) for sincnet_utterance")
   p.add_argument("--utterances", type=int, default=8, help="batch of sincnet_utterance")
   p.add_argument("--window_chunk", type=int, default=512, help="windows per scan step (memory)")
   p.add_argument("--vocab", type=int, default=3000, help="text vocabulary size")

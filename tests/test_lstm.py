@@ -19,10 +19,9 @@ def _np_lstm(x, w, u, b, steps=None):
   c = np.zeros_like(h)
   outs = []
   for t in (range(x.shape[1]) if steps is None else steps):
-    zi = x[:, t] @ w[:, :hidden] + h @ u[:, :hidden] + b[:hidden]
-    zf = x[:, t] @ w[:, hidden:2 * hidden] + h @ u[:, hidden:2 * hidden] + b[hidden:2 * hidden]
-    zg = x[:, t] @ w[:, 2 * hidden:3 * hidden] + h @ u[:, 2 * hidden:3 * hidden] + b[2 * hidden:3 * hidden]
-    zo = x[:, t] @ w[:, 3 * hidden:] + h @ u[:, 3 * hidden:] + b[3 * hidden:]
+    gate = lambda j: (x[:, t] @ w[:, j * hidden:(j + 1) * hidden]
+                      + h @ u[:, j * hidden:(j + 1) * hidden] + b[j * hidden:(j + 1) * hidden])
+    zi, zf, zg, zo = gate(0), gate(1), gate(2), gate(3)
     c = _sig(zf) * c + _sig(zi) * np.tanh(zg)
     h = _sig(zo) * np.tanh(c)
     outs.append(h)
@@ -101,7 +100,8 @@ def test_bidirectional_backward_direction_starts_at_last_real_step():
   mask = jnp.array([[1, 1, 1, 0, 0]])
   out, final = rnn.apply({"params": params}, x, mask)
   pb = params["backward"]
-  bw_seq, bw_h = _np_lstm(x, pb["input_kernel"], pb["recurrent_kernel"], pb["bias"], steps=[2, 1, 0])
+  bw_seq, bw_h = _np_lstm(x, pb["input_kernel"], pb["recurrent_kernel"], pb["bias"],
+                          steps=[2, 1, 0])
   # outputs of the backward direction at steps 2,1,0 and its final state after step 0
   np.testing.assert_allclose(np.asarray(out[0, [2, 1, 0], 3:]), bw_seq[0], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(np.asarray(final[0, 3:]), bw_h[0], rtol=1e-5, atol=1e-5)

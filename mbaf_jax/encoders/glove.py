@@ -46,7 +46,8 @@ def _vocab_words(vocab) -> list:
     return words
   if isinstance(vocab, (list, tuple)):
     return list(vocab)
-  raise TypeError(f"vocab must be a dict {{word: id}} or a list of words, got {type(vocab).__name__}.")
+  raise TypeError(f"vocab must be a dict {{word: id}} or a list of words, got "
+                  f"{type(vocab).__name__}.")
 
 
 def _all_numbers(fields) -> bool:

@@ -13,8 +13,8 @@ feature vector as the output of AE", with 16 kHz audio, 250 ms windows and a 10 
   with ``n`` in seconds around the centre. The division makes the centre tap 1 (the normalisation
   of the SincNet reference code); the pass-band gain is then ``sr / (2 (f2 − f1))``.
 * DCNN (our configuration, the SincNet TIMIT recipe, which [47] builds on): SincConv(80, 251) →
-  |·| → max-pool 3 → LayerNorm → LeakyReLU; 2 × [Conv1D(60, 5) → max-pool 3 → LayerNorm →
-  LeakyReLU]; flatten; 2 × [Dense(2048) → LayerNorm → LeakyReLU (→ dropout)]; a 4,000-sample
+  |·| → max-pool 3 → LayerNorm → LeakyReLU; 2 × [Conv1D(60, 5) → max-pool 3 →
+  LayerNorm → LeakyReLU]; flatten; 2 × [Dense(2048) → LayerNorm → LeakyReLU (→ dropout)]; a 4,000-sample
   window gives 137 frames × 60 channels = 8,220 features before the dense layers. LayerNorm is used
   everywhere instead of SincNet's batch norm on the dense layers so that a window's embedding never
   depends on the other windows in the batch (padded windows stay inert, no ``batch_stats``).
@@ -45,7 +45,7 @@ def mel_to_hz(mel):
 
 
 def mel_band_init(num_filters: int, sample_rate: int, min_low_hz: float, min_band_hz: float):
-  """Initial (low cut-off, band width) in Hz, mel-spaced between 30 Hz and the top allowed (SincNet).
+  """Initial (low cut-off, band width) in Hz, mel-spaced from 30 Hz to the top allowed (SincNet).
 
   Returns:
     (low_hz (K,), band_hz (K,)) float32 NumPy arrays: the raw parameters ``l`` and ``w`` such that
@@ -80,8 +80,9 @@ def sinc_bandpass_filters(low_hz_raw, band_hz_raw, kernel_size: int, sample_rate
   t = (jnp.arange(kernel_size, dtype=jnp.float32) - half) / sample_rate  # seconds, symmetric
   safe_t = jnp.where(t == 0, 1.0, t)[:, None]
   # 2 f sinc(2π f t) = sin(2π f t) / (π t); the centre tap is 2 f.
-  lp_high = jnp.where(t[:, None] == 0, 2 * high, jnp.sin(2 * math.pi * high * safe_t) / (math.pi * safe_t))
-  lp_low = jnp.where(t[:, None] == 0, 2 * low, jnp.sin(2 * math.pi * low * safe_t) / (math.pi * safe_t))
+  centre = t[:, None] == 0
+  lp_high = jnp.where(centre, 2 * high, jnp.sin(2 * math.pi * high * safe_t) / (math.pi * safe_t))
+  lp_low = jnp.where(centre, 2 * low, jnp.sin(2 * math.pi * low * safe_t) / (math.pi * safe_t))
   n = jnp.arange(kernel_size, dtype=jnp.float32)
   window = 0.54 - 0.46 * jnp.cos(2 * math.pi * n / (kernel_size - 1))  # Hamming
   band = (lp_high - lp_low) * window[:, None]
@@ -104,14 +105,16 @@ def frame_waveforms(waves, lengths=None, window: int = 4000, shift: int = 160):
     shift: hop in samples (10 ms at 16 kHz = 160).
 
   Returns:
-    (windows (B, W, window), window_mask (B, W) bool) with ``W = (max(S, window) − window) // shift + 1``.
+    (windows (B, W, window), window_mask (B, W) bool) with
+    ``W = (max(S, window) − window) // shift + 1``.
     Samples past each row's length are zeroed inside the windows.
   """
   waves = jnp.asarray(waves)
   if waves.ndim != 2:
     raise ValueError(f"waves must have shape (batch, samples), got {tuple(waves.shape)}.")
   if not isinstance(window, int) or not isinstance(shift, int) or window < 1 or shift < 1:
-    raise ValueError(f"window and shift must be positive ints (samples), got {window!r}, {shift!r}.")
+    raise ValueError(f"window and shift must be positive ints (samples), got {window!r}, "
+                     f"{shift!r}.")
   batch, samples = waves.shape
   if lengths is None:
     lengths = jnp.full((batch,), samples, jnp.int32)
@@ -132,7 +135,8 @@ def frame_waveforms(waves, lengths=None, window: int = 4000, shift: int = 160):
   starts = jnp.arange(num) * shift
   idx = starts[:, None] + jnp.arange(window)[None, :]  # (W, window), static gather pattern
   windows = waves[:, idx]
-  wmask = (starts[None, :] + window <= lengths[:, None]) | ((starts[None, :] == 0) & (lengths[:, None] > 0))
+  inside = starts[None, :] + window <= lengths[:, None]
+  wmask = inside | ((starts[None, :] == 0) & (lengths[:, None] > 0))
   return windows, wmask
 
 
@@ -265,7 +269,8 @@ class SincNetAudioEncoder(nn.Module):
   def _check(self):
     if len(self.conv_features) != len(self.conv_kernels):
       raise ValueError(f"conv_features {tuple(self.conv_features)} and conv_kernels "
-                       f"{tuple(self.conv_kernels)} must have the same length (one per conv layer).")
+                       f"{tuple(self.conv_kernels)} must have the same length (one per conv "
+                       "layer).")
     if not self.dense_features:
       raise ValueError("dense_features must name at least one Dense layer (the embedding size).")
     if not 0.0 <= self.dropout < 1.0:
