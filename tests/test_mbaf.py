@@ -359,3 +359,51 @@ def test_bad_inputs():
   vh = _init(lh, x)
   with pytest.raises(ValueError, match="initialised for memory inputs of total width 5"):
     lh.apply(vh, x[0], jnp.ones((2, 4)))
+
+
+# ----------------------------------------------------------------------------- placements
+
+from mbaf_jax.fusion import mbaf_blocks  # noqa: E402
+
+
+def _np_attention(p, x):
+  s = np.asarray(x, np.float64) @ np.asarray(p["Dense_0"]["kernel"]) + np.asarray(
+      p["Dense_0"]["bias"])
+  e = np.exp(s - s.max(-1, keepdims=True))
+  return np.asarray(x, np.float64) * e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("name", ["NF-I", "NF-II", "NF-III", "MBAF-II", "MBAF-III"])
+def test_fusion_blocks_match_composed_reference(name):
+  x = _modes(jax.random.key(15), 4, (3, 2))
+  mask = np.array([1, 0, 1, 1], bool)
+  block = mbaf_blocks.fusion_block(name, **({"slots": 3} if name.startswith("MBAF") else {}))
+  v = _init(block, x)
+  out, new = _apply(block, v, *x, mask=mask, train=True)
+  p = v.get("params", {})
+  placement = name.split("-")[1]
+  modes = [np.asarray(a, np.float64) for a in x]
+  if placement == "III":
+    modes = [_np_attention(p[f"attention_{i}"], a) for i, a in enumerate(modes)]
+  if name.startswith("MBAF"):
+    fused, mem = reference(p["fusion"], v["memory"]["fusion"]["memory"], modes, mask, train=True)
+    np.testing.assert_allclose(new["memory"]["fusion"]["memory"], mem, rtol=1e-5, atol=1e-5)
+  else:
+    fused = np.concatenate(modes, -1)
+  if placement == "II":
+    fused = _np_attention(p["attention"], fused)
+  fused = fused * mask[:, None]
+  np.testing.assert_allclose(out.fused, fused, rtol=1e-5, atol=1e-5)
+  assert block.output_dim(3, 2) == 5
+
+
+def test_fusion_block_errors():
+  with pytest.raises(ValueError, match="fusion block name must be one of"):
+    mbaf_blocks.fusion_block("MBAF-IV")
+  with pytest.raises(ValueError, match="takes no MBAF options"):
+    mbaf_blocks.fusion_block("NF-I", slots=3)
+  x = _modes(jax.random.key(16), 2, (3, 2))
+  with pytest.raises(ValueError, match="placement must be one of"):
+    _init(mbaf_blocks.FusionBlock(placement="IV"), x)
+  with pytest.raises(ValueError, match="gate must be one of"):
+    _init(mbaf_blocks.FusionBlock(placement="II", gate="relu"), x)
