@@ -162,3 +162,16 @@ def test_bad_config_and_inputs_are_named(kwargs, call, match):
       enc.init(jax.random.key(0), waves, jnp.zeros((3,), jnp.int32))
     else:
       enc.init(jax.random.key(0), waves)
+
+
+def test_bf16_compute_keeps_f32_params_and_is_close():
+  enc = _tiny_encoder()
+  waves = jax.random.normal(jax.random.key(4), (2, 600))
+  variables = jax.jit(enc.init)(jax.random.key(1), waves)
+  low = enc.clone(dtype=jnp.bfloat16)
+  out = jax.jit(low.apply)(variables, waves)
+  assert out.dtype == jnp.bfloat16
+  assert jax.eval_shape(low.init, jax.random.key(1), waves)["params"]["dcnn"]["dense_0"][
+      "kernel"].dtype == jnp.float32
+  ref = jax.jit(enc.apply)(variables, waves)
+  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref), atol=0.1, rtol=0.1)
