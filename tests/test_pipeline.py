@@ -203,3 +203,28 @@ def test_prefetch_order_errors_and_thread_stops():
 def test_module_exports_batcher():
   import mbaf_jax.data as data  # pylint: disable=g-import-not-at-top
   assert data.Batcher is pipeline.Batcher
+
+
+@pytest.mark.slow
+def test_bench_pipeline_quick_emits_complete_records(capsys):
+  from benchmarks import bench_pipeline  # pylint: disable=g-import-not-at-top
+  bench_pipeline.main(["--quick"])
+  lines = [json.loads(l) for l in capsys.readouterr().out.strip().splitlines()]
+  assert len(lines) == 8
+  for rec in lines:
+    for key in ("bench", "device", "shape", "dtype", "median_ms", "throughput", "peak_mem_mb"):
+      assert key in rec
+    assert rec["median_ms"] > 0 and rec["throughput"] > 0 and rec["shape"]["batch"] == 32
+
+
+def test_process_slice_partitions_the_global_batch():
+  idx, mask = Batcher(10, 8, seed=0).batch_at(1, 1)  # the padded last batch: 2 real rows
+  parts = [pipeline.process_slice(idx, mask, p, 4) for p in range(4)]
+  np.testing.assert_array_equal(np.concatenate([i for i, _ in parts]), idx)
+  np.testing.assert_array_equal(np.concatenate([m for _, m in parts]), mask)
+  np.testing.assert_array_equal(parts[0][1], [True, True])
+  assert not parts[1][1].any()
+  with pytest.raises(ValueError, match="divisible by process_count"):
+    pipeline.process_slice(idx, mask, 0, 3)
+  with pytest.raises(ValueError, match="process_index=4"):
+    pipeline.process_slice(idx, mask, 4, 4)

@@ -223,6 +223,31 @@ def eval_batches(num_examples: int, batch_size: int) -> Iterator[tuple[np.ndarra
     yield _padded(order, start, batch_size)
 
 
+def process_slice(indices: np.ndarray, mask: np.ndarray, process_index: int, process_count: int):
+  """This process's contiguous part of a global batch (multi-host data parallelism).
+
+  Every process runs the same Batcher (same seed) and so sees the same global
+  batch; process ``p`` of ``P`` feeds rows ``[p B/P, (p+1) B/P)`` to its local
+  devices, and the global array assembled from the parts equals the global batch.
+
+  Args:
+    indices: (B,) global batch indices.
+    mask: (B,) global batch mask.
+    process_index: this process, in [0, process_count).
+    process_count: number of processes; must divide B.
+
+  Returns:
+    ``(indices[rows], mask[rows])`` of shape ``(B / P,)``.
+  """
+  b = int(np.shape(indices)[0])
+  if not 0 <= process_index < process_count or b % process_count:
+    raise ValueError(f"process_slice: need 0 <= process_index < process_count and batch size {b} divisible "
+                     f"by process_count, got process_index={process_index}, process_count={process_count}")
+  per = b // process_count
+  rows = slice(process_index * per, (process_index + 1) * per)
+  return indices[rows], mask[rows]
+
+
 def _check_rows(arrays: Mapping[str, np.ndarray], n: int, owner: str):
   if not isinstance(arrays, Mapping):
     raise TypeError(f"{owner}: arrays must be a dict name -> array, got {type(arrays).__name__}")

@@ -237,3 +237,18 @@ def write_cebs(out_dir: str, subjects: int = 20, seconds=None, seed: int = 0, si
   with open(os.path.join(out_dir, MANIFEST), "w") as f:
     json.dump(manifest, f, indent=1)
   return root
+
+
+def read_manifest(path: str):
+  """The manifest :func:`write_cebs` wrote, given its ``out_dir`` or the ``cebsdb`` root; None if absent.
+
+  Use it to load a synthetic corpus with the right state length::
+
+      m = read_manifest(root)
+      corpus = load_cebs(root, seconds_per_state=m["seconds_per_state"] if m else 300.0)
+  """
+  for cand in (os.path.join(path, MANIFEST), os.path.join(os.path.dirname(os.path.normpath(path)), MANIFEST)):
+    if os.path.isfile(cand):
+      with open(cand) as f:
+        return json.load(f)
+  return None
