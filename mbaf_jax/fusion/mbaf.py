@@ -402,8 +402,9 @@ def paper_table3_difference(l: int, q: int) -> int:
   """The MBAF − NF parameter difference that Table 3 implies: ``3 l² + (q + 2) l``.
 
   F-IV–VI (l = 1024, q = 32): 14,628,867 − 11,448,323 = 3,180,544 = 3·1024² + 34·1024.
-  IEMOCAP F-I (l = 6848, q = 64): 141,164,676 = 3 l² + 66 l + (4 l + 4), the extra
-  ``4l + 4`` being one more l→4 Dense in the MBAF model than in the NF model.
+  IEMOCAP F-III (l = 6848, q = 64): 184,791,298 − 43,654,018 = 141,137,280 = 3 l² + 66 l
+  exactly; F-I and F-II differ by 141,164,676 = 3 l² + 66 l + (4 l + 4), one more
+  l→4 Dense in those MBAF models than in their NF models.
   """
   return 3 * l * l + (q + 2) * l
 
