@@ -1,5 +1,4 @@
 """Shared fusion pieces: the CBP layer's constants, masked (and synced) batch norm, checks."""
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -35,7 +35,6 @@ READER_LOGITS = ("log_softmax", "log_clamp", "log_softplus")
 COMPOSER_ATTENTION = ("tokens", "none")
 
 
-
 def reader_logits(scores, mode: str = "log_softmax", eps: float = 1e-6):
   """``log π`` of DMF Eq. 2 from the read scores ``x_tmp``; the paper writes ``log(x_tmp)``.
 
