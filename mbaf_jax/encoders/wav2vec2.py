@@ -12,6 +12,15 @@ implementation are supported (Hugging Face's own Flax port rejects the first):
 
 Parameter paths mirror the Hugging Face module paths (``encoder/layers_0/attention/q_proj``), so
 ``hf_loading`` is a path mapping plus leaf rules.
+
+Padding: the frame mask comes from the sample mask through the conv length formula; padded frames
+are zeroed before the positional conv, masked out of attention and of the pooled mean, as in the
+reference. The reference's first-layer GroupNorm (base) takes statistics over padded samples too;
+``masked_group_norm=True`` restricts them to real samples (then padding changes nothing).
+Options beyond the reference: ``dtype``/``param_dtype``, ``remat``, ``layerdrop`` (computed with
+``jnp.where`` so shapes stay static), ``stop_gradient_feature_encoder`` (skip the backward pass of
+the frozen conv stack, DMF §2.1). Not implemented: SpecAugment time/feature masking in training
+(``mask_time_prob``; ``masked_spec_embed`` is ignored when loading) and adapters.
 """
 import dataclasses
 from typing import Any, Optional, Sequence
