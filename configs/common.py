@@ -1,0 +1,127 @@
+"""Shared config sections for every experiment (ml_collections, big_vision style).
+
+Values the papers give are marked with their source; values they do not give are marked
+"not in paper". Variants (``file.py:demo``) shrink a config for a quick run.
+"""
+import ml_collections as mlc
+
+
+def parse_arg(arg, allowed):
+  """Splits ``"demo,naive"`` into a set of variant names, rejecting unknown ones."""
+  parts = {p.strip() for p in (arg or "").split(",") if p.strip()}
+  unknown = parts - set(allowed)
+  if unknown:
+    raise ValueError(f"unknown config variant(s) {sorted(unknown)}; this config accepts "
+                     f"{sorted(allowed)} (e.g. --config=configs/iemocap.py:demo).")
+  return parts
+
+
+def dmf_fusion():
+  """DualMemoryFusion options (DMF §2.2)."""
+  return mlc.ConfigDict(dict(
+      slots=120,  # DMF §2.2: n_a = n_t = 120
+      cbp_dim=2048,  # not in paper (CBP output dim)
+      tau_max=10.0,  # DMF Eq. 1
+      num_heads=8,  # not in paper
+      writer_ff_dim=2048,  # not in paper (PyTorch TransformerEncoderLayer default)
+      dropout_rate=0.0,  # not in paper
+      attention_tokens=16,  # not in paper (composer self-attention tokens)
+      composer_attention="tokens",
+      similarity_reduction="paper",  # DMF Eq. 4 divisor n(n-1)
+      reader_logits="log_softmax",  # reading of DMF Eq. 2's log(x_tmp)
+  ))
+
+
+def mbaf_fusion():
+  """MBAF layer options (MBAF §3); the defaults of mbaf_jax.fusion.MBAF apply to anything unset."""
+  return mlc.ConfigDict(dict(
+      slots=30,  # MBAF Table 4: best WA at memory size l = 30 (UA ties 20/30)
+  ))
+
+
+def fusion_section():
+  return mlc.ConfigDict(dict(dmf=dmf_fusion(), naive=mlc.ConfigDict(), mbaf=mbaf_fusion()))
+
+
+def base_config():
+  """Fields shared by every experiment; experiment files fill in the rest."""
+  c = mlc.ConfigDict()
+  c.name = ""
+  c.seed = 0
+  c.fusions = "dmf"  # comma-separated fusion kinds, each trained on every fold ("dmf,naive")
+
+  c.data = mlc.ConfigDict()
+  c.data.dataset = "iemocap"  # "iemocap" | "cebs"
+  c.data.data_dir = ""  # IEMOCAP_full_release (or its parent) / cebsdb directory
+  c.data.synthetic = False  # generate the synthetic corpus into data_dir when it is absent
+  c.data.synthetic_size = "demo"  # size argument of mbaf_jax.data.synthetic.write_*
+  c.data.protocol = "loso"  # "loso" | "8:1:1" | "logo"
+  c.data.validation = "speaker"  # LOSO validation: "speaker" | "random20"
+  c.data.max_folds = 0  # 0: every fold; n: the first n (quick runs)
+  c.data.max_examples = 0  # 0: all; n: a stratified subset (quick runs)
+  c.data.max_seconds = 5.0  # DMF §2.1: first 5 s of audio
+  c.data.sample_rate = 16000  # DMF §2.1 / MBAF §4.1
+  c.data.max_tokens = 30  # DMF §2.1: 30 tokens
+  c.data.tokenizer = ""  # local tokenizer dir; "": the text encoder's pretrained dir, else a
+  #                         word-level vocab built from the training transcripts into the workdir
+  c.data.cache_dir = ""  # decoded-audio cache ("": <workdir>/cache)
+  c.data.mode_pair = "F-IV"  # CEBS: F-IV (ECG+RS), F-V (ECG+SCG), F-VI (RS+SCG)
+  c.data.chunks = 6  # CEBS: 6 chunks per sample (MBAF §4.2)
+  c.data.chunk_samples = 1000  # CEBS: 200 ms at 5 kHz
+
+  c.model = mlc.ConfigDict()
+  c.model.name = "dmf"  # "dmf" | "mbaf_iemocap" | "cebs"
+  c.model.fusion = fusion_section()
+  c.model.head_features = (1024, 512)
+  c.model.head_dropout = 0.0
+  c.model.head_activation = "relu"  # not in paper
+  c.model.num_classes = 4
+
+  c.optim = mlc.ConfigDict()
+  c.optim.name = "sgd"  # "sgd" | "adam"
+  c.optim.learning_rate = 0.01
+  c.optim.memory_learning_rate = 0.001  # the fusion ('memory module') parameters; SGD only
+  c.optim.momentum = 0.0  # not in paper
+  c.optim.freeze_encoders = True  # DMF §2.1 frozen parts (encoders.frozen_mask)
+  c.optim.grad_clip_norm = 0.0  # 0: off; not in paper
+
+  c.train = mlc.ConfigDict()
+  c.train.batch_size = 16
+  c.train.eval_batch_size = 32
+  c.train.epochs = 10
+  c.train.max_steps = 0  # 0: epochs decide; n: stop each fold after n steps
+  c.train.eval_every_epochs = 1  # validation (for best-by-UA) every n epochs
+  c.train.log_every_steps = 50
+  c.train.checkpoint_every_steps = 200
+  c.train.keep_checkpoints = 2  # keep-N
+  c.train.num_devices = 0  # 0: all local devices; n: the first n (data parallel mesh)
+  c.train.progress = True  # tqdm progress bar
+  return c
+
+
+def shrink_for_demo(c, smoke=False):
+  """Demo / smoke sizes: synthetic corpus, tiny random-init encoders, few steps."""
+  c.data.synthetic = True
+  c.data.synthetic_size = "demo"
+  c.data.max_seconds = 1.0
+  c.data.max_tokens = 16
+  c.train.batch_size = 16
+  c.train.eval_batch_size = 32
+  c.train.epochs = 6
+  c.train.log_every_steps = 10
+  c.train.checkpoint_every_steps = 1000
+  c.model.head_features = (64, 32)
+  f = c.model.fusion
+  f.dmf.slots = 16
+  f.dmf.cbp_dim = 128
+  f.dmf.num_heads = 4
+  f.dmf.writer_ff_dim = 64
+  f.dmf.attention_tokens = 4
+  f.mbaf.slots = 8
+  if smoke:
+    c.data.max_folds = 2
+    c.data.max_examples = 80
+    c.train.epochs = 1
+    c.train.max_steps = 3
+    c.train.progress = False
+  return c

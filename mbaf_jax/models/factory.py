@@ -1,0 +1,136 @@
+"""Config → model. ``build_model(model_config, fusion_kind)`` is the one place the training
+pipeline turns an ``ml_collections`` model config into a linen module (+ pretrained weights)."""
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+import numpy as np
+
+FUSION_KINDS = ("dmf", "naive", "mbaf")
+MODEL_NAMES = ("dmf", "mbaf_iemocap", "cebs")
+
+
+def _as_dict(cfg) -> dict:
+  if cfg is None:
+    return {}
+  if hasattr(cfg, "to_dict"):
+    cfg = cfg.to_dict()
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(cfg).items()}
+
+
+def make_fusion(kind: str, fusion_config: Any = None):
+  """The fusion layer ``kind`` ("dmf" | "naive" | "mbaf") with the options of
+  ``fusion_config[kind]`` (a dict of the layer's fields).
+
+  Raises:
+    ValueError: unknown kind, or an option the layer does not have.
+  """
+  from mbaf_jax import fusion  # pylint: disable=g-import-not-at-top
+  if kind not in FUSION_KINDS:
+    raise ValueError(f"fusion kind {kind!r} is unknown; expected one of {FUSION_KINDS} "
+                     "(config.fusions).")
+  options = _as_dict((fusion_config or {}).get(kind) if fusion_config is not None else None)
+  cls = {"dmf": "DualMemoryFusion", "naive": "NaiveFusion", "mbaf": "MBAF"}[kind]
+  cls = getattr(fusion, cls)
+  try:
+    return cls(**options)
+  except TypeError as e:
+    raise ValueError(f"config.model.fusion.{kind} has an option {cls.__name__} does not accept "
+                     f"({e}); remove it or check the spelling.") from e
+
+
+def _encoder_config(cls, enc_cfg):
+  size = enc_cfg.get("size", "base")
+  overrides = _as_dict(enc_cfg.get("overrides", None))
+  if size not in ("base", "tiny"):
+    raise ValueError(f"encoder size={size!r}; expected 'base' or 'tiny' (or set pretrained to a "
+                     "local Hugging Face directory).")
+  return getattr(cls, size)(**overrides)
+
+
+def _pretrained(path: str, what: str):
+  from mbaf_jax import encoders  # pylint: disable=g-import-not-at-top
+  try:
+    model, params, report = encoders.from_pretrained(path)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"config.model.{what}.pretrained={path!r} could not be loaded: {e}") from e
+  return model.config, params, report
+
+
+def build_model(model_config, fusion_kind: str):
+  """Builds the full model.
+
+  Args:
+    model_config: ``config.model`` (see configs/common.py).
+    fusion_kind: "dmf" | "naive" | "mbaf".
+
+  Returns:
+    ``(model, pretrained)`` where ``pretrained`` maps a top-level parameter name ("audio",
+    "text") to loaded encoder params to substitute after init (empty for random init).
+  """
+  from mbaf_jax.models.cebs import CebsModel  # pylint: disable=g-import-not-at-top
+  from mbaf_jax.models.dmf import DMFModel  # pylint: disable=g-import-not-at-top
+  from mbaf_jax.models.mbaf_iemocap import MBAFIemocapModel  # pylint: disable=g-import-not-at-top
+  name = model_config.name
+  if name not in MODEL_NAMES:
+    raise ValueError(f"config.model.name={name!r} is unknown; expected one of {MODEL_NAMES}.")
+  fusion = make_fusion(fusion_kind, model_config.fusion)
+  head = dict(head_features=tuple(model_config.head_features),
+              head_dropout=float(model_config.head_dropout),
+              head_activation=model_config.head_activation,
+              num_classes=int(model_config.num_classes))
+  pretrained = {}
+  if name == "dmf":
+    from mbaf_jax import encoders  # pylint: disable=g-import-not-at-top
+    cfgs = {}
+    for part, cls in (("audio", encoders.Wav2Vec2Config), ("text", encoders.BertConfig)):
+      enc = model_config[part]
+      if enc.pretrained:
+        cfgs[part], pretrained[part], _ = _pretrained(enc.pretrained, part)
+      else:
+        cfgs[part] = _encoder_config(cls, enc)
+    model = DMFModel(cfgs["audio"], cfgs["text"], fusion, **head)
+  elif name == "mbaf_iemocap":
+    model = MBAFIemocapModel(fusion, _as_dict(model_config.audio.kwargs),
+                             _as_dict(model_config.text.kwargs),
+                             attention=model_config.attention,
+                             attention_tokens=model_config.attention_tokens,
+                             attention_heads=model_config.attention_heads, **head)
+  else:
+    model = CebsModel(fusion, hidden=model_config.hidden, num_layers=model_config.num_layers,
+                      **head)
+  return model, pretrained
+
+
+def dummy_batch(config, batch_size: int) -> dict:
+  """Zeros with the shapes and dtypes of a real batch of ``config`` (for init / eval_shape)."""
+  d, m = config.data, config.model
+  if m.name == "dmf":
+    s = int(round(d.max_seconds * d.sample_rate))
+    return {"input_values": np.zeros((batch_size, s), np.float32),
+            "audio_mask": np.ones((batch_size, s), np.int32),
+            "input_ids": np.zeros((batch_size, d.max_tokens), np.int32),
+            "text_mask": np.ones((batch_size, d.max_tokens), np.int32),
+            "token_type_ids": np.zeros((batch_size, d.max_tokens), np.int32)}
+  if m.name == "mbaf_iemocap":
+    s = int(round(d.max_seconds * d.sample_rate))
+    return {"waves": np.zeros((batch_size, s), np.float32),
+            "lengths": np.full((batch_size,), s, np.int32),
+            "token_ids": np.zeros((batch_size, d.max_tokens), np.int32),
+            "text_mask": np.ones((batch_size, d.max_tokens), np.int32)}
+  return {"modes": tuple(np.zeros((batch_size, d.chunks, d.chunk_samples), np.float32)
+                         for _ in range(2))}
+
+
+def merge_pretrained(params: Mapping, pretrained: Mapping) -> dict:
+  """Replaces ``params[name]`` by loaded encoder weights, checking every shape matches."""
+  import jax  # pylint: disable=g-import-not-at-top
+  params = dict(params)
+  for name, loaded in pretrained.items():
+    target = params[name]
+    t_shapes = jax.tree.map(lambda x: tuple(x.shape), target)
+    l_shapes = jax.tree.map(lambda x: tuple(np.shape(x)), dict(loaded))
+    if jax.tree.structure(t_shapes) != jax.tree.structure(l_shapes) or t_shapes != l_shapes:
+      raise ValueError(f"pretrained weights for '{name}' do not match the model's '{name}' "
+                       "parameters (different architecture or size).")
+    params[name] = jax.tree.map(jnp.asarray, dict(loaded))
+  return params

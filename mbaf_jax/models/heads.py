@@ -1,0 +1,81 @@
+"""Shared pieces of the full models: the output record, the classification head and the
+vector self-attention of MBAF-II/III."""
+from typing import Any, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_ACTIVATIONS = {"relu": nn.relu, "gelu": nn.gelu, "tanh": jnp.tanh, "none": lambda x: x}
+
+
+@flax.struct.dataclass
+class ModelOutput:
+  """What every full model returns.
+
+  Attributes:
+    log_probs: (B, K) log-probabilities of the K classes.
+    aux: extra loss terms from the fusion layer (``FusionOutput.aux``), added to the objective.
+  """
+  log_probs: jax.Array
+  aux: dict = flax.struct.field(default_factory=dict)
+
+
+def activation(name: str):
+  """Activation by name ("relu", "gelu", "tanh", "none")."""
+  if name not in _ACTIVATIONS:
+    raise ValueError(f"activation={name!r} is unknown; expected one of {sorted(_ACTIVATIONS)}.")
+  return _ACTIVATIONS[name]
+
+
+class ClassifierHead(nn.Module):
+  """Dense layers → K-way log-probabilities.
+
+  DMF §2.3: "two fully connected layers with 1024 and 512 units followed by the classification
+  head resulting in log-probability vector x_o ∈ R^{N×4}". MBAF §4.2 (CEBS): "a dense layer with
+  1024 units and 0.5 dropout rate followed by a classification dense layer with 3 units".
+  """
+  features: Sequence[int] = (1024, 512)  # hidden Dense widths
+  num_classes: int = 4  # K
+  dropout: float = 0.0  # dropout after each hidden layer in training (rng 'dropout')
+  activation: str = "relu"  # hidden activation (neither paper names it for DMF; ReLU chosen)
+  dtype: Any = None  # compute dtype (None: inputs)
+  param_dtype: Any = jnp.float32  # parameter dtype
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    """Args: x (B, F); train: dropout on. Returns: (B, K) float32 log-probabilities."""
+    act = activation(self.activation)
+    for i, f in enumerate(self.features):
+      x = act(nn.Dense(f, dtype=self.dtype, param_dtype=self.param_dtype, name=f"dense_{i}")(x))
+      if self.dropout > 0:
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                      name="logits")(x)
+    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+
+class VectorSelfAttention(nn.Module):
+  """Self-attention on one feature vector per example (MBAF-II/III, MBAF §4.1, Fig. 2).
+
+  The paper applies "self attention" to dense vectors without saying over what; as in the DMF
+  composer, the (B, D) vector is split into ``tokens`` chunks that attend to each other
+  (residual), rows never mix (``mbaf_jax.fusion.dual_memory.TokenSelfAttention``).
+  """
+  tokens: int = 16  # chunks the vector is split into (must divide D)
+  num_heads: int = 4  # attention heads (must divide D / tokens)
+  dtype: Any = None  # compute dtype
+  param_dtype: Any = jnp.float32  # parameter dtype
+
+  @nn.compact
+  def __call__(self, x):
+    """Args: x (B, D). Returns: (B, D)."""
+    from mbaf_jax.fusion.dual_memory import TokenSelfAttention  # pylint: disable=g-import-not-at-top
+    d = x.shape[-1]
+    if d % self.tokens or (d // self.tokens) % self.num_heads:
+      raise ValueError(f"VectorSelfAttention: width {d} must split into tokens={self.tokens} "
+                       f"chunks whose width is divisible by num_heads={self.num_heads}; change "
+                       "model.attention_tokens / model.attention_heads.")
+    return TokenSelfAttention(self.tokens, self.num_heads, self.dtype, self.param_dtype,
+                              name="attention")(x)

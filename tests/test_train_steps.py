@@ -1,0 +1,181 @@
+"""train.steps: write-then-carry, loss composition, optimiser groups, determinism, compile-once,
+8-device == 1-device, non-finite detection, evaluation never writes memory."""
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+import pytest
+
+import flax.linen as nn
+
+from mbaf_jax.fusion import DualMemoryFusion
+from mbaf_jax.models.heads import ClassifierHead, ModelOutput
+from train import steps
+
+B = 8
+
+
+class _FeatureExtractor(nn.Module):
+  """Named like Wav2Vec2's conv feature encoder so encoders.frozen_mask freezes it."""
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(12, name="conv_layers_0")(x)
+
+
+class ToyDMF(nn.Module):
+  """A small stand-in for DMFModel (tiny Dense "encoders", the real DualMemoryFusion and
+  ClassifierHead), cheap to compile; tests/test_models.py covers the real encoders."""
+
+  @nn.compact
+  def __call__(self, batch, mask=None, train=False):
+    a = nn.Dense(16, name="audio_proj")(nn.tanh(_FeatureExtractor(name="feature_extractor")(
+        batch["audio"])))
+    t = nn.Dense(16, name="text_proj")(batch["text"])
+    out = DualMemoryFusion(slots=4, cbp_dim=32, num_heads=2, writer_ff_dim=16,
+                           attention_tokens=4, name="fusion")(a, t, mask=mask, train=train)
+    log_probs = ClassifierHead((8,), 4, dropout=0.1, name="head")(out.fused, train)
+    return ModelOutput(log_probs=log_probs, aux=dict(out.aux))
+
+
+MODEL = ToyDMF()
+
+
+def _optim(name="sgd"):
+  return mlc.ConfigDict(dict(name=name, learning_rate=0.01, memory_learning_rate=0.001,
+                             momentum=0.0, freeze_encoders=True, grad_clip_norm=0.0))
+
+
+def _batch(seed, real=B):
+  rng = np.random.default_rng(seed)
+  mask = np.zeros((B,), bool)
+  mask[:real] = True
+  labels = rng.integers(0, 4, size=(B,)).astype(np.int32)
+  return {"audio": (rng.normal(size=(B, 6)) + labels[:, None]).astype(np.float32),
+          "text": rng.normal(size=(B, 5)).astype(np.float32),
+          "label": labels, "mask": mask}
+
+
+TX = steps.make_optimizer(_optim(), steps.abstract_params(MODEL, _batch(0), jax.random.key(0)))
+TRAIN_STEP = steps.make_train_step(MODEL.apply, TX)
+
+
+def _init():
+  return steps.create_state(steps.init_variables(MODEL, _batch(0), jax.random.key(0)), TX)
+
+
+@pytest.fixture(scope="module")
+def one_device():
+  mesh = steps.make_mesh(1)
+  step = steps.jit_train_step(TRAIN_STEP, mesh, donate=False)
+  return mesh, step
+
+
+def _sim_loss_numpy(m):
+  """DMF Eq. 4 similarity term, explicit double loop, divisor n(n-1) ("paper")."""
+  m = np.asarray(m, np.float64)
+  n = m.shape[0]
+  total = 0.0
+  for i in range(n):
+    for j in range(i + 1, n):
+      total += m[i] @ m[j] / (np.linalg.norm(m[i]) * np.linalg.norm(m[j]))
+  return total / (n * (n - 1))
+
+
+def test_write_then_carry_and_loss(one_device):
+  mesh, step = one_device
+  state = _init()
+  key = jax.random.key(7)
+  batch = _batch(1, real=6)
+  new_state, metrics = step(steps.replicate(state, mesh), steps.shard_batch(batch, mesh), key)
+  # Independent forward pass with the same per-step keys.
+  inputs = {k: v for k, v in batch.items() if k not in ("mask", "label")}
+  out, new_vars = MODEL.apply(state.variables(), inputs, mask=batch["mask"], train=True,
+                                 rngs=steps.step_keys(key, 0), mutable=["memory", "batch_stats"])
+  for name in ("M_a", "M_t"):
+    np.testing.assert_allclose(new_state.memory["fusion"][name],
+                               new_vars["memory"]["fusion"][name], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(new_state.memory["fusion"][name], state.memory["fusion"][name])
+  lp = np.asarray(out.log_probs, np.float64)
+  ce = -np.mean([lp[i, batch["label"][i]] for i in range(6)])  # only the 6 real rows
+  sim = sum(_sim_loss_numpy(new_vars["memory"]["fusion"][n]) for n in ("M_a", "M_t"))
+  np.testing.assert_allclose(metrics["ce"], ce, rtol=1e-5)
+  np.testing.assert_allclose(metrics["aux"], sim, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(metrics["loss"], ce + sim, rtol=1e-5)
+  assert int(new_state.step) == 1 and int(metrics["count"]) == 6
+
+
+def test_optimizer_groups_lr_and_frozen():
+  state = _init()
+  labels = steps.param_labels(state.params, _optim())
+  flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(labels)}
+  assert all(v == "memory" for k, v in flat.items() if k.startswith("['fusion']"))
+  assert all(v == "frozen" for k, v in flat.items() if "feature_extractor" in k)
+  assert flat["['audio_proj']['kernel']"] == "network"
+  assert all(v == "network" for k, v in flat.items() if k.startswith("['head']"))
+  grads = jax.tree.map(jnp.ones_like, state.params)
+  updates, _ = TX.update(grads, state.opt_state, state.params)
+  expected = {"memory": -0.001, "network": -0.01, "frozen": 0.0}
+  for path, u in jax.tree_util.tree_leaves_with_path(updates):
+    np.testing.assert_allclose(u, expected[flat[jax.tree_util.keystr(path)]], rtol=1e-6)
+  with pytest.raises(ValueError, match="config.optim.name"):
+    steps.make_optimizer(_optim("rmsprop"), state.params)
+
+
+def test_same_seed_bit_identical_and_compiles_once(one_device):
+  mesh, step = one_device
+
+  def run():
+    state = steps.replicate(_init(), mesh)
+    for i, real in enumerate((B, B, 3)):  # the last batch is padded
+      state, _ = step(state, steps.shard_batch(_batch(10 + i, real), mesh), jax.random.key(3))
+    return jax.device_get(state.params), jax.device_get(state.memory)
+
+  a, b = run(), run()
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  assert step.traces == 1  # 6 calls (two runs, a padded last batch), one trace
+
+
+@pytest.mark.slow
+def test_eight_devices_equal_one_device(one_device):
+  mesh1, step1 = one_device
+  mesh8 = steps.make_mesh(8)
+  step8 = steps.jit_train_step(TRAIN_STEP, mesh8)
+  s1, s8 = steps.replicate(_init(), mesh1), steps.replicate(_init(), mesh8)
+  for i, real in enumerate((B, 5)):
+    batch = _batch(20 + i, real)
+    s1, m1 = step1(s1, steps.shard_batch(batch, mesh1), jax.random.key(5))
+    s8, m8 = step8(s8, steps.shard_batch(batch, mesh8), jax.random.key(5))
+    np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
+  for x, y in zip(jax.tree.leaves((s1.params, s1.memory, s1.batch_stats)),
+                  jax.tree.leaves((s8.params, s8.memory, s8.batch_stats))):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="not divisible"):
+    steps.shard_batch({"x": np.zeros((6, 2))}, mesh8)
+
+
+def test_nonfinite_loss_is_recorded(one_device):
+  mesh, step = one_device
+  state = steps.replicate(_init(), mesh)
+  good = _batch(30)
+  bad = _batch(31)
+  bad["audio"][0, 0] = np.nan
+  state, _ = step(state, steps.shard_batch(good, mesh), jax.random.key(1))
+  assert int(state.first_nonfinite) == -1
+  state, m = step(state, steps.shard_batch(bad, mesh), jax.random.key(1))
+  assert not np.isfinite(float(m["loss"]))
+  assert int(state.first_nonfinite) == 1
+
+
+def test_eval_never_writes_memory():
+  state = _init()
+  batch = _batch(40)
+  inputs = {k: v for k, v in batch.items() if k not in ("mask", "label")}
+  _, new_vars = MODEL.apply(state.variables(), inputs, mask=batch["mask"], train=False,
+                               mutable=["memory", "batch_stats"])
+  for name in ("M_a", "M_t"):
+    np.testing.assert_array_equal(new_vars["memory"]["fusion"][name],
+                                  state.memory["fusion"][name])
+  lp = steps.make_eval_step(MODEL.apply)(state, batch)
+  np.testing.assert_allclose(np.exp(lp).sum(-1), 1.0, rtol=1e-5)

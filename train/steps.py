@@ -1,0 +1,271 @@
+"""Train state, optimiser and the jitted train / eval steps (write-then-carry, data parallel).
+
+The step is a pure function of ``(state, batch, key)``: it folds the step number into ``key``
+(``'dropout'`` and ``'gumbel'`` streams), runs the model with ``mutable=["memory",
+"batch_stats"]``, takes the loss on the *new* memory (DMF §2.2–2.3: "these calculated new memory
+states are used to calculate the overall loss"), and carries ``stop_gradient(new memory)`` into
+the next state ("we assign it back to the memory variable only at the beginning of the next
+iteration"). ``jit_train_step`` shards the batch over a 1-D device mesh and replicates the state,
+so the fusion layer's writer sees the global batch. A pmap variant can call ``train_step`` with
+``axis_name`` set on the fusion layer.
+"""
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+COLLECTIONS = ("memory", "batch_stats", "constants")
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step threads (the pytree a checkpoint saves)."""
+  step: jax.Array  # int32 scalar: number of updates done
+  params: Any  # 'params' collection
+  opt_state: Any  # optax state
+  batch_stats: Any  # 'batch_stats' collection ({} when the model has none)
+  constants: Any  # 'constants' collection (CBP count sketch), never updated
+  memory: Any  # 'memory' collection, carried with stop_gradient
+  first_nonfinite: jax.Array  # int32: step of the first non-finite loss, -1 if none
+
+  def variables(self, params=None):
+    """The variable dict for ``apply`` (empty collections left out)."""
+    v = {"params": self.params if params is None else params}
+    for name in COLLECTIONS:
+      value = getattr(self, name)
+      if value:
+        v[name] = value
+    return v
+
+  def saveable(self) -> dict:
+    """The pytree a checkpoint stores."""
+    return {"step": self.step, "params": self.params, "opt_state": self.opt_state,
+            "batch_stats": self.batch_stats, "constants": self.constants,
+            "memory": self.memory, "first_nonfinite": self.first_nonfinite}
+
+  @classmethod
+  def from_saved(cls, saved: dict) -> "TrainState":
+    """The state from a ``saveable()`` dict (e.g. a restored checkpoint)."""
+    return cls(**saved)
+
+
+def param_labels(params, optim_config) -> Any:
+  """Optimiser group of every parameter: "frozen" (DMF §2.1, ``encoders.frozen_mask``),
+  "memory" (the fusion layer = DMF's memory module, own learning rate) or "network"."""
+  from mbaf_jax.encoders import frozen_mask  # pylint: disable=g-import-not-at-top
+  frozen = frozen_mask(params) if optim_config.freeze_encoders else jax.tree.map(
+      lambda _: False, params)
+
+  def label(path, is_frozen):
+    if is_frozen:
+      return "frozen"
+    top = getattr(path[0], "key", None)
+    return "memory" if top == "fusion" else "network"
+
+  return jax.tree_util.tree_map_with_path(label, frozen)
+
+
+def make_optimizer(optim_config, params) -> optax.GradientTransformation:
+  """DMF §3: SGD, lr 0.01 network / 0.001 memory module, frozen parts zeroed
+  (``optax.multi_transform``); MBAF §4: Adam 1e-3 for everything.
+
+  Args:
+    optim_config: ``config.optim``.
+    params: the model parameters (for the labels).
+  """
+  name = optim_config.name
+  if name == "sgd":
+    mom = optim_config.momentum or None
+
+    def opt(lr):
+      return optax.sgd(lr, momentum=mom)
+  elif name == "adam":
+
+    def opt(lr):
+      return optax.adam(lr)
+  else:
+    raise ValueError(f"config.optim.name={name!r} is unknown; expected 'sgd' (DMF) or 'adam' "
+                     "(MBAF).")
+  for field in ("learning_rate", "memory_learning_rate"):
+    if not optim_config[field] > 0:
+      raise ValueError(f"config.optim.{field}={optim_config[field]} must be > 0.")
+  memory_lr = optim_config.memory_learning_rate if name == "sgd" else optim_config.learning_rate
+  tx = optax.multi_transform({"network": opt(optim_config.learning_rate),
+                              "memory": opt(memory_lr),
+                              "frozen": optax.set_to_zero()},
+                             param_labels(params, optim_config))
+  if optim_config.grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(optim_config.grad_clip_norm), tx)
+  return tx
+
+
+def init_variables(model: nn.Module, batch: dict, key: jax.Array) -> dict:
+  """Initialises every variable collection from a (dummy) batch, under jit.
+
+  Args:
+    model: the full model.
+    batch: a batch dict with "mask" (shapes only matter; "label" ignored).
+    key: PRNG key; the 'params', 'memory', 'dropout' and 'gumbel' streams are split from it.
+
+  Returns:
+    A plain dict of collections.
+  """
+  k_params, k_mem, k_drop, k_gum = jax.random.split(key, 4)
+  inputs = {k: v for k, v in batch.items() if k not in ("mask", "label")}
+
+  @jax.jit
+  def init(inputs, mask):
+    return model.init({"params": k_params, "memory": k_mem, "dropout": k_drop,
+                       "gumbel": k_gum}, inputs, mask=mask, train=False)
+
+  return flax.core.unfreeze(init(inputs, batch["mask"]))
+
+
+def abstract_params(model: nn.Module, batch: dict, key: jax.Array):
+  """Parameter shapes (``jax.eval_shape``, nothing computed), e.g. to build the optimiser."""
+  return jax.eval_shape(lambda k: init_variables(model, batch, k), key)["params"]
+
+
+def create_state(variables: dict, tx: optax.GradientTransformation) -> TrainState:
+  """A step-0 TrainState from initialised variables and the optimiser."""
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    batch_stats=variables.get("batch_stats", {}),
+                    constants=variables.get("constants", {}),
+                    memory=variables.get("memory", {}),
+                    first_nonfinite=jnp.full((), -1, jnp.int32))
+
+
+def masked_nll(log_probs, labels, mask):
+  """Cross-entropy averaged over the real rows: −Σ_i m_i log p_i[y_i] / max(Σ_i m_i, 1)."""
+  m = mask.astype(jnp.float32)
+  picked = jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+  return -jnp.sum(m * picked) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def step_keys(key, step):
+  """Per-step keys: ``fold_in(key, step)`` split into the 'dropout' and 'gumbel' streams."""
+  k = jax.random.fold_in(key, step)
+  k_drop, k_gum = jax.random.split(k)
+  return {"dropout": k_drop, "gumbel": k_gum}
+
+
+def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation):
+  """The train step for a model's ``apply`` and an optimiser (closed over, not traced).
+
+  Returns:
+    ``train_step(state, batch, key) -> (new_state, metrics)``, a pure function (DMF Eq. 4:
+    L = CE + similarity loss of the new memories; MBAF: CE). ``batch`` holds the model inputs
+    plus "label" (B,) int and "mask" (B,) (1 = real row); ``key`` is the run's base PRNG key
+    (the step is folded in). metrics: "loss", "ce", "aux", "correct", "count" (device scalars).
+  """
+
+  def train_step(state: TrainState, batch: dict, key: jax.Array):
+    inputs = {k: v for k, v in batch.items() if k not in ("mask", "label")}
+    mask, labels = batch["mask"], batch["label"]
+    rngs = step_keys(key, state.step)
+
+    def loss_fn(params):
+      out, new_vars = apply_fn(state.variables(params), inputs, mask=mask, train=True,
+                               rngs=rngs, mutable=["memory", "batch_stats"])
+      ce = masked_nll(out.log_probs, labels, mask)
+      aux = sum((jnp.asarray(v, jnp.float32) for v in out.aux.values()),
+                jnp.zeros((), jnp.float32))
+      return ce + aux, (ce, aux, out.log_probs, new_vars)
+
+    grads, (ce, aux, log_probs, new_vars) = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    loss = ce + aux
+    bad = jnp.logical_and(state.first_nonfinite < 0, ~jnp.isfinite(loss))
+    m = mask.astype(jnp.float32)
+    correct = jnp.sum(m * (jnp.argmax(log_probs, -1) == labels))
+    new_state = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state,
+        batch_stats=new_vars.get("batch_stats", state.batch_stats),
+        # Write-then-carry: the new memory, with no gradient path, is next step's memory.
+        memory=jax.lax.stop_gradient(new_vars.get("memory", state.memory)),
+        first_nonfinite=jnp.where(bad, state.step, state.first_nonfinite))
+    return new_state, {"loss": loss, "ce": ce, "aux": aux, "correct": correct,
+                       "count": jnp.sum(m)}
+
+  return train_step
+
+
+def make_eval_step(apply_fn: Callable):
+  """``eval_step(state, batch) -> log_probs``: ``train=False``, memory read, never written
+  (DMF §2.2: "the memory update process is not carried out during inference")."""
+
+  def eval_step(state: TrainState, batch: dict):
+    inputs = {k: v for k, v in batch.items() if k not in ("mask", "label")}
+    out = apply_fn(state.variables(), inputs, mask=batch["mask"], train=False)
+    return out.log_probs
+
+  return eval_step
+
+
+def make_mesh(num_devices: int = 0) -> Mesh:
+  """A 1-D ``('data',)`` mesh over the first ``num_devices`` local devices (0: all)."""
+  devices = jax.devices()
+  if num_devices < 0 or num_devices > len(devices):
+    raise ValueError(f"config.train.num_devices={num_devices} but {len(devices)} devices are "
+                     "available; use 0 (all) or a number up to that.")
+  devices = devices[: num_devices or len(devices)]
+  return Mesh(np.array(devices), (DATA_AXIS,))
+
+
+class CompiledStep:
+  """A jitted step with a trace counter (``traces``): proves it compiles once."""
+
+  def __init__(self, fn, **jit_kwargs):
+    self.traces = 0
+
+    def counted(*args):
+      self.traces += 1
+      return fn(*args)
+
+    self._jitted = jax.jit(counted, **jit_kwargs)
+
+  def __call__(self, *args):
+    return self._jitted(*args)
+
+
+def jit_train_step(train_step: Callable, mesh: Mesh, donate: bool = True) -> CompiledStep:
+  """``train_step`` jitted over ``mesh``: batch sharded on 'data', state and key replicated,
+  the state buffer donated."""
+  repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
+  return CompiledStep(train_step, in_shardings=(repl, data, repl), out_shardings=(repl, repl),
+                      donate_argnums=(0,) if donate else ())
+
+
+def jit_eval_step(eval_step: Callable, mesh: Mesh) -> CompiledStep:
+  """``eval_step`` jitted over ``mesh`` (batch sharded, state replicated)."""
+  repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
+  return CompiledStep(eval_step, in_shardings=(repl, data), out_shardings=data)
+
+
+def replicate(tree, mesh: Mesh):
+  """Places every array of ``tree`` on all devices of ``mesh`` (replicated)."""
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+  """Places a host batch sharded along its first axis over the mesh's 'data' axis."""
+  n = mesh.devices.size
+  sharding = NamedSharding(mesh, P(DATA_AXIS))
+
+  def put(x):
+    x = np.asarray(x)
+    if x.shape[0] % n:
+      raise ValueError(f"batch size {x.shape[0]} is not divisible by the {n} devices of the "
+                       "mesh; set config.train.batch_size / eval_batch_size to a multiple of "
+                       "config.train.num_devices (or the device count).")
+    return jax.device_put(x, sharding)
+
+  return jax.tree.map(put, batch)
