@@ -189,6 +189,10 @@ def test_mode_pairs(corpus):
   assert a is corpus.signals["RESP"] and b is corpus.signals["SCG"]
   with pytest.raises(ValueError, match="unknown mode pair 'F-VII'"):
     corpus.pair("F-VII")
+  ecg_only = cebs.CebsCorpus({"ECG": corpus.signals["ECG"]}, corpus.labels, corpus.subjects,
+                             corpus.records, corpus.starts, corpus.summary)
+  with pytest.raises(ValueError, match=r"F-IV needs modes \('ECG', 'RESP'\) but \['RESP'\]"):
+    ecg_only.pair("F-IV")
 
 
 def _features(x):

@@ -113,6 +113,10 @@ def test_restore_rejects_mismatched_or_bad_state():
     Batcher(10, 3, seed=0).restore({"epoch": 0, "position": 9})
   with pytest.raises(ValueError, match="'epoch' and 'position'"):
     Batcher(10, 3, seed=0).restore({"step": 3})
+  with pytest.raises(IndexError, match=r"position must be in \[0, 4\)"):
+    Batcher(10, 3, seed=0).batch_at(0, 4)
+  with pytest.raises(TypeError, match="arrays must be a dict"):
+    next(Batcher(10, 3).iterate([np.zeros(10)]))
 
 
 @pytest.mark.parametrize("kwargs,match", [
