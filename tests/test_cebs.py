@@ -377,3 +377,13 @@ def test_cli_writes_a_loadable_corpus(tmp_path):
   c = load_cebs(str(tmp_path / "cebsdb"), seconds_per_state=manifest["seconds_per_state"])
   assert c.class_counts() == (40, 40, 40) and c.summary.total_skipped == 0
   assert len(np.unique(c.subjects)) == 20
+
+
+@pytest.mark.slow
+def test_full_length_records_give_250_windows_each(tmp_path):
+  """5-min basal/post and 10-min music records at the default 300 s: 250 windows per record."""
+  root = synthetic_cebs.write_cebs(str(tmp_path), subjects=1, size="full", seed=0)
+  c = load_cebs(root, subjects=[1])
+  assert c.class_counts() == (250, 250, 250)
+  assert c.summary.total_skipped == 0 and "short_records" not in c.summary.info
+  assert c.starts[c.records == "m001"].max() == 249 * 6000  # the music record's first 5 min only
