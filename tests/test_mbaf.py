@@ -407,3 +407,42 @@ def test_fusion_block_errors():
     _init(mbaf_blocks.FusionBlock(placement="IV"), x)
   with pytest.raises(ValueError, match="gate must be one of"):
     _init(mbaf_blocks.FusionBlock(placement="II", gate="relu"), x)
+
+
+# ----------------------------------------------------------------------------- scripts
+
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _script_lines(module, *flags):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  res = subprocess.run([sys.executable, "-m", module, *flags], cwd=_ROOT, env=env,
+                       capture_output=True, text=True, timeout=300, check=False)
+  assert res.returncode == 0, res.stderr[-2000:]
+  return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+
+
+def test_param_count_script_reports_table3_match():
+  (rec,) = _script_lines("benchmarks.mbaf_param_count", "--quick")
+  assert rec["code_table3_layout"] == rec["paper_table3_mbaf_minus_nf"] == 3_180_544
+  assert rec["paper_eq10"] == 2_130_944
+  assert rec["code_default"] == 4 * 1024 ** 2 + 2 * 1024
+
+
+@pytest.mark.slow
+def test_bench_quick_emits_complete_records():
+  recs = _script_lines("benchmarks.bench_mbaf_layer", "--quick")
+  assert {(r["bench"], r["write"]) for r in recs} == {
+      ("mbaf_forward_eval", "scan"), ("mbaf_forward_train", "scan"), ("mbaf_train_step", "scan"),
+      ("mbaf_forward_train", "batched"), ("mbaf_train_step", "batched")}
+  for r in recs:
+    for key in ("device", "shape", "dtype", "median_ms", "throughput", "peak_mem_mb", "gflop",
+                "gflops_per_s", "matmul_peak_gflops", "frac_of_peak", "gflop_model"):
+      assert key in r, key
+    assert r["median_ms"] > 0
+  assert all(r["max_abs_dev_memory"] > 0 for r in recs if r["write"] == "batched")
