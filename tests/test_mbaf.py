@@ -129,6 +129,21 @@ def test_compose_writes_equals_sequential_writes():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_write_and_attention_gradients_check_grads():
+  from jax.test_util import check_grads
+  rng = np.random.default_rng(1)
+  mem = jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)
+  z = jnp.asarray(rng.dirichlet(np.ones(3), size=2), jnp.float32)
+  h = jnp.asarray(rng.normal(size=(2, 4)), jnp.float32)
+  check_grads(mbaf_lib.compose_writes, (mem, z, h), order=1, modes=("rev",), eps=1e-2,
+              atol=2e-2, rtol=2e-2)
+  check_grads(lambda q, m: mbaf_lib.address(q, m)[1], (h[0], mem), order=1, modes=("rev",),
+              eps=1e-2, atol=2e-2, rtol=2e-2)
+  p = {"attention_context": jnp.asarray(rng.normal(size=4), jnp.float32)}
+  check_grads(lambda b: mbaf_lib.attend(p, b, "feature"), (h,), order=1, modes=("rev",),
+              eps=1e-2, atol=2e-2, rtol=2e-2)
+
+
 def test_batched_write_deviation_from_scan():
   """write="batched" reads stale memory: equal to scan for B = 1, measurably off for B > 1."""
   modes = _modes(jax.random.key(2), 16, (6, 4))
