@@ -88,6 +88,7 @@ CASES = [
     dict(dims=(2, 3, 2), kw=dict(hidden=4, compose_dim=5)),  # n = 3 modes, H != l
     dict(dims=(3, 2), kw=dict(memory_modes=(1,))),  # Eq. 13
     dict(dims=(3, 2), kw=dict(read_projection=False, write_bias=True)),
+    dict(dims=(2, 3, 2), kw=dict(read="cross", memory_modes=(2, 0))),  # Eqs. 11-13, n = 3
 ]
 
 
