@@ -60,7 +60,10 @@ def test_head_checkpoint_report_and_params(tmp_path):
   assert isinstance(report, LoadReport)
   assert report.unused_keys == ["classifier.bias", "classifier.weight", "projector.bias",
                                 "projector.weight"]
-  assert report.ignored_keys == ["wav2vec2.masked_spec_embed"] and not report.missing_keys
+  assert not report.ignored_keys and not report.missing_keys
+  np.testing.assert_array_equal(params["masked_spec_embed"],
+                                load_file(os.path.join(FIXTURES, "w2v2_base", "model.safetensors"))[
+                                    "wav2vec2.masked_spec_embed"])
   text = report.format()
   assert "classifier.weight" in text and "Wav2Vec2ForSequenceClassification" in text
   state = load_file(os.path.join(FIXTURES, "w2v2_base", "model.safetensors"))

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from mbaf_jax.encoders import Wav2Vec2, Wav2Vec2Config, from_pretrained
-from mbaf_jax.encoders.wav2vec2 import feat_extract_output_lengths, frame_mask, receptive_field
+from mbaf_jax.encoders.wav2vec2 import (compute_span_mask, feat_extract_output_lengths, frame_mask,
+                                        receptive_field)
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "parity")
 
@@ -118,7 +119,7 @@ def test_dropout_train_mode_and_layerdrop(large):
   assert np.abs(np.asarray(t1.pooled) - np.asarray(ev.pooled)).max() > 1e-3
   # With every dropout off and layerdrop ~1, training skips all layers: equal to a 0-layer model.
   no_drop = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-                 feat_proj_dropout=0.0)
+                 feat_proj_dropout=0.0, apply_spec_augment=False)
   skip_all = Wav2Vec2(cfg.__class__(**{**cfg.__dict__, **no_drop, "layerdrop": 0.999}))
   zero = Wav2Vec2(cfg.__class__(**{**cfg.__dict__, **no_drop, "num_hidden_layers": 0}))
   p0 = {**params, "encoder": {k_: v for k_, v in params["encoder"].items()
@@ -182,3 +183,55 @@ def test_bad_input_errors():
     model.init(jax.random.key(0), jnp.zeros((1, 400)), jnp.ones((1, 399)))
   with pytest.raises(ValueError, match="adapters"):
     Wav2Vec2Config.from_hf_dict({"add_adapter": True})
+
+
+def _reference_span_mask(rng, lengths, size, prob, span, min_spans):
+  """NumPy transcription of the reference's _compute_mask_indices (np.random.choice)."""
+  eps = rng.random()
+  out = np.zeros((len(lengths), size), bool)
+  for i, length in enumerate(lengths):
+    n = max(int(prob * length / span + eps), min_spans)
+    if n * span > size:
+      n = size // span
+    if length - (span - 1) < n:
+      n = max(length - (span - 1), 0)
+    for s in rng.choice(np.arange(length - (span - 1)), n, replace=False):
+      out[i, s:s + span] = True
+  return out
+
+
+def test_spec_augment_span_mask_matches_reference_statistics():
+  lengths, size, prob, span, min_spans = np.array([40, 25, 12]), 40, 0.3, 4, 2
+  keys = jax.random.split(jax.random.key(0), 2000)
+  ours = np.asarray(jax.jit(jax.vmap(
+      lambda k: compute_span_mask(k, jnp.asarray(lengths), size, prob, span, min_spans)))(keys))
+  rng = np.random.default_rng(0)
+  ref = np.stack([_reference_span_mask(rng, lengths, size, prob, span, min_spans)
+                  for _ in range(2000)])
+  for i, n in enumerate(lengths):
+    assert not ours[:, i, n:].any()  # never inside padding
+    # every maximal run of masked frames is at least one span long
+    for row in ours[:50, i]:
+      runs = np.diff(np.flatnonzero(np.diff(np.r_[0, row.astype(int), 0])))[::2]
+      assert (runs >= span).all()
+  # same per-position masking frequency as the reference (sampling sd ~0.015 for 2000 draws)
+  np.testing.assert_allclose(ours.mean(0), ref.mean(0), atol=0.09)
+  np.testing.assert_allclose(ours.mean((0, 2)), ref.mean((0, 2)), atol=0.02)
+
+
+def test_spec_augment_only_in_training_and_switchable(large):
+  _, params, _, ref = large
+  cfg = dataclasses.replace(large[0].config, hidden_dropout=0.0, attention_dropout=0.0,
+                            activation_dropout=0.0, feat_proj_dropout=0.0, layerdrop=0.0,
+                            mask_time_prob=0.5, mask_time_length=3)
+  x, m = ref["input_values"][:1], ref["attention_mask"][:1]
+  ev = jax.jit(Wav2Vec2(cfg).apply)({"params": params}, x, m)
+  rngs = {"dropout": jax.random.key(1)}
+  on = jax.jit(Wav2Vec2(cfg).apply, static_argnames="train")(
+      {"params": params}, x, m, train=True, rngs=rngs)
+  off = jax.jit(Wav2Vec2(dataclasses.replace(cfg, apply_spec_augment=False)).apply,
+                static_argnames="train")({"params": params}, x, m, train=True, rngs=rngs)
+  np.testing.assert_allclose(np.asarray(off.pooled), np.asarray(ev.pooled), atol=1e-6)
+  assert np.abs(np.asarray(on.pooled) - np.asarray(ev.pooled)).max() > 1e-3
+  with pytest.raises(ValueError, match="mask length 10"):
+    compute_span_mask(jax.random.key(0), jnp.array([5]), 5, 0.1, 10, 2)

@@ -42,7 +42,6 @@ MODEL_TYPES = {
 IGNORED_PATTERNS = (
     re.compile(r"(^|\.)position_ids$"),  # BERT buffer
     re.compile(r"(^|\.)token_type_ids$"),  # BERT buffer
-    re.compile(r"^masked_spec_embed$"),  # Wav2Vec2 SpecAugment vector (training-time masking only)
 )
 
 
@@ -69,6 +68,7 @@ LEAF_RULES: Dict[Tuple[str, str], Callable[[np.ndarray], np.ndarray]] = {
     ("bias", "bias"): _identity,
     ("weight_g", "weight_g"): _weight_g,
     ("weight_v", "weight_v"): _transpose_kernel,
+    ("masked_spec_embed", "masked_spec_embed"): _identity,  # Wav2Vec2 SpecAugment vector
 }
 
 _RENAMES = (

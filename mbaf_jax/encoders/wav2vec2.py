@@ -19,8 +19,9 @@ reference. The reference's first-layer GroupNorm (base) takes statistics over pa
 ``masked_group_norm=True`` restricts them to real samples (then padding changes nothing).
 Options beyond the reference: ``dtype``/``param_dtype``, ``remat``, ``layerdrop`` (computed with
 ``jnp.where`` so shapes stay static), ``stop_gradient_feature_encoder`` (skip the backward pass of
-the frozen conv stack, DMF §2.1). Not implemented: SpecAugment time/feature masking in training
-(``mask_time_prob``; ``masked_spec_embed`` is ignored when loading) and adapters.
+the frozen conv stack, DMF §2.1). SpecAugment in training follows the reference
+(``apply_spec_augment``, ``mask_time_*`` spans → ``masked_spec_embed``, ``mask_feature_*`` → 0),
+drawn from the 'dropout' stream. Not implemented: adapters.
 """
 import dataclasses
 from typing import Any, Optional, Sequence
@@ -57,6 +58,13 @@ class Wav2Vec2Config:
   activation_dropout: float = 0.0  # dropout after the feed-forward activation
   feat_proj_dropout: float = 0.0  # dropout after the feature projection
   layerdrop: float = 0.1  # probability of skipping a whole layer in training
+  apply_spec_augment: bool = True  # SpecAugment on the projected features in training
+  mask_time_prob: float = 0.05  # ≈ fraction of frames in masked time spans (0 = off)
+  mask_time_length: int = 10  # frames per time span
+  mask_time_min_masks: int = 2  # minimum number of time spans
+  mask_feature_prob: float = 0.0  # ≈ fraction of channels zeroed (0 = off)
+  mask_feature_length: int = 10  # channels per feature span
+  mask_feature_min_masks: int = 0  # minimum number of feature spans
   dtype: Any = jnp.float32  # compute dtype (bf16 on accelerators)
   param_dtype: Any = jnp.float32  # parameter dtype
   remat: bool = False  # nn.remat (gradient checkpointing) on each transformer layer
@@ -80,7 +88,7 @@ class Wav2Vec2Config:
       raise ValueError(f"Wav2Vec2Config: hidden_size={self.hidden_size} is not divisible by "
                        f"num_conv_pos_embedding_groups={self.num_conv_pos_embedding_groups}.")
     for name in ("hidden_dropout", "attention_dropout", "activation_dropout",
-                 "feat_proj_dropout", "layerdrop"):
+                 "feat_proj_dropout", "layerdrop", "mask_time_prob", "mask_feature_prob"):
       if not 0.0 <= getattr(self, name) < 1.0:
         raise ValueError(f"Wav2Vec2Config: {name}={getattr(self, name)} must be in [0, 1).")
     get_activation(self.hidden_act)
@@ -113,7 +121,7 @@ class Wav2Vec2Config:
     kwargs = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                   intermediate_size=64, conv_dim=(16, 16, 16), conv_kernel=(10, 4, 4),
                   conv_stride=(5, 4, 4), num_conv_pos_embeddings=16,
-                  num_conv_pos_embedding_groups=4)
+                  num_conv_pos_embedding_groups=4, mask_time_prob=0.0)
     kwargs.update(overrides)
     return cls(**kwargs)
 
@@ -152,6 +160,77 @@ def frame_mask(attention_mask, num_frames, conv_kernel, conv_stride):
   lengths = jnp.sum(jnp.asarray(attention_mask).astype(jnp.int32), axis=-1)
   out_lengths = feat_extract_output_lengths(lengths, conv_kernel, conv_stride)
   return (jnp.arange(num_frames)[None, :] < out_lengths[:, None]).astype(jnp.int32)
+
+
+def compute_span_mask(key, lengths, size, prob, span, min_spans):
+  """Random SpecAugment span mask (Park et al. 2019), the reference's ``_compute_mask_indices``.
+
+  Per row: ``n = int(prob · length / span + ε)`` spans (ε ~ U[0, 1) shared by the batch, at least
+  ``min_spans``, at most ``size // span`` and ``length − span + 1``), with distinct starts drawn
+  uniformly from ``[0, length − span]``; the mask is the union of the spans ``[start, start+span)``.
+  Fixed shapes: starts are the top-``n_max`` of uniform scores, kept by rank ``< n``.
+
+  Args:
+    key: PRNG key.
+    lengths: (B,) int valid lengths (≤ size).
+    size: axis length (static).
+    prob, span, min_spans: as in the config (``mask_time_*`` / ``mask_feature_*``).
+
+  Returns:
+    (B, size) bool mask, True = masked.
+  """
+  if span < 1 or span > size:
+    raise ValueError(f"Wav2Vec2 SpecAugment: mask length {span} must be in [1, {size}] (the "
+                     "number of frames/channels); lower mask_time_length/mask_feature_length, set "
+                     "apply_spec_augment=False, or use longer inputs.")
+  n_max = min(max(int(prob * size / span + 1.0), min_spans), size // span)
+  if n_max == 0:
+    return jnp.zeros((lengths.shape[0], size), bool)
+  k_eps, k_pick = jax.random.split(key)
+  eps = jax.random.uniform(k_eps, ())
+  n = jnp.floor(prob * lengths / span + eps).astype(jnp.int32)
+  n = jnp.maximum(n, min_spans)
+  n = jnp.where(n * span > size, size // span, n)
+  n = jnp.where(lengths - (span - 1) < n, jnp.maximum(lengths - (span - 1), 0), n)
+  positions = jnp.arange(size)
+  valid_start = positions[None, :] <= (lengths[:, None] - span)
+  scores = jnp.where(valid_start, jax.random.uniform(k_pick, (lengths.shape[0], size)), -1.0)
+  _, starts = jax.lax.top_k(scores, n_max)
+  keep = jnp.arange(n_max)[None, :] < n[:, None]
+  onehot = jnp.zeros((lengths.shape[0], size), jnp.int32).at[
+      jnp.arange(lengths.shape[0])[:, None], starts].add(keep.astype(jnp.int32))
+  c = jnp.cumsum(onehot, axis=1)
+  c_shift = jnp.pad(c, ((0, 0), (span, 0)))[:, :size]
+  return (c - c_shift) > 0
+
+
+def spec_augment(key, hidden, mask, spec_embed, config):
+  """SpecAugment of the projected features in training (reference ``_mask_hidden_states``):
+  time spans replaced by the learned ``masked_spec_embed``, feature spans set to 0.
+
+  Args:
+    key: PRNG key (the 'dropout' stream).
+    hidden: (B, T, H).
+    mask: (B, T) frame mask (time spans are drawn inside the real frames).
+    spec_embed: (H,) learned vector written over masked time steps.
+    config: Wav2Vec2Config.
+
+  Returns:
+    (B, T, H).
+  """
+  b, t, h = hidden.shape
+  k_time, k_feat = jax.random.split(key)
+  if config.mask_time_prob > 0:
+    tm = compute_span_mask(k_time, jnp.sum(mask, axis=1), t,
+                           config.mask_time_prob, config.mask_time_length,
+                           config.mask_time_min_masks)
+    hidden = jnp.where(tm[..., None], spec_embed.astype(hidden.dtype), hidden)
+  if config.mask_feature_prob > 0:
+    fm = compute_span_mask(k_feat, jnp.full((b,), h), h,
+                           config.mask_feature_prob, config.mask_feature_length,
+                           config.mask_feature_min_masks)
+    hidden = jnp.where(fm[:, None, :], jnp.zeros((), hidden.dtype), hidden)
+  return hidden
 
 
 def _layer_norm(eps, dtype, param_dtype, name):
@@ -437,6 +516,11 @@ class Wav2Vec2(nn.Module):
     else:
       mask = frame_mask(attention_mask, num_frames, cfg.conv_kernel, cfg.conv_stride)
     hidden = FeatureProjection(cfg, name="feature_projection")(features, train)
+    if cfg.mask_time_prob > 0 or cfg.mask_feature_prob > 0:  # created as in the reference
+      spec_embed = self.param("masked_spec_embed", nn.initializers.uniform(1.0),
+                              (cfg.hidden_size,), cfg.param_dtype)
+      if train and cfg.apply_spec_augment:
+        hidden = spec_augment(self.make_rng("dropout"), hidden, mask, spec_embed, cfg)
     hidden = Encoder(cfg, name="encoder")(hidden, mask, train)
     return EncoderOutput(last_hidden_state=hidden, mask=mask, pooled=masked_mean(hidden, mask))
 
