@@ -9,9 +9,14 @@ the matmul peak on CPU). Random init at base size (no checkpoint needed).
   python -m benchmarks.bench_encoders --dtypes float32,bfloat16 --batches 8
   python -m benchmarks.bench_encoders --quick         # tiny configs: a smoke check only
 
-Modes: ``fwd`` (eval forward), ``fwd_bwd`` (training forward with dropout + gradient of all
-parameters), ``fwd_bwd_frozen`` (Wav2Vec2 only: conv feature encoder behind stop_gradient, as when
-it is frozen per DMF §2.1 — the backward pass skips the conv stack).
+Modes: ``fwd`` (eval forward), ``fwd_bwd`` (training forward with dropout/SpecAugment + gradient of
+all parameters), ``fwd_bwd_frozen`` (Wav2Vec2 only: conv feature encoder behind stop_gradient, as
+when it is frozen per DMF §2.1 — the backward pass skips the conv stack), ``conv_fwd`` (Wav2Vec2
+only: the conv feature encoder alone, to see how XLA's convolutions fare against the matmul peak).
+
+``--compare-torch`` (needs PyTorch + transformers; meant for GPUs) also times transformers'
+PyTorch model on the same sizes, device and dtype in the same run and adds ``torch_median_ms`` and
+``jax_over_torch`` (time ratio, < 1 = JAX faster) to each ``fwd`` record.
 """
 import dataclasses
 import os
@@ -61,6 +66,8 @@ def main():
   p.add_argument("--modes", default="fwd,fwd_bwd,fwd_bwd_frozen")
   p.add_argument("--seconds", type=float, default=None, help="audio length (default 5; quick 0.1)")
   p.add_argument("--tokens", type=int, default=30, help="text length (DMF: 30)")
+  p.add_argument("--compare-torch", action="store_true",
+                 help="also time transformers' PyTorch model (fwd mode) in the same run")
   args = p.parse_args()
   warmup, iters = common.iterations(args)
   batches = _csv(args.batches or ("2" if args.quick else "8,32"), int)
@@ -73,7 +80,7 @@ def main():
       if dtype_name not in DTYPES:
         raise SystemExit(f"--dtypes: unknown dtype {dtype_name!r}; expected {sorted(DTYPES)}")
       for mode in _csv(args.modes):
-        if mode == "fwd_bwd_frozen" and model_name != "wav2vec2":
+        if mode in ("fwd_bwd_frozen", "conv_fwd") and model_name != "wav2vec2":
           continue
         model, cfg = build(model_name, args.quick, DTYPES[dtype_name], mode == "fwd_bwd_frozen")
         for batch in batches:
@@ -81,13 +88,19 @@ def main():
           params = jax.jit(model.init)(jax.random.key(1), *x)["params"]
           if mode == "fwd":
             fn = lambda p, *a: model.apply({"params": p}, *a).pooled  # pylint: disable=cell-var-from-loop
-          else:
+          elif mode == "conv_fwd":
+            from mbaf_jax.encoders.wav2vec2 import FeatureEncoder  # pylint: disable=g-import-not-at-top
+            enc = FeatureEncoder(cfg)
+            fn = lambda p, *a: enc.apply({"params": p["feature_extractor"]}, a[0])  # pylint: disable=cell-var-from-loop
+          elif mode in ("fwd_bwd", "fwd_bwd_frozen"):
             def fn(p, *a):
               def loss(q):
                 out = model.apply({"params": q}, *a, train=True,  # pylint: disable=cell-var-from-loop
                                   rngs={"dropout": jax.random.key(2)})
                 return jnp.sum(out.pooled.astype(jnp.float32) ** 2)
               return jax.grad(loss)(p)
+          else:
+            raise SystemExit(f"--modes: unknown mode {mode!r}")
           rec = common.measure(
               f"{model_name}_{mode}", fn, (params, *x), items=batch, peak_gflops=peak,
               shape={**sizes, "size": "tiny" if args.quick else "base"}, dtype=dtype_name,
@@ -96,7 +109,49 @@ def main():
                      "config": {k: v for k, v in dataclasses.asdict(cfg).items()
                                 if k in ("hidden_size", "num_hidden_layers",
                                          "do_stable_layer_norm", "feat_extract_norm")}})
+          if args.compare_torch and mode == "fwd":
+            rec.update(torch_time(model_name, cfg, x, dtype_name, warmup, iters))
+            rec["jax_over_torch"] = round(rec["median_ms"] / rec["torch_median_ms"], 4)
           common.emit(rec)
+
+
+def torch_time(model_name, cfg, x, dtype_name, warmup, iters):
+  """Median ms of transformers' PyTorch model (random init, same sizes) on the best device."""
+  import time  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  fields = {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in ("dtype", "param_dtype", "remat", "stop_gradient_feature_encoder",
+                         "masked_group_norm")}
+  dev = "cuda" if torch.cuda.is_available() else "cpu"
+  tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
+  if model_name == "wav2vec2":
+    model = transformers.Wav2Vec2Model(transformers.Wav2Vec2Config(**fields))
+  else:
+    model = transformers.BertModel(transformers.BertConfig(**fields))
+  model = model.to(dev, tdtype).eval()
+  args = [torch.from_numpy(np.array(a)).to(dev) for a in x]
+  args[0] = args[0].to(tdtype) if model_name == "wav2vec2" else args[0].long()
+  args[1:] = [a.long() for a in args[1:]]
+
+  def run():
+    with torch.no_grad():
+      out = model(*args)
+    if dev == "cuda":
+      torch.cuda.synchronize()
+    return out
+
+  for _ in range(max(warmup, 1)):
+    run()
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    run()
+    times.append((time.perf_counter() - t0) * 1e3)
+  return {"torch_median_ms": round(float(np.median(times)), 4), "torch_device": dev,
+          "torch_version": torch.__version__}
 
 
 if __name__ == "__main__":
