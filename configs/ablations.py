@@ -48,7 +48,7 @@ def get_config(arg=None):
   if "single" in opts:
     if opts["single"] not in (0, 1):
       raise ValueError(f"single={opts['single']}; expected 0 (audio) or 1 (text) (MBAF Eq. 13).")
-    m.single_mode = opts["single"]  # MBAF Eq. 13
+    m.memory_modes = (opts["single"],)  # MBAF Eq. 13: the memory fuses mode i only
     name.append(f"single{opts['single']}")
   c.name = "ablation_mbaf_" + "_".join(name)
   return c

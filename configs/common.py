@@ -95,7 +95,8 @@ def base_config():
   c.train.checkpoint_every_steps = 200
   c.train.keep_checkpoints = 2  # keep-N
   c.train.num_devices = 0  # 0: all local devices; n: the first n (data parallel mesh)
-  c.train.progress = True  # tqdm progress bar
+  c.train.progress = True  # tqdm progress bar (steps/s and ETA)
+  c.train.interrupt_after_steps = 0  # testing: stop (checkpointed) after n steps of this call
   return c
 
 

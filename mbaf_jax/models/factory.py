@@ -1,5 +1,6 @@
 """Config → model. ``build_model(model_config, fusion_kind)`` is the one place the training
 pipeline turns an ``ml_collections`` model config into a linen module (+ pretrained weights)."""
+import dataclasses
 from typing import Any, Mapping
 
 import jax.numpy as jnp
@@ -56,12 +57,16 @@ def _pretrained(path: str, what: str):
   return model.config, params, report
 
 
-def build_model(model_config, fusion_kind: str):
+def build_model(model_config, fusion_kind: str, vocab_size: int | None = None,
+                max_tokens: int | None = None):
   """Builds the full model.
 
   Args:
     model_config: ``config.model`` (see configs/common.py).
     fusion_kind: "dmf" | "naive" | "mbaf".
+    vocab_size: size of the run's text vocabulary (random-init text encoders); None: the
+      encoder config's own.
+    max_tokens: text length (MBAF text encoder's ``max_tokens``).
 
   Returns:
     ``(model, pretrained)`` where ``pretrained`` maps a top-level parameter name ("audio",
@@ -88,10 +93,19 @@ def build_model(model_config, fusion_kind: str):
         cfgs[part], pretrained[part], _ = _pretrained(enc.pretrained, part)
       else:
         cfgs[part] = _encoder_config(cls, enc)
+        if part == "text" and vocab_size:
+          cfgs[part] = dataclasses.replace(cfgs[part], vocab_size=int(vocab_size))
     model = DMFModel(cfgs["audio"], cfgs["text"], fusion, **head)
   elif name == "mbaf_iemocap":
-    model = MBAFIemocapModel(fusion, _as_dict(model_config.audio.kwargs),
-                             _as_dict(model_config.text.kwargs),
+    text_kwargs = _as_dict(model_config.text.kwargs)
+    if vocab_size:
+      text_kwargs["vocab_size"] = int(vocab_size)
+    if max_tokens:
+      text_kwargs["max_tokens"] = int(max_tokens)
+    if "vocab_size" not in text_kwargs:
+      raise ValueError("the MBAF text encoder needs a vocabulary size (build_model(..., "
+                       "vocab_size=len(vocab))).")
+    model = MBAFIemocapModel(fusion, _as_dict(model_config.audio.kwargs), text_kwargs,
                              attention=model_config.attention,
                              attention_tokens=model_config.attention_tokens,
                              attention_heads=model_config.attention_heads, **head)

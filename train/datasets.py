@@ -1,0 +1,209 @@
+"""Config → in-memory, fixed-shape model inputs + folds, through the real loaders.
+
+``load_dataset(config, workdir)`` finds (or, for the demo, generates) the corpus, loads it with
+``mbaf_jax.data``, preprocesses every example once into arrays of N rows (the model inputs) and
+builds the folds of the paper's protocol. Batches are then gathered by index on the host.
+"""
+import dataclasses
+import os
+from typing import Optional
+
+import numpy as np
+
+from train.errors import UserError
+
+IEMOCAP_CLASSES = ("ang", "hap", "neu", "sad")
+CEBS_CLASSES = ("basal", "music", "post-music")
+
+
+@dataclasses.dataclass
+class Dataset:
+  """Preprocessed examples and folds.
+
+  Attributes:
+    inputs: model-input arrays, each with N rows (keys as the model's batch dict).
+    labels: (N,) int32.
+    folds: list of ``mbaf_jax.data.folds.Fold``.
+    class_names: names of the K classes.
+    vocab_size: text vocabulary size (None when the model has no random-init text encoder).
+    summary: the loader's skip summary (printed by the run).
+  """
+  inputs: dict
+  labels: np.ndarray
+  folds: list
+  class_names: tuple
+  vocab_size: Optional[int] = None
+  summary: object = None
+
+
+def _is_iemocap_root(path: str) -> bool:
+  return os.path.isdir(os.path.join(path, "Session1")) or os.path.isdir(
+      os.path.join(path, "Session1", "dialog"))
+
+
+def resolve_iemocap_root(config, workdir: str) -> str:
+  """The ``IEMOCAP_full_release`` directory of ``config.data.data_dir`` (generated for the demo).
+
+  Raises:
+    UserError: data_dir missing / not an IEMOCAP release.
+  """
+  data_dir = config.data.data_dir or (os.path.join(workdir, "data") if config.data.synthetic
+                                      else "")
+  if not data_dir:
+    raise UserError("config.data.data_dir is empty. Set --config.data.data_dir to the "
+                    "IEMOCAP_full_release directory (or its parent), or use a :demo config, "
+                    "which generates a synthetic corpus.")
+  candidates = [data_dir, os.path.join(data_dir, "IEMOCAP_full_release")]
+  for c in candidates:
+    if _is_iemocap_root(c):
+      return c
+  if config.data.synthetic:
+    from mbaf_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    print(f"Generating the synthetic IEMOCAP-format corpus in {data_dir} ...", flush=True)
+    return synthetic.write_iemocap(data_dir, size=config.data.synthetic_size, seed=0)
+  if not os.path.exists(data_dir):
+    raise UserError(f"config.data.data_dir={data_dir!r} does not exist. Point it at the "
+                    "IEMOCAP_full_release directory (the one holding Session1..Session5).")
+  raise UserError(f"config.data.data_dir={data_dir!r} is not the IEMOCAP data set: neither it nor "
+                  f"{candidates[1]!r} holds Session1/ (expected IEMOCAP_full_release/Session1.."
+                  "Session5 with dialog/EmoEvaluation, dialog/transcriptions, sentences/wav).")
+
+
+def resolve_cebs_root(config, workdir: str) -> str:
+  """The ``cebsdb`` directory of ``config.data.data_dir`` (generated for the demo)."""
+  data_dir = config.data.data_dir or (os.path.join(workdir, "data") if config.data.synthetic
+                                      else "")
+  if not data_dir:
+    raise UserError("config.data.data_dir is empty. Set --config.data.data_dir to the PhysioNet "
+                    "cebsdb directory (WFDB records b001.., m001.., p001..), or use :demo.")
+  for c in (data_dir, os.path.join(data_dir, "cebsdb")):
+    if os.path.isdir(c) and any(f.endswith(".hea") for f in os.listdir(c)):
+      return c
+  if config.data.synthetic:
+    from mbaf_jax.data import synthetic_cebs  # pylint: disable=g-import-not-at-top
+    print(f"Generating the synthetic CEBS-format corpus in {data_dir} ...", flush=True)
+    return synthetic_cebs.write_cebs(data_dir, size=config.data.synthetic_size, seed=0)
+  if not os.path.exists(data_dir):
+    raise UserError(f"config.data.data_dir={data_dir!r} does not exist. Point it at the cebsdb "
+                    "directory with the WFDB records.")
+  raise UserError(f"config.data.data_dir={data_dir!r} is not the CEBS data set: no WFDB header "
+                  "(.hea) files in it or in its cebsdb/ subdirectory.")
+
+
+def _subset(n: int, labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+  """A class-stratified random subset of k of n examples (sorted), for quick runs."""
+  if not k or k >= n:
+    return np.arange(n)
+  rng = np.random.default_rng(seed)
+  picked = []
+  classes = np.unique(labels)
+  for j, c in enumerate(classes):
+    idx = np.flatnonzero(labels == c)
+    take = k // len(classes) + (1 if j < k % len(classes) else 0)
+    picked.append(rng.permutation(idx)[:take])
+  return np.sort(np.concatenate(picked))
+
+
+def build_word_vocab(texts, out_dir: str) -> str:
+  """Writes a word-level BERT vocab (specials + every lower-cased word of ``texts``) and a
+  ``BertTokenizerFast`` saved from it into ``out_dir``; returns ``out_dir``. No network."""
+  from tokenizers.pre_tokenizers import BertPreTokenizer  # pylint: disable=g-import-not-at-top
+  from transformers import BertTokenizerFast  # pylint: disable=g-import-not-at-top
+  pre = BertPreTokenizer()
+  words = sorted({w.lower() for t in texts for w, _ in pre.pre_tokenize_str(t)})
+  os.makedirs(out_dir, exist_ok=True)
+  vocab_file = os.path.join(out_dir, "vocab.txt")
+  with open(vocab_file, "w") as f:
+    f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
+  BertTokenizerFast(vocab_file=vocab_file, do_lower_case=True).save_pretrained(out_dir)
+  return out_dir
+
+
+def _iemocap(config, workdir: str) -> Dataset:
+  from mbaf_jax import encoders  # pylint: disable=g-import-not-at-top
+  from mbaf_jax.data import folds as folds_lib  # pylint: disable=g-import-not-at-top
+  from mbaf_jax.data import iemocap  # pylint: disable=g-import-not-at-top
+  d = config.data
+  root = resolve_iemocap_root(config, workdir)
+  corpus = iemocap.load_iemocap(root, verbose=False)
+  if not corpus.utterances:
+    raise UserError(f"no 4-class utterances found under {root!r}; is it the IEMOCAP release? "
+                    f"{corpus.summary.format()}")
+  keep = _subset(len(corpus.utterances), corpus.labels, d.max_examples, config.seed)
+  corpus = corpus.subset(keep)
+  cache = d.cache_dir or os.path.join(workdir, "cache")
+  corpus, waves, lengths = iemocap.load_corpus_audio(corpus, sr=d.sample_rate,
+                                                     max_seconds=d.max_seconds, cache_dir=cache)
+  labels = corpus.labels.astype(np.int32)
+  texts = corpus.texts
+  m = config.model
+  vocab_size = None
+  if m.name == "dmf":
+    audio = encoders.AudioPreprocessor(m.audio.pretrained or None, max_seconds=d.max_seconds,
+                                       sampling_rate=d.sample_rate)(
+        [w[:max(int(n), 1)] for w, n in zip(waves, lengths)])
+    tok_dir = d.tokenizer or m.text.pretrained
+    if not tok_dir:
+      tok_dir = build_word_vocab(texts, os.path.join(workdir, "tokenizer"))
+    text = encoders.TextPreprocessor(tok_dir, max_length=d.max_tokens)
+    vocab_size = len(text.tokenizer)
+    enc = text(texts)
+    inputs = {"input_values": audio["input_values"], "audio_mask": audio["attention_mask"],
+              "input_ids": enc["input_ids"], "text_mask": enc["attention_mask"],
+              "token_type_ids": enc["token_type_ids"]}
+  else:
+    from mbaf_jax.encoders import text_cnn_rnn  # pylint: disable=g-import-not-at-top
+    vocab = text_cnn_rnn.build_vocab(texts)
+    ids, mask = text_cnn_rnn.encode_texts(texts, vocab, max_tokens=d.max_tokens)
+    vocab_size = len(vocab)
+    s = int(round(d.max_seconds * d.sample_rate))
+    inputs = {"waves": np.asarray(waves[:, :s], np.float32),
+              "lengths": np.minimum(lengths, s).astype(np.int32),
+              "token_ids": ids, "text_mask": mask}
+  if d.protocol == "loso":
+    folds = folds_lib.loso_folds(corpus.utterances, validation=d.validation, seed=config.seed)
+  elif d.protocol == "8:1:1":
+    folds = [folds_lib.stratified_split(labels, (8, 1, 1), seed=config.seed)]
+  else:
+    raise UserError(f"config.data.protocol={d.protocol!r} does not apply to IEMOCAP; use 'loso' "
+                    "(DMF) or '8:1:1' (MBAF).")
+  return Dataset(inputs, labels, folds, IEMOCAP_CLASSES, vocab_size, corpus.summary)
+
+
+def _cebs(config, workdir: str) -> Dataset:
+  from mbaf_jax.data import cebs  # pylint: disable=g-import-not-at-top
+  d = config.data
+  if d.mode_pair not in cebs.MODE_PAIRS:
+    raise UserError(f"config.data.mode_pair={d.mode_pair!r}; expected one of "
+                    f"{sorted(cebs.MODE_PAIRS)}.")
+  root = resolve_cebs_root(config, workdir)
+  corpus = cebs.load_cebs(root, modes=cebs.MODE_PAIRS[d.mode_pair], chunks=d.chunks,
+                          chunk_samples=d.chunk_samples)
+  labels = np.asarray(corpus.labels, np.int32)
+  if labels.size == 0:
+    raise UserError(f"no CEBS windows could be read from {root!r}. {corpus.summary.format()}")
+  keep = _subset(labels.size, labels, d.max_examples, config.seed)
+  modes = tuple(np.asarray(x, np.float32)[keep] for x in corpus.pair(d.mode_pair))
+  labels, subjects = labels[keep], np.asarray(corpus.subjects)[keep]
+  if d.protocol != "logo":
+    raise UserError(f"config.data.protocol={d.protocol!r} does not apply to CEBS; use 'logo'.")
+  folds = cebs.logo_folds(subjects, n_groups=4, seed=config.seed, val_fraction=0.1)
+  return Dataset({"modes": modes}, labels, folds, CEBS_CLASSES, None, corpus.summary)
+
+
+def load_dataset(config, workdir: str) -> Dataset:
+  """Loads ``config.data.dataset`` for ``config.model`` (see module doc).
+
+  Raises:
+    UserError: missing or wrong data directory, protocol or mode pair.
+  """
+  name = config.data.dataset
+  if name == "iemocap":
+    ds = _iemocap(config, workdir)
+  elif name == "cebs":
+    ds = _cebs(config, workdir)
+  else:
+    raise UserError(f"config.data.dataset={name!r} is unknown; expected 'iemocap' or 'cebs'.")
+  if config.data.max_folds:
+    ds.folds = ds.folds[: config.data.max_folds]
+  return ds

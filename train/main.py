@@ -1,0 +1,57 @@
+r"""Training entry point (flax-examples style): parses flags, calls the trainer.
+
+  python -m train.main --config=configs/iemocap.py:demo --workdir=runs/demo
+  python -m train.main --config=configs/iemocap.py --workdir=runs/dmf \
+      --config.data.data_dir=/data/IEMOCAP_full_release --config.model.fusion.dmf.slots=60
+
+Errors the user can fix (unknown config key, missing or wrong data_dir, a checkpoint of another
+config, a workdir that is a file, a non-finite loss) are printed as one paragraph and the run exits
+with status 2, without a traceback. Rerunning with the same --workdir resumes.
+"""
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and events.")
+config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:variant]).",
+                                lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _user_errors():
+  from mbaf_jax.data.report import DataError  # pylint: disable=g-import-not-at-top
+  from train.checkpoints import CheckpointMismatchError  # pylint: disable=g-import-not-at-top
+  from train.errors import NonFiniteLossError, UserError  # pylint: disable=g-import-not-at-top
+  return (UserError, DataError, CheckpointMismatchError, NonFiniteLossError, FileNotFoundError,
+          NotADirectoryError)
+
+
+def run(config, workdir: str) -> int:
+  """Runs the trainer; returns the process exit status (0 ok, 2 user error)."""
+  from train import trainer  # pylint: disable=g-import-not-at-top
+  errors = _user_errors()
+  try:
+    trainer.train_and_evaluate(config, workdir)
+  except errors as e:
+    print(f"\nerror: {e}", file=sys.stderr, flush=True)
+    return 2
+  except KeyboardInterrupt as e:
+    print(f"\nstopped: {e or 'interrupted'}; rerun the same command to resume.", file=sys.stderr)
+    return 130
+  return 0
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config / --workdir / "
+                         "--config.<field>=<value>.")
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  sys.exit(run(FLAGS.config, _WORKDIR.value))
+
+
+if __name__ == "__main__":
+  app.run(main)

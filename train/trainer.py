@@ -1,0 +1,277 @@
+"""Cross-validation driver: ``train_and_evaluate(config, workdir)`` trains every fusion kind of
+``config.fusions`` on every fold, evaluates, and writes metrics.json, TensorBoard events and
+confusion-matrix PNGs.
+
+Workdir layout::
+
+  config.json                       the run's config (a resumed run must match it)
+  metrics.json                      {fusion: {"folds": {...}, "summary": {...}}, "table": ...}
+  confusion_<fusion>_<fold>.png     per fold;  confusion_<fusion>_mean.png averaged (row-normalised)
+  tb/<fusion>/<fold>/               TensorBoard events (tensorboardX)
+  ckpt/<fusion>/<fold>/{latest,best}/  orbax checkpoints (resume; best by validation UA)
+
+Per fold: a fresh model (same key), SGD/Adam steps over a seeded Batcher (padded last batch, one
+compilation for all batches and folds), validation UA every ``eval_every_epochs`` (best
+checkpoint), test metrics of the best checkpoint (the final one when there is no validation
+set). Memory is read, never written, in evaluation.
+"""
+import json
+import os
+import time
+
+import jax
+import numpy as np
+
+from train import checkpoints as ckpt_lib
+from train import datasets
+from train import metrics as metrics_lib
+from train import steps
+from train.errors import NonFiniteLossError, UserError
+
+
+def prepare_workdir(workdir: str, config) -> None:
+  """Creates the workdir and stores the config; a workdir that is a file or was written by a
+  different config (model/optimiser) is refused."""
+  if not workdir:
+    raise UserError("--workdir is empty; give a directory for checkpoints and metrics.")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f"--workdir={workdir!r} is a file, not a directory. Pass a new or existing "
+                    "directory (it will hold checkpoints, metrics.json and TensorBoard events).")
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  fp = ckpt_lib.model_fingerprint(config)
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        old = json.load(f)
+    except (OSError, ValueError) as e:
+      raise UserError(f"{path} exists but is not readable JSON ({e}); remove it or use a fresh "
+                      "--workdir.") from e
+    if old.get("fingerprint") not in (None, fp):
+      raise UserError(f"--workdir={workdir!r} holds a run of a different model/optimiser config "
+                      f"(see {path}); resuming it with this config would mix checkpoints. Use a "
+                      "fresh --workdir, or rerun with the config stored there.")
+  metrics_lib.write_json(path, {"fingerprint": fp, "config": json.loads(config.to_json_best_effort())})
+
+
+class _Logger:
+  """TensorBoard scalars (tensorboardX), created lazily per fold."""
+
+  def __init__(self, logdir: str):
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    self.writer = SummaryWriter(logdir)
+
+  def scalars(self, step: int, values: dict, prefix: str) -> None:
+    for k, v in values.items():
+      self.writer.add_scalar(f"{prefix}/{k}", float(v), int(step))
+    self.writer.flush()
+
+  def close(self):
+    self.writer.close()
+
+
+def _gather(ds: datasets.Dataset, idx: np.ndarray) -> dict:
+  def take(x):
+    return tuple(take(y) for y in x) if isinstance(x, tuple) else x[idx]
+  return {k: take(v) for k, v in ds.inputs.items()}
+
+
+def evaluate(eval_fn, state, ds: datasets.Dataset, indices: np.ndarray, batch_size: int, mesh,
+             num_classes: int) -> dict:
+  """WA/UA/F1/confusion of ``state`` on ``ds[indices]`` (padded fixed-size batches)."""
+  from mbaf_jax.data.pipeline import eval_batches  # pylint: disable=g-import-not-at-top
+  preds = []
+  for pos, mask in eval_batches(len(indices), batch_size):
+    idx = indices[pos]
+    batch = dict(_gather(ds, idx), mask=mask, label=ds.labels[idx])
+    lp = np.asarray(jax.device_get(eval_fn(state, steps.shard_batch(batch, mesh))))
+    preds.append(np.argmax(lp, -1)[mask])
+  preds = np.concatenate(preds) if preds else np.zeros((0,), np.int64)
+  return metrics_lib.classification_metrics(ds.labels[indices], preds, num_classes)
+
+
+class FoldRunner:
+  """Model, optimiser and compiled steps for one fusion kind, shared by all folds."""
+
+  def __init__(self, config, fusion_kind: str, ds: datasets.Dataset, mesh):
+    from mbaf_jax import models  # pylint: disable=g-import-not-at-top
+    self.config, self.kind, self.ds, self.mesh = config, fusion_kind, ds, mesh
+    self.model, self.pretrained = models.build_model(config.model, fusion_kind,
+                                                     vocab_size=ds.vocab_size,
+                                                     max_tokens=config.data.max_tokens)
+    b = config.train.batch_size
+    self.dummy = dict(_gather(ds, np.zeros((b,), np.int64)), mask=np.ones((b,), bool),
+                      label=np.zeros((b,), np.int32))
+    key = jax.random.key(config.seed)
+    self.tx = steps.make_optimizer(config.optim,
+                                   steps.abstract_params(self.model, self.dummy, key))
+    self.train_fn = steps.jit_train_step(steps.make_train_step(self.model.apply, self.tx), mesh)
+    self.eval_fn = steps.jit_eval_step(steps.make_eval_step(self.model.apply), mesh)
+
+  def init_state(self, fold_index: int):
+    from mbaf_jax.models.factory import merge_pretrained  # pylint: disable=g-import-not-at-top
+    key = jax.random.fold_in(jax.random.key(self.config.seed), fold_index)
+    variables = steps.init_variables(self.model, self.dummy, key)
+    if self.pretrained:
+      variables["params"] = merge_pretrained(variables["params"], self.pretrained)
+    return steps.replicate(steps.create_state(variables, self.tx), self.mesh)
+
+
+def _check_finite(state, fold_name: str, kind: str) -> None:
+  bad = int(jax.device_get(state.first_nonfinite))
+  if bad >= 0:
+    raise NonFiniteLossError(
+        f"the training loss became NaN/inf at step {bad} of fold {fold_name} ({kind} fusion). "
+        "Lower config.optim.learning_rate, set config.optim.grad_clip_norm, or check the data "
+        "for NaN inputs.")
+
+
+def train_fold(runner: FoldRunner, fold, fold_index: int, workdir: str) -> dict:
+  """Trains (or resumes) one fold and returns its test metrics (+ validation UA, best step)."""
+  from mbaf_jax.data.pipeline import Batcher  # pylint: disable=g-import-not-at-top
+  c, kind, ds, mesh = runner.config, runner.kind, runner.ds, runner.mesh
+  t = c.train
+  if len(fold.train) == 0 or len(fold.test) == 0:
+    raise UserError(f"fold {fold.name} has {len(fold.train)} training and {len(fold.test)} test "
+                    "examples; the data set is too small for this protocol "
+                    "(raise config.data.max_examples or use more data).")
+  ckpt = ckpt_lib.FoldCheckpointer(os.path.join(workdir, "ckpt", kind, fold.name),
+                                   keep=t.keep_checkpoints,
+                                   fingerprint=ckpt_lib.model_fingerprint(c))
+  state = runner.init_state(fold_index)
+  batcher = Batcher(len(fold.train), t.batch_size, seed=c.seed + fold_index, shuffle=True)
+  best_val_ua, done = -1.0, False
+  restored = ckpt.restore_latest(jax.device_get(state.saveable()))
+  if restored is not None:
+    tree, meta = restored
+    state = steps.replicate(steps.TrainState.from_saved(tree), mesh)
+    batcher.restore(meta["batcher"])
+    best_val_ua, done = float(meta["best_val_ua"]), bool(meta["done"])
+    print(f"[{kind}/{fold.name}] resumed at step {int(meta['step'])}", flush=True)
+  total = t.max_steps or t.epochs * batcher.steps_per_epoch
+  key = steps.replicate(jax.random.key(c.seed), mesh)
+  logger = _Logger(os.path.join(workdir, "tb", kind, fold.name))
+  step = int(jax.device_get(state.step))
+  interrupt_at = step + t.interrupt_after_steps if t.interrupt_after_steps else None
+
+  def meta():
+    return {"step": step, "batcher": batcher.state(), "best_val_ua": best_val_ua, "done": done,
+            "fold": fold.name, "fusion": kind}
+
+  def validate():
+    nonlocal best_val_ua
+    if len(fold.val) == 0:
+      return
+    m = evaluate(runner.eval_fn, state, ds, fold.val, t.eval_batch_size, mesh,
+                 c.model.num_classes)
+    logger.scalars(step, {"wa": m["wa"], "ua": m["ua"], "f1": m["f1"]}, "val")
+    best_val_ua = max(best_val_ua, m["ua"])
+    ckpt.save_best(step, jax.device_get(state.saveable()), meta(), m["ua"])
+
+  bar = _progress(t.progress and not done, total, step, f"{kind}/{fold.name}")
+  window, t0 = [], time.time()
+  train_arrays = {"_row": fold.train}
+  while not done and step < total:
+    for item in batcher.iterate(train_arrays):
+      idx = item["_row"]
+      batch = dict(_gather(ds, idx), mask=item["mask"], label=ds.labels[idx])
+      state, m = runner.train_fn(state, steps.shard_batch(batch, mesh), key)
+      step += 1
+      window.append(m)
+      if bar is not None:
+        bar.update(1)
+      if step % t.log_every_steps == 0 or step == total:
+        _check_finite(state, fold.name, kind)
+        host = jax.device_get(window)
+        n = max(sum(float(x["count"]) for x in host), 1.0)
+        logs = {"loss": np.mean([float(x["loss"]) for x in host]),
+                "aux": np.mean([float(x["aux"]) for x in host]),
+                "accuracy": sum(float(x["correct"]) for x in host) / n,
+                "steps_per_s": len(host) / max(time.time() - t0, 1e-9)}
+        logger.scalars(step, logs, "train")
+        if bar is not None:
+          bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['accuracy']:.2f}")
+        window, t0 = [], time.time()
+      if step % t.checkpoint_every_steps == 0:
+        ckpt.save_latest(step, jax.device_get(state.saveable()), meta())
+      if step >= total or (interrupt_at is not None and step >= interrupt_at):
+        break
+    if interrupt_at is not None and step >= interrupt_at and step < total:
+      ckpt.save_latest(step, jax.device_get(state.saveable()), meta())
+      ckpt.close()
+      logger.close()
+      raise KeyboardInterrupt(f"interrupted after step {step} (config.train.interrupt_after_steps)")
+    _check_finite(state, fold.name, kind)
+    epoch_done = batcher.position == 0
+    if epoch_done and (batcher.epoch % t.eval_every_epochs == 0 or step >= total):
+      validate()
+    elif step >= total:
+      validate()
+    if step >= total:
+      done = True
+    ckpt.save_latest(step, jax.device_get(state.saveable()), meta())
+  if bar is not None:
+    bar.close()
+
+  final_state, best_step = state, step
+  best = ckpt.restore_best(jax.device_get(state.saveable()))
+  if best is not None:
+    final_state = steps.replicate(steps.TrainState.from_saved(best[0]), mesh)
+    best_step = int(best[1]["step"])
+  result = evaluate(runner.eval_fn, final_state, ds, fold.test, t.eval_batch_size, mesh,
+                    c.model.num_classes)
+  result.update(best_step=best_step, best_val_ua=best_val_ua, sizes=fold.sizes(), steps=step)
+  logger.scalars(step, {"wa": result["wa"], "ua": result["ua"], "f1": result["f1"]}, "test")
+  logger.close()
+  ckpt.close()
+  return result
+
+
+def _progress(enabled: bool, total: int, initial: int, desc: str):
+  if not enabled:
+    return None
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Runs the experiment of ``config`` in ``workdir`` (resuming what is there).
+
+  Returns:
+    The metrics dict also written to ``workdir/metrics.json``.
+  """
+  prepare_workdir(workdir, config)
+  kinds = [k.strip() for k in config.fusions.split(",") if k.strip()]
+  if not kinds:
+    raise UserError("config.fusions is empty; expected e.g. 'dmf' or 'dmf,naive'.")
+  mesh = steps.make_mesh(config.train.num_devices)
+  ds = datasets.load_dataset(config, workdir)
+  if ds.summary is not None and getattr(ds.summary, "total_skipped", 0):
+    print(ds.summary.format(), flush=True)
+  print(f"{config.name}: {len(ds.labels)} examples, {len(ds.folds)} fold(s), fusions {kinds}, "
+        f"{mesh.devices.size} device(s)", flush=True)
+  results = {"name": config.name, "class_names": list(ds.class_names), "devices":
+             int(mesh.devices.size), "fusions": {}}
+  for kind in kinds:
+    runner = FoldRunner(config, kind, ds, mesh)
+    folds = {}
+    for i, fold in enumerate(ds.folds):
+      folds[fold.name] = train_fold(runner, fold, i, workdir)
+      metrics_lib.plot_confusion(folds[fold.name]["confusion"], ds.class_names,
+                                 os.path.join(workdir, f"confusion_{kind}_{fold.name}.png"),
+                                 f"{kind} {fold.name}")
+      f = folds[fold.name]
+      print(f"[{kind}/{fold.name}] test WA {100 * f['wa']:.2f} UA {100 * f['ua']:.2f} "
+            f"F1 {f['f1']:.3f} (best step {f['best_step']})", flush=True)
+    summary = metrics_lib.summarize_folds(list(folds.values()))
+    metrics_lib.plot_confusion(summary["confusion_normalized"], ds.class_names,
+                               os.path.join(workdir, f"confusion_{kind}_mean.png"),
+                               f"{kind} mean over {len(folds)} fold(s)")
+    results["fusions"][kind] = {"folds": folds, "summary": summary,
+                                "train_traces": runner.train_fn.traces}
+    metrics_lib.write_json(os.path.join(workdir, "metrics.json"), results)
+  table = metrics_lib.format_table({k: v["summary"] for k, v in results["fusions"].items()})
+  results["table"] = table
+  metrics_lib.write_json(os.path.join(workdir, "metrics.json"), results)
+  print(table, flush=True)
+  return results
