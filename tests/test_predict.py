@@ -1,0 +1,215 @@
+"""Inference (``train.predict``): the API and CLI on a workdir from a short training run, checked
+against the trainer's own restore + eval path; and every user error, without training."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from train import predict
+
+CLASSES = ("ang", "hap", "neu", "sad")
+
+
+# --------------------------------------------------------------------------- errors (fast)
+def _fake_workdir(tmp_path, with_ckpt_dirs=False):
+  w = tmp_path / "run"
+  w.mkdir()
+  (w / "config.json").write_text(json.dumps({"fingerprint": "x", "config": {
+      "model": {"name": "dmf"}, "data": {"dataset": "iemocap"}}}))
+  if with_ckpt_dirs:
+    (w / "ckpt" / "dmf" / "loso_s1" / "latest").mkdir(parents=True)
+  return w
+
+
+def test_missing_or_file_workdir_is_explained(tmp_path):
+  with pytest.raises(predict.PredictError, match=r"workdir '.*nope' does not exist"):
+    predict.load(str(tmp_path / "nope"))
+  f = tmp_path / "file"
+  f.write_text("x")
+  with pytest.raises(predict.PredictError, match=r"is a file"):
+    predict.load(str(f))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(predict.PredictError, match=r"config.json not found.*not a training workdir"):
+    predict.load(str(tmp_path / "empty"))
+  (tmp_path / "empty" / "config.json").write_text("{not json")
+  with pytest.raises(predict.PredictError, match=r"config.json is not a readable training config"):
+    predict.load(str(tmp_path / "empty"))
+
+
+def test_missing_checkpoint_is_explained(tmp_path):
+  w = _fake_workdir(tmp_path)
+  with pytest.raises(predict.PredictError, match=r"no checkpoints found in .*ckpt"):
+    predict.find_checkpoint(str(w))
+  (tmp_path / "b").mkdir()
+  w2 = _fake_workdir(tmp_path / "b", with_ckpt_dirs=True)
+  with pytest.raises(predict.PredictError, match=r"no finished checkpoint in .*loso_s1"):
+    predict.find_checkpoint(str(w2))
+  with pytest.raises(predict.PredictError, match=r"--fold='loso_s9' has no checkpoints.*loso_s1"):
+    predict.find_checkpoint(str(w2), fold="loso_s9")
+  with pytest.raises(predict.PredictError, match=r"--checkpoint='final'"):
+    predict.find_checkpoint(str(w2), checkpoint="final")
+  with pytest.raises(predict.PredictError, match=r"batch_size=0"):
+    predict.load(str(w2), batch_size=0)
+
+
+def test_unreadable_and_missing_wav_are_named(tmp_path):
+  junk = tmp_path / "junk.wav"
+  junk.write_bytes(b"RIFF not really a wav")
+  with pytest.raises(predict.PredictError, match=r"cannot use audio file.*junk.wav.*readable"):
+    predict.read_waves([str(junk)], 16000)
+  with pytest.raises(predict.PredictError, match=r"cannot use audio file.*absent.wav"):
+    predict.read_waves([str(tmp_path / "absent.wav")], 16000)
+
+
+def test_manifest_and_wav_dir_parsing(tmp_path):
+  m = tmp_path / "m.csv"
+  m.write_text('wav,text\nsub/a.wav,"hello, you"\n/abs/b.wav,\n')
+  paths, texts = predict.read_manifest(str(m))
+  assert paths == [str(tmp_path / "sub" / "a.wav"), "/abs/b.wav"]
+  assert texts == ["hello, you", ""]
+  bad = tmp_path / "bad.csv"
+  bad.write_text("path,transcript\na.wav,hi\n")
+  with pytest.raises(predict.PredictError, match=r"columns 'wav' and 'text'"):
+    predict.read_manifest(str(bad))
+  with pytest.raises(predict.PredictError, match=r"--manifest='.*missing.csv' cannot be read"):
+    predict.read_manifest(str(tmp_path / "missing.csv"))
+
+  d = tmp_path / "wavs"
+  d.mkdir()
+  (d / "u1.wav").write_bytes(b"")
+  (d / "u2.flac").write_bytes(b"")
+  t = tmp_path / "t.txt"
+  t.write_text("u1 I am fine\nu2.flac oh no\n\n")
+  paths, texts = predict.read_wav_dir(str(d), str(t))
+  assert paths == [str(d / "u1.wav"), str(d / "u2.flac")] and texts == ["I am fine", "oh no"]
+  t.write_text("u3 who\n")
+  with pytest.raises(predict.PredictError, match=r"line 1 names 'u3'.*not a file in --wav_dir"):
+    predict.read_wav_dir(str(d), str(t))
+  with pytest.raises(predict.PredictError, match=r"--wav_dir='.*nodir' is not a directory"):
+    predict.read_wav_dir(str(tmp_path / "nodir"), str(t))
+
+
+def test_format_csv_rows():
+  probs = np.array([[0.1, 0.6, 0.2, 0.1], [0.7, 0.1, 0.1, 0.1]], np.float32)
+  rows = list(csv.reader(predict.format_csv(["a.wav", "b.wav"], ["x, y", "z"], probs,
+                                            CLASSES).splitlines()))
+  assert rows[0] == ["wav", "text", "pred", "p_ang", "p_hap", "p_neu", "p_sad"]
+  assert rows[1][:3] == ["a.wav", "x, y", "hap"] and rows[2][2] == "ang"
+  np.testing.assert_allclose([float(x) for x in rows[1][3:]], probs[0], atol=1e-6)
+
+
+def test_cli_errors_exit_2_with_one_message(tmp_path, capsys):
+  assert predict.run(["--workdir", str(tmp_path / "none"), "--wav", "a.wav", "--text", "x"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: workdir") and "Traceback" not in err
+  assert predict.run(["--workdir", str(tmp_path)]) == 2
+  assert "give exactly one input" in capsys.readouterr().err
+  assert predict.run(["--workdir", str(tmp_path), "--wav", "a.wav"]) == 2
+  assert "--wav needs --text" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- trained workdir
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A DMF workdir from 3 training steps on the synthetic corpus (1 fold)."""
+  from configs import iemocap
+  from mbaf_jax.data import synthetic
+  from train import trainer
+  base = tmp_path_factory.mktemp("predict")
+  root = synthetic.write_iemocap(str(base / "data"), size="demo", seed=0)
+  config = iemocap.get_config("smoke")
+  config.fusions = "dmf"
+  config.data.max_folds = 1
+  config.data.data_dir = str(base / "data")
+  config.train.max_steps = 3
+  workdir = str(base / "run")
+  trainer.train_and_evaluate(config, workdir)
+  wav_dir = os.path.join(root, "Session1", "sentences", "wav")
+  wavs = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(wav_dir) for f in fs
+                if f.endswith(".wav") and not f.startswith("."))[:3]
+  return config, workdir, wavs
+
+
+def _reference(config, workdir, wavs, texts):
+  """The trainer's path: FoldCheckpointer + TrainState + make_eval_step, inputs read directly."""
+  import jax
+  import soundfile as sf
+  from mbaf_jax import encoders, models
+  from train import checkpoints as ckpt_lib
+  from train import steps
+  tok = encoders.TextPreprocessor(os.path.join(workdir, "tokenizer"),
+                                  max_length=config.data.max_tokens)
+  model, _ = models.build_model(config.model, "dmf", vocab_size=len(tok.tokenizer),
+                                max_tokens=config.data.max_tokens)
+  audio = encoders.AudioPreprocessor(None, max_seconds=config.data.max_seconds,
+                                     sampling_rate=config.data.sample_rate)
+  waves = [sf.read(p, dtype="float32")[0] for p in wavs]
+  a, t = audio(waves), tok(texts)
+  batch = {"input_values": a["input_values"], "audio_mask": a["attention_mask"],
+           "input_ids": t["input_ids"], "text_mask": t["attention_mask"],
+           "token_type_ids": t["token_type_ids"], "mask": np.ones((len(wavs),), bool)}
+  # The trainer's initial variables of fold 0 (trainer.FoldRunner.init_state's key).
+  variables = steps.init_variables(model, batch,
+                                   jax.random.fold_in(jax.random.key(config.seed), 0))
+  tx = steps.make_optimizer(config.optim, variables["params"])
+  state = steps.create_state(variables, tx)
+  ck = ckpt_lib.FoldCheckpointer(os.path.join(workdir, "ckpt", "dmf", "loso_s1"),
+                                 fingerprint=ckpt_lib.model_fingerprint(config))
+  try:
+    restored = ck.restore_best(jax.device_get(state.saveable()))
+    step = ck.best_step()
+  finally:
+    ck.close()
+  state = steps.TrainState.from_saved(restored[0])
+  log_probs = jax.jit(steps.make_eval_step(model.apply))(state, batch)
+  return np.exp(np.asarray(log_probs)), state, variables, step
+
+
+@pytest.mark.slow
+def test_predictor_matches_trainer_eval_and_never_writes_memory(trained):
+  config, workdir, wavs = trained
+  texts = ["I am so happy today", "leave me alone", "okay"]
+  predictor = predict.load(workdir, batch_size=4)  # 3 rows + 1 masked pad row per call
+  assert predictor.classes == CLASSES and predictor.fusion == "dmf"
+  assert predictor.fold == "loso_s1"
+  want, ref_state, init_vars, best_step = _reference(config, workdir, wavs, texts)
+  assert predictor.step == best_step
+  got = predictor.predict_files(wavs, texts)
+  assert got.shape == (3, 4)
+  np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+  # One row alone (other pad rows) gives the same probabilities: padding never leaks in.
+  np.testing.assert_allclose(predictor.predict_files(wavs[1:2], texts[1:2])[0], got[1],
+                             rtol=1e-5, atol=1e-7)
+  assert predictor._apply._cache_size() == 1  # pylint: disable=protected-access
+  # The memory is the trained one (training wrote it) and prediction never changes it.
+  for name in ("M_a", "M_t"):
+    mem = np.asarray(predictor.variables["memory"]["fusion"][name])
+    np.testing.assert_array_equal(mem, np.asarray(ref_state.memory["fusion"][name]))
+    assert np.abs(mem - np.asarray(init_vars["memory"]["fusion"][name])).max() > 0
+
+
+@pytest.mark.slow
+def test_cli_single_wav_and_manifest(trained, tmp_path, capsys):
+  _, workdir, wavs = trained
+  predictor = predict.load(workdir)
+  want = predictor.predict_files(wavs[:2], ["hello", "bye now"])
+  assert predict.run(["--workdir", workdir, "--wav", wavs[0], "--text", "hello"]) == 0
+  line = capsys.readouterr().out.strip()
+  assert line.startswith(wavs[0] + ": " + CLASSES[int(np.argmax(want[0]))])
+  assert f"ang {want[0][0]:.4f}" in line
+  m = tmp_path / "m.csv"
+  with open(m, "w", newline="") as f:
+    csv.writer(f).writerows([["wav", "text"], [wavs[0], "hello"], [wavs[1], "bye now"]])
+  out = tmp_path / "probs.csv"
+  assert predict.run(["--workdir", workdir, "--manifest", str(m), "--output", str(out)]) == 0
+  rows = list(csv.DictReader(open(out)))
+  assert [r["wav"] for r in rows] == wavs[:2]
+  got = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows])
+  np.testing.assert_allclose(got, want, atol=2e-6)
+  junk = tmp_path / "junk.wav"
+  junk.write_bytes(b"RIFF")
+  assert predict.run(["--workdir", workdir, "--wav", str(junk), "--text", "x"]) == 2
+  assert "junk.wav" in capsys.readouterr().err
