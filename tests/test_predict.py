@@ -167,7 +167,6 @@ def _reference(config, workdir, wavs, texts):
   return np.exp(np.asarray(log_probs)), state, variables, step
 
 
-@pytest.mark.slow
 def test_predictor_matches_trainer_eval_and_never_writes_memory(trained):
   config, workdir, wavs = trained
   texts = ["I am so happy today", "leave me alone", "okay"]
@@ -191,7 +190,6 @@ def test_predictor_matches_trainer_eval_and_never_writes_memory(trained):
     assert np.abs(mem - np.asarray(init_vars["memory"]["fusion"][name])).max() > 0
 
 
-@pytest.mark.slow
 def test_cli_single_wav_and_manifest(trained, tmp_path, capsys):
   _, workdir, wavs = trained
   predictor = predict.load(workdir)

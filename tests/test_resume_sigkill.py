@@ -67,18 +67,8 @@ def _leaves(tree):
           for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-@pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
-  data_dir = tmp_path / "data"
-  from mbaf_jax.data import synthetic
-  synthetic.write_iemocap(str(data_dir), size="demo", seed=0)
-
-  # Uninterrupted reference run.
-  ref = tmp_path / "ref"
-  rc, out = _run(_command(ref, data_dir), tmp_path / "ref.log")
-  assert rc == 0, out[-3000:]
-
-  # Run, SIGKILL as soon as a mid-epoch checkpoint is on disk, rerun the same command.
+def _kill_then_resume(tmp_path, data_dir):
+  """Runs into ``tmp_path/work``, SIGKILLs it once a mid-epoch checkpoint is on disk, reruns."""
   work = tmp_path / "work"
   log = open(tmp_path / "killed.log", "w")
   p = subprocess.Popen(_command(work, data_dir), cwd=ROOT, env=_env(), stdout=log,
@@ -104,13 +94,35 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
   before = _finished_steps(work)
   assert before and before[-1] < TOTAL_STEPS, f"killed too late: checkpoints {before}"
   assert not os.path.exists(work / "metrics.json")
+  return _run(_command(work, data_dir), tmp_path / "resumed.log")
 
-  rc, out = _run(_command(work, data_dir), tmp_path / "resumed.log")
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path):
+  data_dir = tmp_path / "data"
+  from mbaf_jax.data import synthetic
+  synthetic.write_iemocap(str(data_dir), size="demo", seed=0)
+
+  # Uninterrupted reference run, concurrently with the killed and resumed ones (2 cores).
+  ref = tmp_path / "ref"
+  ref_log = open(tmp_path / "ref.log", "w")
+  ref_proc = subprocess.Popen(_command(ref, data_dir), cwd=ROOT, env=_env(), stdout=ref_log,
+                              stderr=subprocess.STDOUT)
+
+  try:
+    rc, out = _kill_then_resume(tmp_path, data_dir)
+    ref_rc = ref_proc.wait(timeout=300)
+  finally:
+    if ref_proc.poll() is None:
+      ref_proc.kill()
+      ref_proc.wait(30)
+    ref_log.close()
+  assert ref_rc == 0, open(tmp_path / "ref.log").read()[-3000:]
   assert rc == 0, out[-3000:]
   assert "resumed at step" in out, out[-3000:]
 
   want_state, want_meta = _final_state(ref)
-  got_state, got_meta = _final_state(work)
+  got_state, got_meta = _final_state(tmp_path / "work")
   assert got_meta["step"] == want_meta["step"] == TOTAL_STEPS
   assert got_meta["batcher"] == want_meta["batcher"]
   want, got = _leaves(want_state), _leaves(got_state)
