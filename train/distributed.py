@@ -184,18 +184,13 @@ def initialize_multihost(config=None, *, coordinator_address: str | None = None,
                     initialization_timeout=int(timeout_s))
       if local_ids is not None:
         kwargs["local_device_ids"] = list(local_ids)
-    if _platform() == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU devices talk across processes through gloo (only the CPU backend reads this).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
     initialized = True
   return HostSetup(process_index=jax.process_index(), process_count=jax.process_count(),
                    local_devices=jax.local_device_count(), global_devices=jax.device_count(),
                    initialized=initialized)
-
-
-def _platform() -> str:
-  plats = os.environ.get("JAX_PLATFORMS", "") or os.environ.get("JAX_PLATFORM_NAME", "")
-  return plats.split(",")[0].strip().lower() if plats else ""
 
 
 # --------------------------------------------------------------------------- mesh + sharding
