@@ -6,8 +6,6 @@ maths run on one device over the whole batch, unsharded, with no collectives. Pa
 memory (write-then-carry, DMF §2.2), batch statistics and the loss must agree after a few
 SGD steps.
 """
-import os
-import sys
 
 import jax
 import jax.numpy as jnp

@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
