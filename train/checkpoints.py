@@ -88,6 +88,15 @@ class FoldCheckpointer:
           "Use a fresh --workdir for a new configuration, or run with the config that wrote it "
           "(its copy is in the workdir's config.json).")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    saved = manager.item_metadata(step)["state"]
+    saved = getattr(saved, "tree", saved)
+    have = sorted(str(tuple(x.shape)) for x in jax.tree.leaves(saved))
+    want = sorted(str(tuple(x.shape)) for x in jax.tree.leaves(abstract))
+    if have != want:
+      raise CheckpointMismatchError(
+          f"the checkpoint {os.path.join(manager.directory, str(step))} does not match this "
+          f"model's state ({len(have)} saved arrays vs {len(want)} expected, or different "
+          "shapes): it was written by another model configuration. Use a fresh --workdir.")
     try:
       restored = manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract)))["state"]

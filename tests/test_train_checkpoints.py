@@ -1,0 +1,119 @@
+"""train.checkpoints: bit-exact round trip of the whole state (memory included), keep-N,
+best-by-validation-UA, refusal of a checkpoint written by another config."""
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+import optax
+import pytest
+
+from train import checkpoints, steps
+
+
+def _state(seed, width=3):
+  rng = np.random.default_rng(seed)
+  params = {"fusion": {"w": jnp.asarray(rng.normal(size=(width, 2)), jnp.float32)},
+            "head": {"b": jnp.asarray(rng.normal(size=(2,)), jnp.float32)}}
+  tx = optax.adam(1e-3)
+  opt_state = tx.init(params)
+  opt_state = jax.tree.map(lambda x: x + 0.5 if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                           opt_state)
+  return steps.TrainState(
+      step=jnp.asarray(seed, jnp.int32), params=params, opt_state=opt_state,
+      batch_stats={"bn": {"mean": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}},
+      constants={"cbp": {"hashes": jnp.asarray(rng.integers(0, 7, size=(5,)), jnp.int32)}},
+      memory={"fusion": {"M_a": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)}},
+      first_nonfinite=jnp.asarray(-1, jnp.int32))
+
+
+def _assert_equal(a, b):
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_round_trip_keep_n_and_best(tmp_path):
+  ck = checkpoints.FoldCheckpointer(str(tmp_path / "fold"), keep=2, fingerprint="abc")
+  states = {s: _state(s) for s in (1, 2, 3)}
+  for s, st in states.items():
+    ck.save_latest(s, st.saveable(), {"step": s, "batcher": {"epoch": 0, "position": s}})
+  assert ck.latest.all_steps() == [2, 3]  # keep-N = 2
+  tree, meta = ck.restore_latest(_state(0).saveable())
+  _assert_equal(tree, states[3].saveable())
+  restored = steps.TrainState.from_saved(tree)
+  np.testing.assert_array_equal(restored.memory["fusion"]["M_a"], states[3].memory["fusion"]["M_a"])
+  assert meta["batcher"] == {"epoch": 0, "position": 3} and meta["fingerprint"] == "abc"
+  for s, ua in ((1, 0.4), (2, 0.7), (3, 0.5)):
+    ck.save_best(s, states[s].saveable(), {"step": s}, ua)
+  assert ck.best_step() == 2
+  tree, meta = ck.restore_best(_state(0).saveable())
+  _assert_equal(tree, states[2].saveable())
+  ck.close()
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+  ck = checkpoints.FoldCheckpointer(str(tmp_path / "fold"), keep=1, fingerprint="abc")
+  ck.save_latest(1, _state(1).saveable(), {"step": 1})
+  ck.close()
+  other = checkpoints.FoldCheckpointer(str(tmp_path / "fold"), keep=1, fingerprint="xyz")
+  with pytest.raises(checkpoints.CheckpointMismatchError, match="different model"):
+    other.restore_latest(_state(0).saveable())
+  other.close()
+  same_fp = checkpoints.FoldCheckpointer(str(tmp_path / "fold"), keep=1, fingerprint="")
+  with pytest.raises(checkpoints.CheckpointMismatchError, match="does not match"):
+    same_fp.restore_latest(_state(0, width=5).saveable())  # other shapes
+  same_fp.close()
+
+
+def test_fingerprint_tracks_model_config():
+  from configs import iemocap
+  a, b = iemocap.get_config(), iemocap.get_config()
+  assert checkpoints.model_fingerprint(a) == checkpoints.model_fingerprint(b)
+  b.model.fusion.dmf.slots = 60
+  assert checkpoints.model_fingerprint(a) != checkpoints.model_fingerprint(b)
+  c = iemocap.get_config()
+  c.train.epochs = 99  # not part of the state's shapes
+  assert checkpoints.model_fingerprint(a) == checkpoints.model_fingerprint(c)
+  with pytest.raises(ValueError, match="keep_checkpoints"):
+    checkpoints.FoldCheckpointer("/tmp/unused_ckpt_dir", keep=0)
+
+
+def _smoke(workdir_data):
+  from configs import iemocap
+  c = iemocap.get_config("smoke")
+  c.data.data_dir = workdir_data
+  c.fusions = "dmf"
+  c.data.max_folds = 1
+  c.train.max_steps = 5
+  c.train.checkpoint_every_steps = 100
+  c.train.batch_size = 8
+  return c
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_bit_identical(tmp_path):
+  """N steps straight == k steps, stop, resume to N (params, memory, batch stats, opt state)."""
+  from train import trainer
+  from mbaf_jax.data import synthetic
+  data = synthetic.write_iemocap(str(tmp_path / "data"), size="tiny", seed=0)
+
+  def final_state(workdir):
+    ck = checkpoints.FoldCheckpointer(str(workdir / "ckpt" / "dmf" / "loso_s1"), keep=2)
+    step = ck.latest_step()
+    tree = ck.latest.restore(step)["state"]
+    ck.close()
+    return step, tree
+
+  trainer.train_and_evaluate(_smoke(data), str(tmp_path / "straight"))
+  c = _smoke(data)
+  c.train.interrupt_after_steps = 2
+  with pytest.raises(KeyboardInterrupt):
+    trainer.train_and_evaluate(c, str(tmp_path / "resumed"))
+  assert final_state(tmp_path / "resumed")[0] == 2
+  out = trainer.train_and_evaluate(_smoke(data), str(tmp_path / "resumed"))
+  s1, a = final_state(tmp_path / "straight")
+  s2, b = final_state(tmp_path / "resumed")
+  assert s1 == s2 == 5
+  _assert_equal(a, b)
+  assert out["fusions"]["dmf"]["folds"]["loso_s1"]["steps"] == 5
