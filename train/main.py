@@ -45,13 +45,38 @@ def run(config, workdir: str) -> int:
   return 0
 
 
+def _parse_flags(argv):
+  """absl flag parsing with a one-paragraph message for a bad ``--config...`` flag."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError, flags.Error, ValueError, TypeError) as e:
+    overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+    lines = [l.strip() for l in str(e).strip("\"' ").splitlines() if l.strip() not in ("", ").")]
+    detail = lines[-1].rstrip(").") if lines else type(e).__name__
+    print(f"error: could not apply the command-line flags ({type(e).__name__}: {detail}). "
+          f"Config overrides given: {overrides or 'none'}. The config is locked, so every "
+          "--config.<path> must name an existing field (check the spelling against the config "
+          "file, e.g. --config.fusion.slots is --config.model.fusion.dmf.slots) and its value "
+          "must have the field's type; --config=<file.py[:variant]> must exist.",
+          file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config / --workdir / "
                          "--config.<field>=<value>.")
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  sys.exit(run(FLAGS.config, _WORKDIR.value))
+  try:
+    config = FLAGS.config
+    config.to_dict()  # a config file that failed to load raises here
+  except OSError as e:
+    print(f"error: --config could not be loaded: {str(e).splitlines()[-1].strip()} "
+          "(expected a config file such as configs/iemocap.py, optionally with :variant).",
+          file=sys.stderr)
+    sys.exit(2)
+  sys.exit(run(config, _WORKDIR.value))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
