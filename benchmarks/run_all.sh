@@ -39,8 +39,8 @@ run mbaf_param_count
 run bench_cbp
 run bench_dmf_layer
 run bench_mbaf_layer --iters 5 --warmup 1
-run bench_encoders --iters 10 --warmup 2
-run bench_mbaf_encoders --iters 10 --warmup 2
+run bench_encoders --iters 3 --warmup 1
+run bench_mbaf_encoders --iters 5 --warmup 1
 run bench_audio
 run bench_pipeline
 run bench_scaling
