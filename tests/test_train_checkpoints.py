@@ -101,7 +101,9 @@ def test_interrupted_run_resumes_bit_identical(tmp_path):
   def final_state(workdir):
     ck = checkpoints.FoldCheckpointer(str(workdir / "ckpt" / "dmf" / "loso_s1"), keep=2)
     step = ck.latest_step()
-    tree = ck.latest.restore(step)["state"]
+    import orbax.checkpoint as ocp
+    tree = ck.latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))["state"]
     ck.close()
     return step, tree
 

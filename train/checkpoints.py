@@ -46,12 +46,16 @@ class FoldCheckpointer:
     self.latest = ocp.CheckpointManager(
         os.path.join(self.directory, "latest"),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, **opts),
-        item_names=("state", "meta"))
+        item_handlers=self._handlers())
     self.best = ocp.CheckpointManager(
         os.path.join(self.directory, "best"),
         options=ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: m["val_ua"],
                                              best_mode="max", **opts),
-        item_names=("state", "meta"))
+        item_handlers=self._handlers())
+
+  @staticmethod
+  def _handlers():
+    return {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
 
   def _args(self, state_tree, meta):
     meta = dict(meta, fingerprint=self.fingerprint)
@@ -92,7 +96,7 @@ class FoldCheckpointer:
     saved = getattr(saved, "tree", saved)
     have = sorted(str(tuple(x.shape)) for x in jax.tree.leaves(saved))
     want = sorted(str(tuple(x.shape)) for x in jax.tree.leaves(abstract))
-    if have != want:
+    if have and have != want:
       raise CheckpointMismatchError(
           f"the checkpoint {os.path.join(manager.directory, str(step))} does not match this "
           f"model's state ({len(have)} saved arrays vs {len(want)} expected, or different "
