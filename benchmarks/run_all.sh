@@ -4,6 +4,7 @@
 # Usage (from the repository root):
 #   bash benchmarks/run_all.sh [OUT_DIR]        # default OUT_DIR: benchmarks/results
 #   ONLY="bench_cbp bench_dmf_layer" bash benchmarks/run_all.sh
+#   bash benchmarks/run_all.sh OUT_DIR bench_encoders --models bert   # one command, same logging
 #
 # Each benchmark's JSON lines go to OUT_DIR/<name>.jsonl (appended). Before and after
 # each run one extra JSON line {"bench": "_run", ...} records the exact command, the
@@ -35,11 +36,21 @@ run() {  # run NAME ARGS...  (runs `python -m benchmarks.NAME ARGS...`)
   echo "  -> rc=$rc, $(echo "$t1 - $t0" | bc) s" >&2
 }
 
+if [[ $# -ge 2 ]]; then  # OUT_DIR NAME ARGS...: just that one run
+  shift; run "$@"; exit 0
+fi
+
 run mbaf_param_count
 run bench_cbp
 run bench_dmf_layer
 run bench_mbaf_layer --iters 5 --warmup 1
-run bench_encoders --iters 3 --warmup 1
+# Wav2Vec2 split per mode/batch so that one out-of-memory (fwd_bwd at batch 32 needs a
+# 26.6 GB buffer: more than a 24 GiB host) does not stop the others.
+run bench_encoders --models wav2vec2 --modes fwd,conv_fwd --iters 3 --warmup 1
+run bench_encoders --models wav2vec2 --modes fwd_bwd,fwd_bwd_frozen --batches 8 --iters 3 --warmup 1
+run bench_encoders --models wav2vec2 --modes fwd_bwd_frozen --batches 32 --iters 3 --warmup 1
+run bench_encoders --models wav2vec2 --modes fwd_bwd --batches 32 --iters 3 --warmup 1
+run bench_encoders --models bert --iters 3 --warmup 1
 run bench_mbaf_encoders --iters 5 --warmup 1
 run bench_audio
 run bench_pipeline
