@@ -51,8 +51,10 @@ run bench_encoders --models wav2vec2 --modes fwd_bwd,fwd_bwd_frozen --batches 8 
 run bench_encoders --models wav2vec2 --modes fwd_bwd_frozen --batches 32 --iters 3 --warmup 1
 run bench_encoders --models wav2vec2 --modes fwd_bwd --batches 32 --iters 3 --warmup 1
 run bench_encoders --models bert --iters 3 --warmup 1
-run bench_mbaf_encoders --iters 5 --warmup 1
+# sincnet_utterance forward+backward at the default 8 utterances ran > 5 min at 12.7 GB on 2 cores
+run bench_mbaf_encoders --only sincnet_windows,text_cnn_rnn,cebs_lstm --iters 5 --warmup 1
+run bench_mbaf_encoders --only sincnet_utterance --utterances 2 --iters 3 --warmup 1
 run bench_audio
 run bench_pipeline
 run bench_scaling
-run bench_train
+run bench_train --iters 2 --warmup 0  # one base-size step takes ~37 s on 2 cores
