@@ -10,7 +10,7 @@
 # each run one extra JSON line {"bench": "_run", ...} records the exact command, the
 # load average (/proc/loadavg), the wall time and the exit status, so every result
 # can be read beside the machine load it was measured under. stderr goes to
-# OUT_DIR/<name>.log.
+# OUT_DIR/<name>.log (removed when empty).
 set -u
 OUT_DIR="${1:-benchmarks/results}"
 mkdir -p "$OUT_DIR"
@@ -30,6 +30,7 @@ run() {  # run NAME ARGS...  (runs `python -m benchmarks.NAME ARGS...`)
   echo "[$(date -u +%H:%M:%S)] $cmd  (load $load0)" >&2
   $PY -m "benchmarks.$name" "$@" >>"$out" 2>>"$OUT_DIR/$name.log"
   rc=$?
+  [[ -s "$OUT_DIR/$name.log" ]] || rm -f "$OUT_DIR/$name.log"  # keep only non-empty stderr
   t1=$(date +%s.%N); load1="$(loadavg)"
   printf '{"bench": "_run", "name": "%s", "cmd": "%s", "utc": "%s", "loadavg_before": "%s", "loadavg_after": "%s", "wall_s": %.1f, "rc": %d}\n' \
     "$name" "$cmd" "$(date -u +%FT%TZ)" "$load0" "$load1" "$(echo "$t1 - $t0" | bc)" "$rc" >>"$out"
