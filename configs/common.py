@@ -51,11 +51,11 @@ def base_config():
   c.fusions = "dmf"  # comma-separated fusion kinds, each trained on every fold ("dmf,naive")
 
   c.data = mlc.ConfigDict()
-  c.data.dataset = "iemocap"  # "iemocap" | "cebs"
-  c.data.data_dir = ""  # IEMOCAP_full_release (or its parent) / cebsdb directory
+  c.data.dataset = "iemocap"  # "iemocap" | "cebs" | "manifest" (your own CSV/JSONL data)
+  c.data.data_dir = ""  # IEMOCAP_full_release (or its parent) / cebsdb directory / manifest file
   c.data.synthetic = False  # generate the synthetic corpus into data_dir when it is absent
   c.data.synthetic_size = "demo"  # size argument of mbaf_jax.data.synthetic.write_*
-  c.data.protocol = "loso"  # "loso" | "8:1:1" | "logo"
+  c.data.protocol = "loso"  # "loso" | "8:1:1" | "logo" | "group" (manifest: grouped k-fold)
   c.data.validation = "speaker"  # LOSO validation: "speaker" | "random20"
   c.data.max_folds = 0  # 0: every fold; n: the first n (quick runs)
   c.data.max_examples = 0  # 0: all; n: a stratified subset (quick runs)
@@ -68,6 +68,8 @@ def base_config():
   c.data.mode_pair = "F-IV"  # CEBS: F-IV (ECG+RS), F-V (ECG+SCG), F-VI (RS+SCG)
   c.data.chunks = 6  # CEBS: 6 chunks per sample (MBAF §4.2)
   c.data.chunk_samples = 1000  # CEBS: 200 ms at 5 kHz
+  c.data.class_names = ""  # manifest: comma-separated class order ("": sorted label values)
+  c.data.num_groups = 5  # manifest: folds of the grouped cross-validation (over its group column)
 
   c.model = mlc.ConfigDict()
   c.model.name = "dmf"  # "dmf" | "mbaf_iemocap" | "cebs"
@@ -95,6 +97,7 @@ def base_config():
   c.train.checkpoint_every_steps = 200
   c.train.keep_checkpoints = 2  # keep-N
   c.train.num_devices = 0  # 0: all local devices; n: the first n (data parallel mesh)
+  c.train.parallelism = "jit"  # "jit": sharded device mesh | "pmap": jax.pmap (docs/SCALING.md)
   c.train.progress = True  # tqdm progress bar (steps/s and ETA)
   c.train.interrupt_after_steps = 0  # testing: stop (checkpointed) after n steps of this call
   return c

@@ -119,24 +119,19 @@ def build_word_vocab(texts, out_dir: str) -> str:
   return out_dir
 
 
-def _iemocap(config, workdir: str) -> Dataset:
+def audio_text_inputs(config, workdir: str, waves: np.ndarray, lengths: np.ndarray, texts):
+  """Model inputs of ``config.model`` for (audio, text) examples, and the text vocabulary size.
+
+  Args:
+    config: the run's config (``data`` and ``model`` sections).
+    workdir: the run's workdir (a word-level vocabulary is built into ``workdir/tokenizer``
+      when no tokenizer directory is configured).
+    waves: (N, S) float32 decoded audio at ``config.data.sample_rate``, zero-padded.
+    lengths: (N,) valid samples per row.
+    texts: N transcripts.
+  """
   from mbaf_jax import encoders  # pylint: disable=g-import-not-at-top
-  from mbaf_jax.data import folds as folds_lib  # pylint: disable=g-import-not-at-top
-  from mbaf_jax.data import iemocap  # pylint: disable=g-import-not-at-top
-  d = config.data
-  root = resolve_iemocap_root(config, workdir)
-  corpus = iemocap.load_iemocap(root, verbose=False)
-  if not corpus.utterances:
-    raise UserError(f"no 4-class utterances found under {root!r}; is it the IEMOCAP release? "
-                    f"{corpus.summary.format()}")
-  keep = _subset(len(corpus.utterances), corpus.labels, d.max_examples, config.seed)
-  corpus = corpus.subset(keep)
-  cache = d.cache_dir or os.path.join(workdir, "cache")
-  corpus, waves, lengths = iemocap.load_corpus_audio(corpus, sr=d.sample_rate,
-                                                     max_seconds=d.max_seconds, cache_dir=cache)
-  labels = corpus.labels.astype(np.int32)
-  texts = corpus.texts
-  m = config.model
+  d, m = config.data, config.model
   vocab_size = None
   if m.name == "dmf":
     audio = encoders.AudioPreprocessor(m.audio.pretrained or None, max_seconds=d.max_seconds,
@@ -160,6 +155,25 @@ def _iemocap(config, workdir: str) -> Dataset:
     inputs = {"waves": np.asarray(waves[:, :s], np.float32),
               "lengths": np.minimum(lengths, s).astype(np.int32),
               "token_ids": ids, "text_mask": mask}
+  return inputs, vocab_size
+
+
+def _iemocap(config, workdir: str) -> Dataset:
+  from mbaf_jax.data import folds as folds_lib  # pylint: disable=g-import-not-at-top
+  from mbaf_jax.data import iemocap  # pylint: disable=g-import-not-at-top
+  d = config.data
+  root = resolve_iemocap_root(config, workdir)
+  corpus = iemocap.load_iemocap(root, verbose=False)
+  if not corpus.utterances:
+    raise UserError(f"no 4-class utterances found under {root!r}; is it the IEMOCAP release? "
+                    f"{corpus.summary.format()}")
+  keep = _subset(len(corpus.utterances), corpus.labels, d.max_examples, config.seed)
+  corpus = corpus.subset(keep)
+  cache = d.cache_dir or os.path.join(workdir, "cache")
+  corpus, waves, lengths = iemocap.load_corpus_audio(corpus, sr=d.sample_rate,
+                                                     max_seconds=d.max_seconds, cache_dir=cache)
+  labels = corpus.labels.astype(np.int32)
+  inputs, vocab_size = audio_text_inputs(config, workdir, waves, lengths, corpus.texts)
   if d.protocol == "loso":
     folds = folds_lib.loso_folds(corpus.utterances, validation=d.validation, seed=config.seed)
   elif d.protocol == "8:1:1":
@@ -202,8 +216,12 @@ def load_dataset(config, workdir: str) -> Dataset:
     ds = _iemocap(config, workdir)
   elif name == "cebs":
     ds = _cebs(config, workdir)
+  elif name == "manifest":
+    from train import manifest_data  # pylint: disable=g-import-not-at-top
+    ds = manifest_data.load_manifest_dataset(config, workdir)
   else:
-    raise UserError(f"config.data.dataset={name!r} is unknown; expected 'iemocap' or 'cebs'.")
+    raise UserError(f"config.data.dataset={name!r} is unknown; expected 'iemocap', 'cebs' or "
+                    "'manifest' (a CSV/JSONL manifest of your own data).")
   if config.data.max_folds:
     ds.folds = ds.folds[: config.data.max_folds]
   return ds
