@@ -1,4 +1,5 @@
-"""Every config file and variant loads, has paper defaults, builds its model; entry points import."""
+"""Every config file and variant loads, has paper defaults, builds its model; entry points
+import."""
 import glob
 import importlib
 import os
@@ -42,8 +43,12 @@ def test_config_loads_and_builds(name, arg):
     model, pretrained = factory.build_model(c.model, kind, vocab_size=50,
                                             max_tokens=c.data.max_tokens)
     assert pretrained == {}
-    assert model.fusion.__class__.__name__ == {"dmf": "DualMemoryFusion", "naive": "NaiveFusion",
-                                               "mbaf": "MBAF"}[kind]
+    if c.model.name == "mbaf_iemocap":  # MBAF Fig. 2: the fusion block of MBAF-/NF-I/II/III
+      assert model.fusion.__class__.__name__ == "FusionBlock"
+      assert (model.fusion.fusion, model.fusion.placement) == (kind, c.model.placement)
+    else:
+      assert model.fusion.__class__.__name__ == {"dmf": "DualMemoryFusion",
+                                                 "naive": "NaiveFusion", "mbaf": "MBAF"}[kind]
 
 
 def test_paper_defaults():
@@ -55,9 +60,17 @@ def test_paper_defaults():
   assert _module("iemocap").get_config("naive").fusions == "naive"
   mbaf = _module("iemocap_mbaf").get_config("II")
   assert (mbaf.optim.name, mbaf.optim.learning_rate, mbaf.train.batch_size) == ("adam", 1e-3, 64)
-  assert (mbaf.data.protocol, mbaf.model.attention, mbaf.fusions) == ("8:1:1", "after", "mbaf")
+  assert (mbaf.data.protocol, mbaf.model.placement, mbaf.fusions) == ("8:1:1", "II", "mbaf")
+  assert (mbaf.data.max_tokens, mbaf.model.fusion.mbaf.slots) == (100, 30)  # MBAF §4.1, Table 4
+  audio = mbaf.model.audio.kwargs
+  assert (audio.window, audio.shift, audio.dense_features[-1]) == (4000, 160, 2048)
+  assert (audio.remat, audio.window_chunk) == (True, _module("iemocap_mbaf").WINDOW_CHUNK)
+  assert mbaf.model.text.kwargs.output_dim == 4800 and mbaf.model.text.kwargs.embed_dim == 300
+  assert "attention_tokens" not in mbaf.model and "attention_heads" not in mbaf.model
   cebs = _module("cebs").get_config("F-V,nf")
   assert (cebs.data.mode_pair, cebs.fusions, cebs.train.batch_size) == ("F-V", "naive", 32)
+  assert (cebs.data.protocol, cebs.model.hidden, cebs.optim.learning_rate) == ("logo", 512, 1e-3)
+  assert _module("cebs").get_config("F-V").model.fusion.mbaf.slots == 10  # Table 5: best for F-V
   assert (cebs.model.head_dropout, tuple(cebs.model.head_features)) == (0.5, (1024,))
   abl = _module("ablations").get_config("cross,slots=20")
   assert (abl.model.fusion.mbaf.slots, abl.model.fusion.mbaf.read) == (20, "cross")

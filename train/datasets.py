@@ -119,16 +119,59 @@ def build_word_vocab(texts, out_dir: str) -> str:
   return out_dir
 
 
+WORD_VOCAB_FILE = "vocab.json"  # the MBAF text encoder's word → id map, in the workdir
+
+
+def save_word_vocab(vocab: dict, workdir: str) -> str:
+  """Writes the word → id map of ``text_cnn_rnn.build_vocab`` to ``workdir/vocab.json`` (read back
+  by ``load_word_vocab`` for inference); returns the path."""
+  import json  # pylint: disable=g-import-not-at-top
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, WORD_VOCAB_FILE)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(vocab, f, ensure_ascii=False)
+  os.replace(tmp, path)
+  return path
+
+
+def load_word_vocab(workdir: str) -> dict:
+  """The word → id map a training run saved in ``workdir``.
+
+  Raises:
+    UserError: the file is missing or unreadable.
+  """
+  import json  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, WORD_VOCAB_FILE)
+  try:
+    with open(path, encoding="utf-8") as f:
+      vocab = json.load(f)
+  except FileNotFoundError:
+    raise UserError(f"{path} is missing: the training run writes the text encoder's word "
+                    "vocabulary there; rerun training into this workdir or restore the file.") \
+        from None
+  except (OSError, ValueError) as e:
+    raise UserError(f"{path} is not a readable word vocabulary ({e}); it should be the JSON "
+                    "word → id map written by training.") from None
+  if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
+    raise UserError(f"{path} is not a word → id map (expected a JSON object of integers).")
+  return vocab
+
+
 def audio_text_inputs(config, workdir: str, waves: np.ndarray, lengths: np.ndarray, texts):
   """Model inputs of ``config.model`` for (audio, text) examples, and the text vocabulary size.
 
   Args:
     config: the run's config (``data`` and ``model`` sections).
-    workdir: the run's workdir (a word-level vocabulary is built into ``workdir/tokenizer``
-      when no tokenizer directory is configured).
+    workdir: the run's workdir (DMF: a word-level BERT vocabulary is built into
+      ``workdir/tokenizer`` when no tokenizer directory is configured; MBAF: the text encoder's
+      word → id map is saved as ``workdir/vocab.json``, for inference).
     waves: (N, S) float32 decoded audio at ``config.data.sample_rate``, zero-padded.
     lengths: (N,) valid samples per row.
     texts: N transcripts.
+
+  Returns:
+    ``(inputs, vocab_size)``: the model-input arrays (N rows each) and the text vocabulary size.
   """
   from mbaf_jax import encoders  # pylint: disable=g-import-not-at-top
   d, m = config.data, config.model
@@ -149,6 +192,7 @@ def audio_text_inputs(config, workdir: str, waves: np.ndarray, lengths: np.ndarr
   else:
     from mbaf_jax.encoders import text_cnn_rnn  # pylint: disable=g-import-not-at-top
     vocab = text_cnn_rnn.build_vocab(texts)
+    save_word_vocab(vocab, workdir)
     ids, mask = text_cnn_rnn.encode_texts(texts, vocab, max_tokens=d.max_tokens)
     vocab_size = len(vocab)
     s = int(round(d.max_seconds * d.sample_rate))
@@ -190,9 +234,18 @@ def _cebs(config, workdir: str) -> Dataset:
   if d.mode_pair not in cebs.MODE_PAIRS:
     raise UserError(f"config.data.mode_pair={d.mode_pair!r}; expected one of "
                     f"{sorted(cebs.MODE_PAIRS)}.")
+  from mbaf_jax.data import synthetic_cebs  # pylint: disable=g-import-not-at-top
   root = resolve_cebs_root(config, workdir)
-  corpus = cebs.load_cebs(root, modes=cebs.MODE_PAIRS[d.mode_pair], chunks=d.chunks,
-                          chunk_samples=d.chunk_samples)
+  # Real CEBS: the first 5 minutes of every record (MBAF §4.2); a synthetic corpus states its own
+  # (shorter) record length in its manifest.
+  manifest = synthetic_cebs.read_manifest(root)
+  seconds = float(manifest["seconds_per_state"]) if manifest else cebs.SECONDS_PER_STATE
+  try:
+    corpus = cebs.load_cebs(root, modes=cebs.MODE_PAIRS[d.mode_pair],
+                            seconds_per_state=seconds, chunks=d.chunks,
+                            chunk_samples=d.chunk_samples)
+  except ValueError as e:
+    raise UserError(f"cannot load CEBS from {root!r}: {e}") from e
   labels = np.asarray(corpus.labels, np.int32)
   if labels.size == 0:
     raise UserError(f"no CEBS windows could be read from {root!r}. {corpus.summary.format()}")

@@ -1,13 +1,18 @@
-r"""Inference from a training workdir: class probabilities for (wav, transcript) pairs.
+r"""Inference from a training workdir: class probabilities for (wav, transcript) pairs (DMF and
+MBAF IEMOCAP models) or for windows of physiological signals (CEBS).
 
   python -m train.predict --workdir=runs/demo --wav a.wav --text "I can't believe it"
   python -m train.predict --workdir=runs/demo --manifest pairs.csv --output probs.csv
   python -m train.predict --workdir=runs/demo --wav_dir wavs/ --transcripts texts.txt
+  python -m train.predict --workdir=runs/cebs --npy ecg.npy resp.npy      (CEBS)
 
 ``--manifest``: a CSV with a header and columns ``wav,text`` (relative paths are relative to the
 CSV's folder). ``--wav_dir`` + ``--transcripts``: a text file of lines ``<file name or stem>
 <transcript>`` (first whitespace separates them). Batch modes print a CSV (``wav,text,pred,
-p_<class>...``) to stdout or write it to ``--output``.
+p_<class>...``) to stdout or write it to ``--output``. ``--npy`` (CEBS): one ``.npy`` file per mode
+of the run's pair (F-IV: ECG then RESP), each ``(N, 6, 1000)`` windows (or one ``(6, 1000)``
+window) already cut and normalised as ``mbaf_jax.data.cebs.load_cebs`` does; prints a CSV
+``row,pred,p_<class>...``.
 
 Python API::
 
@@ -15,6 +20,7 @@ Python API::
   predictor = predict.load("runs/demo")              # config.json + the best checkpoint
   probs = predictor(waves, texts)                    # (N, K) numpy, rows sum to 1
   predictor.classes                                  # ("ang", "hap", "neu", "sad")
+  probs = predict.load("runs/cebs")(ecg, resp)       # CEBS: one (N, 6, 1000) array per mode
 
 The model runs with ``train=False`` (DMF §2.2: "the memory update process is not carried out
 during inference"): the memory is read, never written, and batch norm uses its running
@@ -111,8 +117,9 @@ def find_checkpoint(workdir: str, fusion: str | None = None, fold: str | None = 
     steps = _steps(d)
     if steps:
       return d, steps[-1], fusion, fold
-  raise PredictError(f"no finished checkpoint in {os.path.join(fold_root, fold)} (best/ and latest/ "
-                     "are empty or missing); the run may have been stopped before its first save.")
+  raise PredictError(f"no finished checkpoint in {os.path.join(fold_root, fold)} (best/ and "
+                     "latest/ are empty or missing); the run may have been stopped before its "
+                     "first save.")
 
 
 def _restore(manager_dir: str, step: int, fingerprint: str | None) -> dict:
@@ -138,14 +145,16 @@ def _restore(manager_dir: str, step: int, fingerprint: str | None) -> dict:
 # --------------------------------------------------------------------------- predictor
 @dataclasses.dataclass
 class Predictor:
-  """A loaded model: ``predictor(waves, texts) -> (N, K)`` class probabilities.
+  """A loaded model: ``predictor(waves, texts)`` (audio + text models) or ``predictor(*modes)``
+  (CEBS) → ``(N, K)`` class probabilities.
 
   Attributes:
     classes: class names, in output column order.
-    sample_rate: sampling rate ``waves`` must have (Hz).
+    sample_rate: sampling rate ``waves`` must have (Hz; CEBS: the signals' 5 kHz).
     batch_size: rows per compiled call (inputs are padded to a multiple).
     fusion, fold, step: which checkpoint was loaded.
     variables: the model variables (params, memory, batch stats, constants); read-only.
+    input_kind: "audio_text" (waves, texts) or "modes" (one array per physiological mode).
   """
   classes: tuple  # class names, output column order
   sample_rate: int  # Hz expected by __call__
@@ -154,20 +163,64 @@ class Predictor:
   fold: str  # fold of the checkpoint
   step: int  # training step of the checkpoint
   variables: dict  # model variables (never written)
-  _prepare: Callable  # (waves, texts) -> model input dict
+  _prepare: Callable  # list of per-example inputs -> model input dict
   _apply: Callable  # jitted (variables, inputs, mask) -> log-probs
+  input_kind: str = "audio_text"  # "audio_text" | "modes"
+  mode_names: tuple = ()  # CEBS: the modes, in argument order (e.g. ("ECG", "RESP"))
+  window_shape: tuple = ()  # CEBS: (chunks, chunk_samples) of one window
 
-  def __call__(self, waves: Sequence[np.ndarray], texts: Sequence[str]) -> np.ndarray:
+  def __call__(self, *inputs) -> np.ndarray:
     """Class probabilities.
 
     Args:
-      waves: N mono waveforms (1-D float arrays at ``sample_rate``; longer ones are cut to the
-        model's ``max_seconds``).
-      texts: N transcripts.
+      *inputs: audio + text models: ``(waves, texts)``, N mono waveforms (1-D float arrays at
+        ``sample_rate``; longer ones are cut to the model's ``max_seconds``) and N transcripts.
+        CEBS: one array per mode (``mode_names``), each ``(N, chunks, chunk_samples)``
+        windows normalised as in training (or one ``(chunks, chunk_samples)`` window).
 
     Returns:
       ``(N, K)`` float32 probabilities (rows sum to 1).
     """
+    columns = self._columns(inputs)
+    n = len(columns[0])
+    if not n:
+      return np.zeros((0, len(self.classes)), np.float32)
+    out = []
+    b = self.batch_size
+    for start in range(0, n, b):
+      part = [c[start:start + b] for c in columns]
+      m = len(part[0])
+      part = [list(c) + [c[-1]] * (b - m) for c in part]  # pads are masked out
+      inputs = self._prepare(*part)
+      mask = np.arange(b) < m
+      out.append(np.exp(np.asarray(self._apply(self.variables, inputs, mask)))[:m])
+    return np.concatenate(out).astype(np.float32)
+
+  def _columns(self, inputs) -> list:
+    """Checks the call's arguments; returns one list of per-example items per argument."""
+    if self.input_kind == "modes":
+      names = " and ".join(self.mode_names) or "each mode"
+      if len(inputs) != len(self.mode_names):
+        raise PredictError(f"this CEBS model takes {len(self.mode_names)} arrays ({names}), got "
+                           f"{len(inputs)} argument(s); call predictor(" +
+                           ", ".join(m.lower() for m in self.mode_names) + ").")
+      cols = []
+      for name, x in zip(self.mode_names, inputs):
+        x = np.asarray(x, np.float32)
+        if x.ndim == 2:
+          x = x[None]
+        if x.ndim != 3 or x.shape[1:] != self.window_shape:
+          raise PredictError(f"the {name} input must have shape (N, {self.window_shape[0]}, "
+                             f"{self.window_shape[1]}) (windows as mbaf_jax.data.cebs.load_cebs "
+                             f"cuts them), got {tuple(np.shape(x))}.")
+        cols.append(list(x))
+      if len({len(c) for c in cols}) != 1:
+        raise PredictError(f"the mode arrays have different numbers of windows "
+                           f"{[len(c) for c in cols]}; pass the same N windows of every mode.")
+      return cols
+    if len(inputs) != 2:
+      raise PredictError(f"this model takes (waves, texts), got {len(inputs)} argument(s).")
+    waves, texts = inputs
     if isinstance(texts, str):
       raise PredictError("texts must be a list of strings (one per waveform), got one string; "
                          "wrap it in a list.")
@@ -175,21 +228,13 @@ class Predictor:
     if len(waves) != len(texts):
       raise PredictError(f"got {len(waves)} waveforms but {len(texts)} texts; pass one transcript "
                          "per waveform.")
-    if not waves:
-      return np.zeros((0, len(self.classes)), np.float32)
-    out = []
-    b = self.batch_size
-    for start in range(0, len(waves), b):
-      w, t = waves[start:start + b], texts[start:start + b]
-      n = len(w)
-      pad = b - n
-      inputs = self._prepare(w + [w[-1]] * pad, t + [t[-1]] * pad)  # pads are masked out
-      mask = np.arange(b) < n
-      out.append(np.exp(np.asarray(self._apply(self.variables, inputs, mask)))[:n])
-    return np.concatenate(out).astype(np.float32)
+    return [waves, [str(t) for t in texts]]
 
   def predict_files(self, paths: Sequence[str], texts: Sequence[str]) -> np.ndarray:
     """Reads ``paths`` (resampled to ``sample_rate``) and predicts; see ``__call__``."""
+    if self.input_kind != "audio_text":
+      raise PredictError("audio files do not apply to a CEBS model; pass --npy arrays (one per "
+                         "mode) or call the Python API predictor(*mode_arrays).")
     return self(read_waves(paths, self.sample_rate), texts)
 
 
@@ -242,13 +287,46 @@ def _dmf_preparer(workdir: str, config):
   return prepare, len(text.tokenizer)
 
 
+def _mbaf_preparer(workdir: str, config):
+  """(waves, texts) → the MBAF IEMOCAP model's batch, as ``train.datasets`` builds it: raw audio
+  cut to ``max_seconds`` and zero-padded, word ids from the run's ``vocab.json``."""
+  from mbaf_jax.encoders import text_cnn_rnn  # pylint: disable=g-import-not-at-top
+  from train import datasets  # pylint: disable=g-import-not-at-top
+  from train.errors import UserError  # pylint: disable=g-import-not-at-top
+  d = config.data
+  try:
+    vocab = datasets.load_word_vocab(workdir)
+  except UserError as e:
+    raise PredictError(str(e)) from None
+  s = int(round(d.max_seconds * d.sample_rate))
+
+  def prepare(waves, texts):
+    x = np.zeros((len(waves), s), np.float32)
+    lengths = np.zeros((len(waves),), np.int32)
+    for i, w in enumerate(waves):
+      w = np.asarray(w, np.float32).reshape(-1)[:s]
+      x[i, :w.size], lengths[i] = w, w.size
+    ids, mask = text_cnn_rnn.encode_texts(list(texts), vocab, max_tokens=int(d.max_tokens))
+    return {"waves": x, "lengths": lengths, "token_ids": ids, "text_mask": mask}
+
+  return prepare, len(vocab)
+
+
+def _cebs_preparer(config):
+  """(mode_1 windows, mode_2 windows) → the CEBS model's batch."""
+  def prepare(*modes):
+    return {"modes": tuple(np.stack(m).astype(np.float32) for m in modes)}
+  return prepare
+
+
 def load(workdir: str, fusion: str | None = None, fold: str | None = None,
          checkpoint: str = "best", batch_size: int = 8) -> Predictor:
   """Loads a training workdir for inference.
 
   Args:
-    workdir: directory written by ``python -m train.main`` (config.json, ckpt/, tokenizer/).
-    fusion: fusion kind to load ("dmf", "naive"; default: the first with checkpoints).
+    workdir: directory written by ``python -m train.main`` (config.json, ckpt/, and tokenizer/
+      (DMF) or vocab.json (MBAF IEMOCAP)).
+    fusion: fusion kind to load ("dmf", "naive", "mbaf"; default: the first with checkpoints).
     fold: fold name (default: the first, e.g. "loso_s1").
     checkpoint: "best" (validation UA) or "latest".
     batch_size: rows per compiled call.
@@ -257,34 +335,49 @@ def load(workdir: str, fusion: str | None = None, fold: str | None = None,
     A :class:`Predictor`.
 
   Raises:
-    PredictError: missing/invalid workdir, config, checkpoint or tokenizer; a model kind
-      without a (wav, text) interface.
+    PredictError: missing/invalid workdir, config, checkpoint, tokenizer or vocabulary.
   """
   from mbaf_jax import models  # pylint: disable=g-import-not-at-top
   if not (isinstance(batch_size, int) and batch_size >= 1):
     raise PredictError(f"batch_size={batch_size!r} must be a positive integer.")
   config, fingerprint = _read_config(workdir)
-  if config.model.name != "dmf":
-    raise PredictError(f"the workdir's model is {config.model.name!r}; wav + text inference "
-                       "supports the DMF model (configs/iemocap.py). For other models use "
-                       "train.trainer.evaluate on a dataset.")
+  name = config.model.get("name")
+  if name not in models.factory.MODEL_NAMES:
+    raise PredictError(f"the workdir's model is {name!r}; inference supports "
+                       f"{models.factory.MODEL_NAMES}.")
   manager_dir, step, fusion, fold = find_checkpoint(workdir, fusion, fold, checkpoint)
   state = _restore(manager_dir, step, fingerprint)
-  prepare, vocab_size = _dmf_preparer(workdir, config)
+  extra = {}
+  d = config.data
+  rate = int(d.sample_rate)
+  if name == "dmf":
+    prepare, vocab_size = _dmf_preparer(workdir, config)
+  elif name == "mbaf_iemocap":
+    prepare, vocab_size = _mbaf_preparer(workdir, config)
+  else:
+    from mbaf_jax.data import cebs  # pylint: disable=g-import-not-at-top
+    prepare, vocab_size = _cebs_preparer(config), None
+    extra = dict(input_kind="modes", mode_names=tuple(cebs.MODE_PAIRS[d.mode_pair]),
+                 window_shape=(int(d.chunks), int(d.chunk_samples)))
+    rate = int(cebs.FS)
   model, _ = models.build_model(config.model, fusion, vocab_size=vocab_size,
-                                max_tokens=config.data.max_tokens)
+                                max_tokens=d.max_tokens)
   variables = {"params": state["params"]}
-  for name in ("memory", "batch_stats", "constants"):
-    if state.get(name):
-      variables[name] = state[name]
+  for coll in ("memory", "batch_stats", "constants"):
+    if state.get(coll):
+      variables[coll] = state[coll]
   variables = jax.tree.map(jax.numpy.asarray, variables)
 
   # The checkpoint must fit the model the config builds (shapes checked before compiling).
-  dummy = prepare([np.zeros((1,), np.float32)] * batch_size, [""] * batch_size)
+  if extra:
+    dummy = prepare(*[[np.zeros(extra["window_shape"], np.float32)] * batch_size] * 2)
+  else:
+    dummy = prepare([np.zeros((1,), np.float32)] * batch_size, [""] * batch_size)
   want = jax.eval_shape(lambda: model.init(
       {"params": jax.random.key(0), "memory": jax.random.key(1)}, dummy,
       mask=np.ones((batch_size,), bool), train=False))
-  want_shapes = {k: jax.tree.map(lambda x: tuple(x.shape), want[k]) for k in variables}
+  want_shapes = {k: jax.tree.map(lambda x: tuple(x.shape), want[k]) for k in variables
+                 if k in want}
   got_shapes = {k: jax.tree.map(lambda x: tuple(x.shape), variables[k]) for k in variables}
   if want_shapes != got_shapes or set(want) - set(variables) - {"params"}:
     raise PredictError(f"the checkpoint {os.path.join(manager_dir, str(step))} does not fit the "
@@ -296,9 +389,31 @@ def load(workdir: str, fusion: str | None = None, fold: str | None = None,
     # train=False and no mutable collections: memory read-only, running BN statistics.
     return model.apply(variables, inputs, mask=mask, train=False).log_probs
 
-  return Predictor(classes=_class_names(workdir, config), sample_rate=int(config.data.sample_rate),
+  return Predictor(classes=_class_names(workdir, config), sample_rate=rate,
                    batch_size=batch_size, fusion=fusion, fold=fold, step=int(step),
-                   variables=variables, _prepare=prepare, _apply=apply)
+                   variables=variables, _prepare=prepare, _apply=apply, **extra)
+
+
+def read_npy_modes(paths: Sequence[str]) -> list[np.ndarray]:
+  """``--npy`` files (one per CEBS mode) → float32 arrays; an unreadable file raises naming it."""
+  arrays = []
+  for p in paths:
+    try:
+      arrays.append(np.asarray(np.load(p, allow_pickle=False), np.float32))
+    except (OSError, ValueError) as e:
+      raise PredictError(f"--npy {p!r} cannot be read as a NumPy array ({e}); save each mode "
+                         "with numpy.save(path, windows) where windows is (N, 6, 1000).") from None
+  return arrays
+
+
+def format_modes_csv(probs, classes) -> str:
+  """CSV text: ``row,pred,p_<class>...`` one row per window."""
+  buf = io.StringIO()
+  w = csv.writer(buf)
+  w.writerow(["row", "pred"] + [f"p_{c}" for c in classes])
+  for i, row in enumerate(probs):
+    w.writerow([i, classes[int(np.argmax(row))]] + [f"{x:.6f}" for x in row])
+  return buf.getvalue()
 
 
 # --------------------------------------------------------------------------- batch inputs
@@ -369,29 +484,43 @@ def run(argv: Sequence[str] | None = None) -> int:
   p.add_argument("--manifest", help="CSV with columns wav,text")
   p.add_argument("--wav_dir", help="folder of audio files (with --transcripts)")
   p.add_argument("--transcripts", help="lines '<file or stem> <transcript>' (with --wav_dir)")
+  p.add_argument("--npy", nargs="+", help="CEBS: one .npy of (N, 6, 1000) windows per mode")
   p.add_argument("--output", help="write the CSV here instead of stdout (batch modes)")
   p.add_argument("--fusion", default=None, help="fusion kind to load (default: first)")
   p.add_argument("--fold", default=None, help="fold to load (default: first)")
   p.add_argument("--checkpoint", default="best", choices=CHECKPOINT_KINDS)
   p.add_argument("--batch_size", type=int, default=8)
   args = p.parse_args(argv)
-  modes = [bool(args.wav), bool(args.manifest), bool(args.wav_dir)]
+  modes = [bool(args.wav), bool(args.manifest), bool(args.wav_dir), bool(args.npy)]
   try:
     if sum(modes) != 1:
-      raise PredictError("give exactly one input: --wav FILE --text \"...\", --manifest CSV, or "
-                         "--wav_dir DIR --transcripts FILE.")
+      raise PredictError("give exactly one input: --wav FILE --text \"...\", --manifest CSV, "
+                         "--wav_dir DIR --transcripts FILE, or (CEBS) --npy MODE1.npy MODE2.npy.")
     if args.wav and args.text is None:
-      raise PredictError("--wav needs --text \"<transcript>\" (DMF uses audio and text).")
+      raise PredictError("--wav needs --text \"<transcript>\" (the model uses audio and text).")
     if args.wav_dir and not args.transcripts:
       raise PredictError("--wav_dir needs --transcripts FILE (lines '<file or stem> <text>').")
     predictor = load(args.workdir, args.fusion, args.fold, args.checkpoint, args.batch_size)
-    if args.wav:
-      paths, texts = [args.wav], [args.text]
-    elif args.manifest:
-      paths, texts = read_manifest(args.manifest)
+    if (predictor.input_kind == "modes") != bool(args.npy):
+      if args.npy:
+        raise PredictError("--npy is for CEBS models; this workdir's model takes audio and text "
+                           "(--wav/--text, --manifest or --wav_dir).")
+      raise PredictError(f"this workdir holds a CEBS model, which takes physiological windows, "
+                         f"not audio: pass --npy with one .npy per mode "
+                         f"({' '.join(predictor.mode_names)}), or use the Python API "
+                         "predict.load(workdir)(*mode_arrays).")
+    if args.npy:
+      probs = predictor(*read_npy_modes(args.npy))
+      text = format_modes_csv(probs, predictor.classes)
     else:
-      paths, texts = read_wav_dir(args.wav_dir, args.transcripts)
-    probs = predictor.predict_files(paths, texts)
+      if args.wav:
+        paths, texts = [args.wav], [args.text]
+      elif args.manifest:
+        paths, texts = read_manifest(args.manifest)
+      else:
+        paths, texts = read_wav_dir(args.wav_dir, args.transcripts)
+      probs = predictor.predict_files(paths, texts)
+      text = format_csv(paths, texts, probs, predictor.classes)
   except (PredictError, FileNotFoundError, NotADirectoryError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return 2
@@ -400,11 +529,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     print(f"{args.wav}: {predictor.classes[int(np.argmax(row))]}  ("
           + ", ".join(f"{c} {x:.4f}" for c, x in zip(predictor.classes, row)) + ")")
     return 0
-  text = format_csv(paths, texts, probs, predictor.classes)
   if args.output:
     with open(args.output, "w", encoding="utf-8", newline="") as f:
       f.write(text)
-    print(f"wrote {len(paths)} rows to {args.output}")
+    print(f"wrote {len(probs)} rows to {args.output}")
   else:
     sys.stdout.write(text)
   return 0

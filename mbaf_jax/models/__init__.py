@@ -8,7 +8,6 @@ from mbaf_jax._lazy import lazy_exports
 _EXPORTS = {
     "ModelOutput": "heads",
     "ClassifierHead": "heads",
-    "VectorSelfAttention": "heads",
     "DMFModel": "dmf",
     "MBAFIemocapModel": "mbaf_iemocap",
     "CebsModel": "cebs",

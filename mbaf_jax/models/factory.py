@@ -49,12 +49,50 @@ def _encoder_config(cls, enc_cfg):
 
 
 def _pretrained(path: str, what: str):
+  """Loads a local Hugging Face encoder directory; every failure becomes a ValueError that says
+  which config field to fix (a ``pytorch_model.bin`` needs torch installed)."""
   from mbaf_jax import encoders  # pylint: disable=g-import-not-at-top
   try:
     model, params, report = encoders.from_pretrained(path)
+  except ImportError as e:
+    raise ValueError(f"config.model.{what}.pretrained={path!r} could not be loaded: a package it "
+                     f"needs is missing ({e}); a pytorch_model.bin checkpoint needs torch — "
+                     "install torch, or convert the directory to model.safetensors.") from e
   except (OSError, ValueError) as e:
     raise ValueError(f"config.model.{what}.pretrained={path!r} could not be loaded: {e}") from e
   return model.config, params, report
+
+
+def make_fusion_block(kind: str, model_config):
+  """The MBAF IEMOCAP fusion block (MBAF Fig. 2): ``FusionBlock(placement, "mbaf"|"naive")``
+  with the MBAF options of ``model_config.fusion.mbaf``.
+
+  Raises:
+    ValueError: a kind the block does not have (only "mbaf" and "naive"), bad options.
+  """
+  from mbaf_jax.fusion import mbaf_blocks  # pylint: disable=g-import-not-at-top
+  if kind not in ("mbaf", "naive"):
+    raise ValueError(f"fusion kind {kind!r} does not apply to model 'mbaf_iemocap'; it trains "
+                     "MBAF-I/II/III ('mbaf') and NF-I/II/III ('naive') (config.fusions).")
+  placement = model_config.placement
+  if placement not in mbaf_blocks.PLACEMENTS:
+    raise ValueError(f"config.model.placement={placement!r}; expected one of "
+                     f"{mbaf_blocks.PLACEMENTS} (MBAF-I/II/III, Fig. 2).")
+  gate = model_config.attention_gate
+  if gate not in mbaf_blocks.GATES:
+    raise ValueError(f"config.model.attention_gate={gate!r}; expected one of {mbaf_blocks.GATES}.")
+  options = None
+  if kind == "mbaf":
+    options = _as_dict(model_config.fusion.get("mbaf") if model_config.fusion is not None
+                       else None)
+    from mbaf_jax.fusion import MBAF  # pylint: disable=g-import-not-at-top
+    try:
+      MBAF(**options)
+    except TypeError as e:
+      raise ValueError(f"config.model.fusion.mbaf has an option MBAF does not accept ({e}); "
+                       "remove it or check the spelling.") from e
+  return mbaf_blocks.FusionBlock(placement=placement, fusion=kind, mbaf_kwargs=options,
+                                 gate=gate)
 
 
 def build_model(model_config, fusion_kind: str, vocab_size: int | None = None,
@@ -63,7 +101,8 @@ def build_model(model_config, fusion_kind: str, vocab_size: int | None = None,
 
   Args:
     model_config: ``config.model`` (see configs/common.py).
-    fusion_kind: "dmf" | "naive" | "mbaf".
+    fusion_kind: "dmf" | "naive" | "mbaf" ("mbaf_iemocap": "mbaf" | "naive", wrapped in the
+      ``FusionBlock`` of ``model_config.placement``).
     vocab_size: size of the run's text vocabulary (random-init text encoders); None: the
       encoder config's own.
     max_tokens: text length (MBAF text encoder's ``max_tokens``).
@@ -78,7 +117,10 @@ def build_model(model_config, fusion_kind: str, vocab_size: int | None = None,
   name = model_config.name
   if name not in MODEL_NAMES:
     raise ValueError(f"config.model.name={name!r} is unknown; expected one of {MODEL_NAMES}.")
-  fusion = make_fusion(fusion_kind, model_config.fusion)
+  if name == "mbaf_iemocap":
+    fusion = make_fusion_block(fusion_kind, model_config)
+  else:
+    fusion = make_fusion(fusion_kind, model_config.fusion)
   head = dict(head_features=tuple(model_config.head_features),
               head_dropout=float(model_config.head_dropout),
               head_activation=model_config.head_activation,
@@ -105,10 +147,7 @@ def build_model(model_config, fusion_kind: str, vocab_size: int | None = None,
     if "vocab_size" not in text_kwargs:
       raise ValueError("the MBAF text encoder needs a vocabulary size (build_model(..., "
                        "vocab_size=len(vocab))).")
-    model = MBAFIemocapModel(fusion, _as_dict(model_config.audio.kwargs), text_kwargs,
-                             attention=model_config.attention,
-                             attention_tokens=model_config.attention_tokens,
-                             attention_heads=model_config.attention_heads, **head)
+    model = MBAFIemocapModel(fusion, _as_dict(model_config.audio.kwargs), text_kwargs, **head)
   else:
     model = CebsModel(fusion, hidden=model_config.hidden, num_layers=model_config.num_layers,
                       **head)
@@ -136,15 +175,38 @@ def dummy_batch(config, batch_size: int) -> dict:
 
 
 def merge_pretrained(params: Mapping, pretrained: Mapping) -> dict:
-  """Replaces ``params[name]`` by loaded encoder weights, checking every shape matches."""
+  """Replaces ``params[name]`` by loaded encoder weights, checking every shape matches.
+
+  Args:
+    params: the model's initialised ``'params'`` collection.
+    pretrained: top-level name ("audio", "text") → loaded encoder params (``build_model``'s
+      second return value).
+
+  Returns:
+    A new params dict with those subtrees replaced (as jax arrays).
+
+  Raises:
+    ValueError: a name the model does not have, or a parameter missing / extra / of another
+      shape; the message names the parameter path.
+  """
   import jax  # pylint: disable=g-import-not-at-top
+
+  def flat(tree):
+    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(x))
+            for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+
   params = dict(params)
   for name, loaded in pretrained.items():
-    target = params[name]
-    t_shapes = jax.tree.map(lambda x: tuple(x.shape), target)
-    l_shapes = jax.tree.map(lambda x: tuple(np.shape(x)), dict(loaded))
-    if jax.tree.structure(t_shapes) != jax.tree.structure(l_shapes) or t_shapes != l_shapes:
-      raise ValueError(f"pretrained weights for '{name}' do not match the model's '{name}' "
-                       "parameters (different architecture or size).")
+    if name not in params:
+      raise ValueError(f"pretrained weights for '{name}' but the model has no '{name}' "
+                       f"parameters (it has {sorted(params)}).")
+    want, got = flat(params[name]), flat(dict(loaded))
+    for path in sorted(set(want) | set(got)):
+      if want.get(path) != got.get(path):
+        raise ValueError(
+            f"pretrained weights for '{name}' do not match the model: parameter "
+            f"'{name}/{path}' is {got.get(path, 'missing')} in the checkpoint but "
+            f"{want.get(path, 'absent')} in the model (different architecture or size; check "
+            f"config.model.{name}).")
     params[name] = jax.tree.map(jnp.asarray, dict(loaded))
   return params

@@ -1,5 +1,6 @@
-"""Shared pieces of the full models: the output record, the classification head and the
-vector self-attention of MBAF-II/III."""
+"""Shared pieces of the full models: the output record and the classification head.
+
+The self-attention of MBAF-II/III is ``mbaf_jax.fusion.mbaf_blocks.VectorSelfAttention``."""
 from typing import Any, Sequence
 
 import flax
@@ -55,27 +56,3 @@ class ClassifierHead(nn.Module):
                       name="logits")(x)
     return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
-
-class VectorSelfAttention(nn.Module):
-  """Self-attention on one feature vector per example (MBAF-II/III, MBAF §4.1, Fig. 2).
-
-  The paper applies "self attention" to dense vectors without saying over what; as in the DMF
-  composer, the (B, D) vector is split into ``tokens`` chunks that attend to each other
-  (residual), rows never mix (``mbaf_jax.fusion.dual_memory.TokenSelfAttention``).
-  """
-  tokens: int = 16  # chunks the vector is split into (must divide D)
-  num_heads: int = 4  # attention heads (must divide D / tokens)
-  dtype: Any = None  # compute dtype
-  param_dtype: Any = jnp.float32  # parameter dtype
-
-  @nn.compact
-  def __call__(self, x):
-    """Args: x (B, D). Returns: (B, D)."""
-    from mbaf_jax.fusion.dual_memory import TokenSelfAttention  # pylint: disable=g-import-not-at-top
-    d = x.shape[-1]
-    if d % self.tokens or (d // self.tokens) % self.num_heads:
-      raise ValueError(f"VectorSelfAttention: width {d} must split into tokens={self.tokens} "
-                       f"chunks whose width is divisible by num_heads={self.num_heads}; change "
-                       "model.attention_tokens / model.attention_heads.")
-    return TokenSelfAttention(self.tokens, self.num_heads, self.dtype, self.param_dtype,
-                              name="attention")(x)
