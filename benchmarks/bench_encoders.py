@@ -19,6 +19,7 @@ PyTorch model on the same sizes, device and dtype in the same run and adds ``tor
 ``jax_over_torch`` (time ratio, < 1 = JAX faster) to each ``fwd`` record.
 """
 import dataclasses
+import gc
 import os
 import sys
 
@@ -58,7 +59,8 @@ def inputs(model_name, batch, seconds, tokens, cfg):
           {"batch": batch, "tokens": tokens})
 
 
-def main():
+def main(argv=None):
+  """Command line (``argv``: the arguments, default ``sys.argv[1:]``)."""
   p = common.parser(__doc__.split("\n")[0])
   p.add_argument("--models", default="wav2vec2,bert", help="comma list of wav2vec2,bert")
   p.add_argument("--batches", default=None, help="comma list (default 8,32; quick 2)")
@@ -68,7 +70,7 @@ def main():
   p.add_argument("--tokens", type=int, default=30, help="text length (DMF: 30)")
   p.add_argument("--compare-torch", action="store_true",
                  help="also time transformers' PyTorch model (fwd mode) in the same run")
-  args = p.parse_args()
+  args = p.parse_args(argv)
   warmup, iters = common.iterations(args)
   batches = _csv(args.batches or ("2" if args.quick else "8,32"), int)
   seconds = args.seconds or (0.1 if args.quick else 5.0)
@@ -84,35 +86,58 @@ def main():
           continue
         model, cfg = build(model_name, args.quick, DTYPES[dtype_name], mode == "fwd_bwd_frozen")
         for batch in batches:
-          x, sizes = inputs(model_name, batch, seconds, args.tokens, cfg)
-          params = jax.jit(model.init)(jax.random.key(1), *x)["params"]
-          if mode == "fwd":
-            fn = lambda p, *a: model.apply({"params": p}, *a).pooled  # pylint: disable=cell-var-from-loop
-          elif mode == "conv_fwd":
-            from mbaf_jax.encoders.wav2vec2 import FeatureEncoder  # pylint: disable=g-import-not-at-top
-            enc = FeatureEncoder(cfg)
-            fn = lambda p, *a: enc.apply({"params": p["feature_extractor"]}, a[0])  # pylint: disable=cell-var-from-loop
-          elif mode in ("fwd_bwd", "fwd_bwd_frozen"):
-            def fn(p, *a):
-              def loss(q):
-                out = model.apply({"params": q}, *a, train=True,  # pylint: disable=cell-var-from-loop
-                                  rngs={"dropout": jax.random.key(2)})
-                return jnp.sum(out.pooled.astype(jnp.float32) ** 2)
-              return jax.grad(loss)(p)
-          else:
-            raise SystemExit(f"--modes: unknown mode {mode!r}")
-          rec = common.measure(
-              f"{model_name}_{mode}", fn, (params, *x), items=batch, peak_gflops=peak,
-              shape={**sizes, "size": "tiny" if args.quick else "base"}, dtype=dtype_name,
-              warmup=warmup, iters=iters,
-              extra={"params_m": round(sum(v.size for v in jax.tree.leaves(params)) / 1e6, 2),
-                     "config": {k: v for k, v in dataclasses.asdict(cfg).items()
-                                if k in ("hidden_size", "num_hidden_layers",
-                                         "do_stable_layer_norm", "feat_extract_norm")}})
-          if args.compare_torch and mode == "fwd":
-            rec.update(torch_time(model_name, cfg, x, dtype_name, warmup, iters))
-            rec["jax_over_torch"] = round(rec["median_ms"] / rec["torch_median_ms"], 4)
+          sizes = {"batch": batch, "size": "tiny" if args.quick else "base"}
+          sizes.update({"samples": int(round(seconds * 16000))} if model_name == "wav2vec2"
+                       else {"tokens": args.tokens})
+          try:
+            rec = measure_one(model_name, mode, model, cfg, batch, seconds, args, dtype_name,
+                              peak, warmup, iters)
+          except Exception as e:  # pylint: disable=broad-except
+            if not common.is_oom(e):
+              raise
+            # One size that does not fit must not stop the others: record it and go on.
+            rec = common.oom_record(f"{model_name}_{mode}", e, shape=sizes, dtype=dtype_name)
+            del e
+            gc.collect()
           common.emit(rec)
+
+
+def measure_one(model_name, mode, model, cfg, batch, seconds, args, dtype_name, peak, warmup,
+                iters) -> dict:
+  """Builds the inputs and parameters of one (model, mode, batch) and measures it.
+
+  Returns:
+    The JSON record (``common.measure``); raises whatever the measurement raises (e.g. an
+    out-of-memory ``JaxRuntimeError``).
+  """
+  x, sizes = inputs(model_name, batch, seconds, args.tokens, cfg)
+  params = jax.jit(model.init)(jax.random.key(1), *x)["params"]
+  if mode == "fwd":
+    fn = lambda p, *a: model.apply({"params": p}, *a).pooled
+  elif mode == "conv_fwd":
+    from mbaf_jax.encoders.wav2vec2 import FeatureEncoder  # pylint: disable=g-import-not-at-top
+    enc = FeatureEncoder(cfg)
+    fn = lambda p, *a: enc.apply({"params": p["feature_extractor"]}, a[0])
+  elif mode in ("fwd_bwd", "fwd_bwd_frozen"):
+    def fn(p, *a):
+      def loss(q):
+        out = model.apply({"params": q}, *a, train=True, rngs={"dropout": jax.random.key(2)})
+        return jnp.sum(out.pooled.astype(jnp.float32) ** 2)
+      return jax.grad(loss)(p)
+  else:
+    raise SystemExit(f"--modes: unknown mode {mode!r}")
+  rec = common.measure(
+      f"{model_name}_{mode}", fn, (params, *x), items=batch, peak_gflops=peak,
+      shape={**sizes, "size": "tiny" if args.quick else "base"}, dtype=dtype_name,
+      warmup=warmup, iters=iters,
+      extra={"params_m": round(sum(v.size for v in jax.tree.leaves(params)) / 1e6, 2),
+             "config": {k: v for k, v in dataclasses.asdict(cfg).items()
+                        if k in ("hidden_size", "num_hidden_layers",
+                                 "do_stable_layer_norm", "feat_extract_norm")}})
+  if args.compare_torch and mode == "fwd":
+    rec.update(torch_time(model_name, cfg, x, dtype_name, warmup, iters))
+    rec["jax_over_torch"] = round(rec["median_ms"] / rec["torch_median_ms"], 4)
+  return rec
 
 
 def torch_time(model_name, cfg, x, dtype_name, warmup, iters):

@@ -16,6 +16,9 @@ Measures, one JSON line each (keys of benchmarks/common.py):
 import os
 import sys
 
+# Runnable as a file (python benchmarks/bench_train.py) as well as a module (python -m ...).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 if "--scaling" in sys.argv and "xla_force_host_platform_device_count" not in os.environ.get(
     "XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +

@@ -178,6 +178,30 @@ def measure(bench: str, fn: Callable, args: Sequence[Any], *, items: int, shape:
   return rec
 
 
+_OOM_MARKERS = ("RESOURCE_EXHAUSTED", "Out of memory", "out of memory", "OOM when allocating")
+
+
+def is_oom(error: BaseException) -> bool:
+  """True when ``error`` is an out-of-memory failure (XLA ``RESOURCE_EXHAUSTED`` or a host
+  ``MemoryError``), i.e. the size does not fit and the next, smaller one may."""
+  if isinstance(error, MemoryError):
+    return True
+  return any(m in str(error) for m in _OOM_MARKERS)
+
+
+def oom_record(bench: str, error: BaseException, *, shape: dict, dtype: str,
+               extra: dict | None = None) -> dict:
+  """The JSON record of a measurement that ran out of memory (``"status": "oom"``, no times)."""
+  message = next((line.strip() for line in str(error).splitlines() if line.strip()),
+                 type(error).__name__)
+  rec = {"bench": bench, "device": device_name(), "shape": shape, "dtype": dtype,
+         "status": "oom", "error": message[:300], "median_ms": None, "throughput": None,
+         "peak_mem_mb": round(peak_mem_mb(), 1)}
+  if extra:
+    rec.update(extra)
+  return rec
+
+
 def emit(record: dict) -> None:
   """Prints one JSON line and flushes."""
   print(json.dumps(record, sort_keys=False), flush=True)

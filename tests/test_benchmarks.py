@@ -1,0 +1,140 @@
+"""The benchmark scripts stay runnable (as files and as modules), and bench_encoders records an
+out-of-memory size as a JSON line and goes on with the next one. No benchmark is run here."""
+import ast
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = sorted(os.path.basename(p)[:-3]
+                 for p in glob.glob(os.path.join(ROOT, "benchmarks", "*.py"))
+                 if os.path.basename(p) not in ("__init__.py", "common.py"))
+PROJECT_PACKAGES = ("benchmarks", "mbaf_jax", "train", "configs")
+
+
+def _env():
+  env = dict(os.environ)
+  env.pop("PYTHONPATH", None)  # the scripts must find the repository by themselves
+  env["JAX_PLATFORMS"] = "cpu"
+  return env
+
+
+def test_there_are_scripts():
+  assert {"bench_cbp", "bench_train", "bench_encoders", "mbaf_param_count"} <= set(SCRIPTS)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_puts_the_repository_on_sys_path_before_project_imports(name):
+  """Static check (fast): ``python benchmarks/x.py`` only works if the repository root is
+  inserted into ``sys.path`` before the first import of a project package."""
+  with open(os.path.join(ROOT, "benchmarks", f"{name}.py"), encoding="utf-8") as f:
+    tree = ast.parse(f.read())
+  inserted = False
+  for node in tree.body:
+    if isinstance(node, ast.Expr) and "sys.path.insert" in ast.unparse(node):
+      inserted = True
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+      mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+              else [node.module or ""])
+      if any(m.split(".")[0] in PROJECT_PACKAGES for m in mods):
+        assert inserted, f"benchmarks/{name}.py imports {mods} before inserting the repository root"
+
+
+def test_every_script_help_as_module():
+  """``python -m benchmarks.<x> --help`` for every script, in one process (one JAX import)."""
+  code = (
+      "import runpy, sys\n"
+      f"names = {SCRIPTS!r}\n"
+      "bad = []\n"
+      "for n in names:\n"
+      "  sys.argv = [n, '--help']\n"
+      "  try:\n"
+      "    runpy.run_module('benchmarks.' + n, run_name='__main__')\n"
+      "    bad.append((n, 'no exit'))\n"
+      "  except SystemExit as e:\n"
+      "    if e.code not in (0, None):\n"
+      "      bad.append((n, e.code))\n"
+      "print('BAD', bad)\n")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True,
+                     text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "BAD []" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+  assert r.stdout.count("usage:") == len(SCRIPTS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_script_help_as_file_from_another_directory(name, tmp_path):
+  """``python benchmarks/<x>.py --help`` run from outside the repository (no PYTHONPATH)."""
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", f"{name}.py"), "--help"],
+                     cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "usage:" in r.stdout
+
+
+def test_mbaf_param_count_quick_matches_table3():
+  r = subprocess.run([sys.executable, "-m", "benchmarks.mbaf_param_count", "--quick"], cwd=ROOT,
+                     env=_env(), capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  recs = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+  assert len(recs) == 1 and recs[0]["l"] == 1024
+  # MBAF Table 3, F-IV..VI (l = 1024, q = 32): MBAF − NF = 14,628,867 − 11,448,323 parameters,
+  # counted by the code's layer in the Table 3 layout; Eq. 10: 2 l² + (q + 1) l
+  assert recs[0]["code_table3_layout"] == 14_628_867 - 11_448_323
+  assert recs[0]["paper_eq10"] == 2 * 1024 ** 2 + 33 * 1024
+
+
+# ----------------------------------------------------------------------------- out of memory
+
+
+def test_is_oom():
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  assert common.is_oom(RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 26577199360 "
+                                    "bytes."))
+  assert common.is_oom(MemoryError())
+  assert not common.is_oom(ValueError("shapes (2, 3) and (4,) do not match"))
+  rec = common.oom_record("x_fwd", RuntimeError("RESOURCE_EXHAUSTED: Out of memory\nmore"),
+                          shape={"batch": 32}, dtype="float32")
+  assert rec["status"] == "oom" and rec["median_ms"] is None
+  assert rec["error"] == "RESOURCE_EXHAUSTED: Out of memory"
+  json.dumps(rec)
+
+
+def test_bench_encoders_records_oom_and_continues(monkeypatch, capsys):
+  from benchmarks import bench_encoders  # pylint: disable=g-import-not-at-top
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  seen = []
+
+  def fake_measure_one(model_name, mode, model, cfg, batch, *a):
+    seen.append((mode, batch))
+    if batch == 32:
+      raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 26577199360 bytes.")
+    return {"bench": f"{model_name}_{mode}", "shape": {"batch": batch}, "median_ms": 1.0}
+
+  monkeypatch.setattr(bench_encoders, "measure_one", fake_measure_one)
+  monkeypatch.setattr(common, "matmul_peak_gflops", lambda **k: 1.0)
+  bench_encoders.main(["--quick", "--models", "bert", "--modes", "fwd,fwd_bwd",
+                       "--batches", "8,32"])
+  lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert seen == [("fwd", 8), ("fwd", 32), ("fwd_bwd", 8), ("fwd_bwd", 32)]  # went on
+  assert [(r["bench"], r["shape"]["batch"], r.get("status")) for r in lines] == [
+      ("bert_fwd", 8, None), ("bert_fwd", 32, "oom"),
+      ("bert_fwd_bwd", 8, None), ("bert_fwd_bwd", 32, "oom")]
+  assert "26577199360" in lines[1]["error"]
+
+
+def test_bench_encoders_other_errors_still_fail(monkeypatch):
+  from benchmarks import bench_encoders  # pylint: disable=g-import-not-at-top
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+
+  def broken(*a):
+    raise ValueError("a real bug")
+
+  monkeypatch.setattr(bench_encoders, "measure_one", broken)
+  monkeypatch.setattr(common, "matmul_peak_gflops", lambda **k: 1.0)
+  with pytest.raises(ValueError, match="a real bug"):
+    bench_encoders.main(["--quick", "--models", "bert", "--modes", "fwd"])
