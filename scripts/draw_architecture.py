@@ -19,7 +19,7 @@ opens the ``fusion`` module one level down, with its memory: a "read" arrow goes
 that receives an array of a memory slot's shape, a "write" arrow from every module that returns
 one (write-then-carry: the new memory is stored, without gradient, for the next step).
 
-  python scripts/draw_architecture.py                 # docs/figures/{dmf,mbaf_iemocap,mbaf_cebs}.png
+  python scripts/draw_architecture.py        # docs/figures/{dmf,mbaf_iemocap,mbaf_cebs}.png
   python scripts/draw_architecture.py --out /tmp/figs --only dmf
   python -m scripts.draw_architecture --print          # also print the module paths of each figure
 """
@@ -42,7 +42,8 @@ VOCAB = 10000  # vocabulary of the MBAF text encoder (a real run builds it from 
 
 FIGURES = {  # name -> (config file, variant, caption)
     "dmf": ("configs/iemocap.py", "", "DMF on IEMOCAP (configs/iemocap.py)"),
-    "mbaf_iemocap": ("configs/iemocap_mbaf.py", "", "MBAF-III on IEMOCAP (configs/iemocap_mbaf.py)"),
+    "mbaf_iemocap": ("configs/iemocap_mbaf.py", "",
+                     "MBAF-III on IEMOCAP (configs/iemocap_mbaf.py)"),
     "mbaf_cebs": ("configs/cebs.py", "", "MBAF on CEBS F-IV (configs/cebs.py)"),
 }
 

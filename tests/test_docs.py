@@ -1,5 +1,6 @@
-"""Docs stay true: the architecture figures come from the module tree, and every command, config
-variant, file path and ``module:function`` reference in docs/*.md points at something that exists."""
+"""Docs stay true: the architecture figures come from the module tree, and every command,
+config variant, file path and ``module:function`` reference in docs/*.md points at something
+that exists."""
 import glob
 import importlib
 import importlib.util
@@ -13,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
-import draw_architecture as arch  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+import draw_architecture as arch  # noqa: E402  pylint: disable=wrong-import-position
 
 DOC_FILES = sorted(glob.glob(os.path.join(DOCS, "*.md")))
 TOP_DIRS = ("mbaf_jax", "train", "configs", "benchmarks", "scripts", "tests", "docs")
@@ -70,7 +71,9 @@ def file_paths(text):
 
 
 _REF = re.compile(r"(?<![\w./-])((?:fusion|ops|encoders|data|models|train|configs|benchmarks)"
-                  r"(?:\.\w+)+)(?::((?:[A-Za-z_][\w.]*)(?:,\s*[A-Za-z_][\w.]*(?=\s*(?:[,;|`]|$)))*))?")
+                  r"(?:\.\w+)+)"  # module, relative to mbaf_jax/ for the first five
+                  r"(?::((?:[A-Za-z_][\w.]*)"  # :name
+                  r"(?:,\s*[A-Za-z_][\w.]*(?=\s*(?:[,;|`]|$)))*))?")  # , more names of that module
 
 
 def paper_note_refs(text):
@@ -116,7 +119,8 @@ def test_parsers_on_a_sample():
           "| a | fusion.mbaf:TABLE3_LAYOUT, mbaf_parameter_count; benchmarks/x.py |\n"
           "| b | `fusion.mbaf:MBAF.__call__` with `read=\"cross\"` | train.steps (CE + aux) |\n")
   assert python_commands(text) == ({"train.main"}, {"scripts/draw_architecture.py"})
-  assert config_specs(text) == {("configs/iemocap.py", "demo,smoke"), ("configs/cebs.py", "F-VI,nf")}
+  assert config_specs(text) == {("configs/iemocap.py", "demo,smoke"),
+                                ("configs/cebs.py", "F-VI,nf")}
   assert file_paths(text) == {("root", "train/steps.py"), ("doc", "figures/dmf.png"),
                               ("root", "configs/iemocap.py"), ("root", "configs/common.py"),
                               ("root", "configs/cebs.py"),
@@ -218,7 +222,8 @@ def test_draw_dmf_figure_matches_module_tree(tmp_path):
   assert set(drawn) - top - fusion == {"fusion/cbp"}
   assert top | fusion <= set(drawn)
   # data flow of DMF §2 (from the paper, not from the code): encoders → fusion → head,
-  # reader → CBP → self-attention → batch norm, memories read by the readers, written by writers
+  # reader → CBP → self-attention → batch norm; memories read by the readers, written by the
+  # writers
   edges, _ = _edges(trace, ())
   assert {("audio", "fusion", "solid"), ("text", "fusion", "solid"),
           ("fusion", "head", "solid"), ("head", "out", "solid")} <= edges
