@@ -64,6 +64,10 @@ def file_paths(text):
     for tok in re.findall(r"(?<![\w<>/.-])((?:%s)/[\w./-]*)" % "|".join(TOP_DIRS), span):
       tok = tok.rstrip(".,;:")
       paths.add(("root", tok.split(":")[0]))
+  plain = re.sub(r"`[^`\n]+`", "", re.sub(r"```.*?```", "", text, flags=re.S))
+  for tok in re.findall(r"(?<![\w<>/.-])((?:%s)/[\w/.-]*\.(?:py|md|sh|png|json|jsonl))\b"
+                        % "|".join(TOP_DIRS), plain):
+    paths.add(("root", tok))  # a file named in prose or in a table cell
   for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
     if not re.match(r"[a-z]+://", target) and not target.startswith("mailto:"):
       paths.add(("doc", target))
@@ -115,7 +119,7 @@ def test_parsers_on_a_sample():
   text = ("Run `python -m train.main --config=configs/iemocap.py:demo,smoke --workdir=<w>` or\n"
           "```bash\npython scripts/draw_architecture.py --out x\n```\n"
           "see [figure](figures/dmf.png) and `train/steps.py`, `<workdir>/table.md`,\n"
-          "`configs/common.py`, `configs/cebs.py:F-VI,nf`.\n"
+          "`configs/common.py`, `configs/cebs.py:F-VI,nf`, a train/val/test split.\n"
           "| a | fusion.mbaf:TABLE3_LAYOUT, mbaf_parameter_count; benchmarks/x.py |\n"
           "| b | `fusion.mbaf:MBAF.__call__` with `read=\"cross\"` | train.steps (CE + aux) |\n")
   assert python_commands(text) == ({"train.main"}, {"scripts/draw_architecture.py"})
@@ -123,7 +127,7 @@ def test_parsers_on_a_sample():
                                 ("configs/cebs.py", "F-VI,nf")}
   assert file_paths(text) == {("root", "train/steps.py"), ("doc", "figures/dmf.png"),
                               ("root", "configs/iemocap.py"), ("root", "configs/common.py"),
-                              ("root", "configs/cebs.py"),
+                              ("root", "configs/cebs.py"), ("root", "benchmarks/x.py"),
                               ("root", "scripts/draw_architecture.py")}
   assert paper_note_refs(text) == [("train.main", []),
                                    ("fusion.mbaf", ["TABLE3_LAYOUT", "mbaf_parameter_count"]),
