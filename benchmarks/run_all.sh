@@ -46,7 +46,8 @@ run bench_cbp
 run bench_dmf_layer
 run bench_mbaf_layer --iters 5 --warmup 1
 # Wav2Vec2 split per mode/batch so that one out-of-memory (fwd_bwd at batch 32 needs a
-# 26.6 GB buffer: more than a 24 GiB host) does not stop the others.
+# 26.6 GB buffer: more than a 24 GiB host) does not stop the others. bench_encoders also records
+# an OOM in-process ({"status": "oom"}) and goes on, but a separate process returns the memory.
 run bench_encoders --models wav2vec2 --modes fwd,conv_fwd --iters 3 --warmup 1
 run bench_encoders --models wav2vec2 --modes fwd_bwd,fwd_bwd_frozen --batches 8 --iters 3 --warmup 1
 run bench_encoders --models wav2vec2 --modes fwd_bwd_frozen --batches 32 --iters 3 --warmup 1
