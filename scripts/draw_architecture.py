@@ -71,6 +71,7 @@ class Trace:
   jaxpr: Any  # ClosedJaxpr of the train-mode forward pass, module calls tagged "MOD<i>"
   invar_kind: list  # per jaxpr invar: "in" (batch), "mask", "memory" or "" (params, stats, ...)
   outvar_kind: list  # per jaxpr outvar: "out" (model output), "memory" (new memory), or ""
+  optim: str = ""  # e.g. "sgd, lr 0.01 (network) / 0.001 (fusion)"
 
 
 def load_config(spec: str):
@@ -189,8 +190,11 @@ def trace_model(config_spec: str, name: str = "", caption: str = "") -> Trace:
     memory.setdefault(p[:-1], {})[p[-1]] = tuple(leaf.shape)
   shapes = {k: _shape(v) if not isinstance(v, tuple) else [_shape(x) for x in v]
             for k, v in batch.items()}
+  o = c.optim
+  memory_lr = o.memory_learning_rate if o.name == "sgd" else o.learning_rate  # as make_optimizer
+  optim = f"{o.name}, lr {o.learning_rate:g} (network) / {memory_lr:g} (fusion)"
   return Trace(name, caption, list(calls.values()), counts, own, memory, shapes, closed,
-               invar_kind, outvar_kind)
+               invar_kind, outvar_kind, optim)
 
 
 def module_paths(trace: Trace) -> list:
@@ -447,8 +451,8 @@ def draw(trace: Trace, path: str, dpi: int = 100) -> list:
   panels = [(panel_graph(trace, ()), f"{trace.caption}: the model (one train-mode forward)")]
   if any(c.path[:1] == ("fusion",) and len(c.path) == 2 for c in trace.calls):
     panels.append((panel_graph(trace, ("fusion",)),
-                   "inside 'fusion' (the optimiser group \"memory\" of train/steps.py:param_labels;"
-                   " DMF's 'memory module', lr 0.001 under SGD)"))
+                   "inside 'fusion' (its parameters are the optimiser group \"memory\" of "
+                   f"train/steps.py:param_labels; {trace.optim})"))
   laid = []
   for (nodes, edges), title in panels:
     edges = _merge_memory_edges(edges)
