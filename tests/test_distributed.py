@@ -139,6 +139,7 @@ def test_parallel_step_equals_one_device(reference, parallelism, n_dev):
   ps, dev_state, got_loss = run_parallel(parallelism, jax.devices()[:n_dev])
   got_state = ps.get_state(dev_state)
   assert len(ps.devices) == n_dev
+  assert ps.traces == 1  # 3 steps, one compilation
   if parallelism == "pmap":  # memory identical on every device, bit for bit
     for name in ("M_a", "M_t"):
       per_dev = np.asarray(dev_state["memory"]["fusion"][name])
@@ -206,7 +207,7 @@ def test_bad_parallelism_and_indivisible_batch_are_explained():
 
 def test_initialize_multihost_validates_settings(monkeypatch):
   for name in ("MBAF_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS", "MBAF_NUM_PROCESSES",
-               "JAX_NUM_PROCESSES", "MBAF_PROCESS_ID", "JAX_PROCESS_ID"):
+               "JAX_NUM_PROCESSES", "MBAF_PROCESS_ID", "JAX_PROCESS_ID", "MBAF_DISTRIBUTED_AUTO"):
     monkeypatch.delenv(name, raising=False)
   setup = dist.initialize_multihost(None)  # nothing set: single process, nothing initialised
   assert not setup.initialized and setup.process_count == 1
@@ -222,3 +223,131 @@ def test_initialize_multihost_validates_settings(monkeypatch):
   monkeypatch.setenv("MBAF_COORDINATOR_ADDRESS", "127.0.0.1:1234")
   with pytest.raises(ValueError, match=r"num_processes='two'.*integers"):
     dist.initialize_multihost(None)
+
+
+# --------------------------------------------------------------------------- the real trainer
+def smoke_config(data_dir, parallelism="jit", num_devices=0, folds=1, dropout=False):
+  """configs/iemocap.py:smoke, DMF only, 3 steps a fold, batch 8, encoder dropout off unless
+  ``dropout``.
+
+  pmap needs dropout off: it draws the encoders' dropout masks per local batch (equal in
+  distribution to the global draw, not bit-equal; docs/SCALING.md); everything else (Gumbel
+  noise, the writer's global batch, synced batch norm, the padded last batch) is exact. jit over
+  a mesh (one or several processes) draws the global masks, so it matches with dropout on.
+  """
+  from configs import iemocap
+  c = iemocap.get_config("smoke")
+  c.data.data_dir = str(data_dir)
+  c.fusions = "dmf"
+  c.data.max_folds = folds
+  c.train.max_steps = 3
+  c.train.batch_size = 8
+  c.train.eval_batch_size = 16
+  c.train.parallelism = parallelism
+  c.train.num_devices = num_devices
+  if dropout:
+    return c
+  for key, value in dict(hidden_dropout=0.0, attention_dropout=0.0, layerdrop=0.0,
+                         apply_spec_augment=False).items():
+    c.model.audio.overrides[key] = value
+  for key, value in dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                         layerdrop=0.0).items():
+    c.model.text.overrides[key] = value
+  return c
+
+
+def final_fold_state(workdir, fold="loso_s1"):
+  """The last 'latest' checkpoint of a fold (host NumPy tree) and its step."""
+  import orbax.checkpoint as ocp
+  from train import checkpoints
+  ck = checkpoints.FoldCheckpointer(str(workdir / "ckpt" / "dmf" / fold), keep=2)
+  try:
+    step = ck.latest_step()
+    tree = ck.latest.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))["state"]
+  finally:
+    ck.close()
+  return step, tree
+
+
+@pytest.fixture(scope="module")
+def iemocap_data(tmp_path_factory):
+  from mbaf_jax.data import synthetic
+  return synthetic.write_iemocap(str(tmp_path_factory.mktemp("data") / "iemocap"), size="tiny",
+                                 seed=0)
+
+
+def assert_same_run(got, want, atol=1e-5):
+  """Same final state (params, memory, batch stats, optimiser state, step) and test metrics."""
+  (s_got, t_got), (s_want, t_want) = got["state"], want["state"]
+  assert s_got == s_want
+  assert_trees_close(t_got, t_want, atol)
+  for fold, m in want["metrics"]["folds"].items():
+    g = got["metrics"]["folds"][fold]
+    for name in ("wa", "ua", "f1", "confusion", "best_step", "steps"):
+      assert g[name] == m[name], (fold, name, g[name], m[name])
+
+
+@pytest.mark.slow
+def test_trainer_jit_and_pmap_on_8_devices_equal_1_device(tmp_path, iemocap_data):
+  """train.trainer end to end: jit over 8 devices, pmap over 8 devices and 1 device give the same
+  final state and test metrics; each layout compiles its train and eval steps once over all
+  batches (padded last batch included) and both folds."""
+  from train import trainer
+  runs = {}
+  for name, par, n, folds in (("one", "jit", 1, 1), ("jit8", "jit", 8, 2), ("pmap8", "pmap", 8, 2)):
+    workdir = tmp_path / name
+    out = trainer.train_and_evaluate(smoke_config(iemocap_data, par, n, folds), str(workdir))
+    assert out["devices"] == n and out["parallelism"] == par
+    dmf = out["fusions"]["dmf"]
+    assert dmf["train_traces"] == 1 and dmf["eval_traces"] == 1, (name, dmf["train_traces"],
+                                                                 dmf["eval_traces"])
+    runs[name] = {"metrics": dmf, "state": final_fold_state(workdir),
+                  "state2": final_fold_state(workdir, "loso_s2") if folds == 2 else None}
+  one = runs["one"]
+  one["metrics"] = {"folds": {"loso_s1": one["metrics"]["folds"]["loso_s1"]}}
+  init = smoke_init_params(iemocap_data)
+  moved = max(float(np.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(one["state"][1]["params"]), jax.tree.leaves(init)))
+  assert moved > 1e-4  # training changed the parameters, so equality is not vacuous
+  for name in ("jit8", "pmap8"):
+    assert_same_run({"state": runs[name]["state"], "metrics": {"folds": {
+        "loso_s1": runs[name]["metrics"]["folds"]["loso_s1"]}}}, one)
+  s_jit, t_jit = runs["jit8"]["state2"]
+  s_pmap, t_pmap = runs["pmap8"]["state2"]
+  assert s_jit == s_pmap == 3
+  assert_trees_close(t_pmap, t_jit, 1e-5)
+
+
+def smoke_init_params(data_dir):
+  """Fold 0's initial parameters (as the trainer builds them), to show training moved them."""
+  from train import datasets, trainer
+  c = smoke_config(data_dir, "jit", 1, 1)
+  import tempfile
+  with tempfile.TemporaryDirectory() as d:
+    ds = datasets.load_dataset(c, d)
+    runner = trainer.FoldRunner(c, "dmf", ds, "jit", jax.devices()[:1])
+    return runner.init_host_state(0).params
+
+
+def test_trainer_layout_errors_name_the_setting():
+  from configs import iemocap
+  from train import trainer
+  from train.errors import UserError
+  c = iemocap.get_config("smoke")
+  c.train.parallelism = "pmapp"
+  with pytest.raises(UserError, match=r"config.train.parallelism='pmapp' is not one of"):
+    trainer.layout(c)
+  c.train.parallelism = "pmap"
+  c.train.batch_size = 12
+  with pytest.raises(UserError, match=r"config.train.batch_size=12 does not split evenly over "
+                                      r"the 8 devices.*multiple of 8"):
+    trainer.layout(c)
+  c.train.num_devices = 4
+  assert trainer.layout(c) == ("pmap", tuple(jax.local_devices()[:4]))
+  c.train.eval_batch_size = 30
+  with pytest.raises(UserError, match=r"config.train.eval_batch_size=30 .* 4 devices"):
+    trainer.layout(c)
+  c.train.num_devices = 9
+  with pytest.raises(UserError, match=r"num_devices=9 but 8 devices"):
+    trainer.layout(c)

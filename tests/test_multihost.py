@@ -118,5 +118,62 @@ def test_two_processes_equal_one_process(tmp_path):
   assert np.abs(want["memory/fusion/M_a"] - init["memory"]["fusion"]["M_a"]).max() > 1e-3
 
 
+@pytest.mark.slow
+def test_trainer_two_processes_equal_one_process(tmp_path):
+  """``python -m train.main`` as two processes on 127.0.0.1 (2 CPU devices each, gloo
+  collectives, ``MBAF_*`` environment read by ``distributed.initialize_multihost``), sharing one
+  workdir, ends with the same final state and test metrics as the one-process, one-device run
+  (dropout on: jit draws the global masks whatever the sharding); only process 0 reports."""
+  import json
+  sys.path.insert(0, HERE)
+  import test_distributed as td
+  from mbaf_jax.data import synthetic
+  from train import trainer
+  data = synthetic.write_iemocap(str(tmp_path / "data"), size="tiny", seed=0)
+  port = _free_port()
+  workdir = tmp_path / "two"
+  flags = ["--config=configs/iemocap.py:smoke", f"--workdir={workdir}", "--config.fusions=dmf",
+           "--config.data.max_folds=1", f"--config.data.data_dir={data}",
+           "--config.train.max_steps=3", "--config.train.batch_size=8",
+           "--config.train.eval_batch_size=16", "--config.train.parallelism=jit"]
+  procs, logs = [], []
+  try:
+    for i in range(NUM_PROCESSES):
+      env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+                 XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
+                 MBAF_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                 MBAF_NUM_PROCESSES=str(NUM_PROCESSES), MBAF_PROCESS_ID=str(i))
+      log = open(tmp_path / f"trainer{i}.log", "w")
+      logs.append(log)
+      procs.append(subprocess.Popen([sys.executable, "-m", "train.main"] + flags, cwd=ROOT,
+                                    env=env, stdout=log, stderr=subprocess.STDOUT))
+    # The reference, in this process while the workers run: one process, one device.
+    want = trainer.train_and_evaluate(td.smoke_config(data, "jit", 1, 1, dropout=True),
+                                      str(tmp_path / "one"))
+    deadline = time.monotonic() + 2 * TIMEOUT_S
+    for p in procs:
+      p.wait(timeout=max(1.0, deadline - time.monotonic()))
+  except subprocess.TimeoutExpired:
+    pass
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait(10)
+    for log in logs:
+      log.close()
+  for i, p in enumerate(procs):
+    text = (tmp_path / f"trainer{i}.log").read_text()[-3000:]
+    assert p.returncode == 0, f"process {i} exited with {p.returncode}:\n{text}"
+  got = json.loads((workdir / "metrics.json").read_text())
+  assert got["processes"] == NUM_PROCESSES and got["devices"] == NUM_PROCESSES * LOCAL_DEVICES
+  assert got["fusions"]["dmf"]["train_traces"] == 1
+  assert "test WA" in (tmp_path / "trainer0.log").read_text()
+  assert "test WA" not in (tmp_path / "trainer1.log").read_text()  # only process 0 reports
+  td.assert_same_run({"state": td.final_fold_state(workdir), "metrics": got["fusions"]["dmf"]},
+                     {"state": td.final_fold_state(tmp_path / "one"),
+                      "metrics": want["fusions"]["dmf"]})
+
+
 if __name__ == "__main__":
   worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])

@@ -179,3 +179,73 @@ def test_eval_never_writes_memory():
                                   state.memory["fusion"][name])
   lp = steps.make_eval_step(MODEL.apply)(state, batch)
   np.testing.assert_allclose(np.exp(lp).sum(-1), 1.0, rtol=1e-5)
+
+
+class FieldModel(nn.Module):
+  """Like the full models: the fusion layer is a module field named 'fusion'."""
+  fusion: nn.Module  # DualMemoryFusion | NaiveFusion
+
+  @nn.compact
+  def __call__(self, batch, mask=None, train=False):
+    a = nn.Dense(16, name="audio_proj")(batch["audio"])
+    t = nn.Dense(16, name="text_proj")(batch["text"])
+    out = self.fusion(a, t, mask=mask, train=train)
+    log_probs = ClassifierHead((8,), 4, dropout=0.0, name="head")(out.fused, train)
+    return ModelOutput(log_probs=log_probs, aux=dict(out.aux))
+
+
+@pytest.mark.parametrize("fusion", ["dmf", "naive"])
+def test_pmap_train_step_equals_one_device(fusion):
+  """steps.make_train_step(axis_name) under jax.pmap on 4 devices (2 rows each, a padded batch
+  leaving devices with no real row) == the single-device step on the global batch: loss terms,
+  gradients, params, memory, batch stats; compiled once; the pmap eval step agrees too."""
+  from mbaf_jax.fusion import NaiveFusion
+  from train import distributed as dist
+  layer = (DualMemoryFusion(slots=4, cbp_dim=32, num_heads=2, writer_ff_dim=16,
+                            attention_tokens=4) if fusion == "dmf" else NaiveFusion())
+  model = FieldModel(fusion=layer)
+  tx = steps.make_optimizer(_optim(), steps.abstract_params(model, _batch(0), jax.random.key(0)))
+  init = dist.fetch(steps.create_state(steps.init_variables(model, _batch(0), jax.random.key(0)),
+                                       tx))
+  ref = jax.jit(steps.make_train_step(model.apply, tx))
+  ps = dist.make_parallel_train_step(
+      lambda ax: steps.make_train_step(steps.with_axis_name(model, ax).apply, tx, ax), "pmap",
+      devices=jax.devices()[:4])
+  want, got = init, ps.put_state(init)
+  key = jax.random.key(4)
+  for i, real in enumerate((B, 3, B)):
+    batch = _batch(50 + i, real)
+    want, m_want = ref(want, batch, key)
+    got, m_got = ps(got, ps.put_batch(batch), key)
+    m_got = ps.get_metrics(m_got)
+    for name in ("loss", "ce", "aux", "correct", "count"):
+      np.testing.assert_allclose(m_got[name], m_want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+  assert ps.traces == 1
+  host = ps.get_state(got)
+  moved = [float(np.abs(np.asarray(a) - b).max()) for a, b in
+           zip(jax.tree.leaves(want.params), jax.tree.leaves(init.params))]
+  assert max(moved) > 1e-4
+  for x, y in zip(jax.tree.leaves((host.params, host.memory, host.batch_stats, host.step)),
+                  jax.tree.leaves((want.params, want.memory, want.batch_stats, want.step))):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+  if fusion == "dmf":  # every device carries the same memory (write-then-carry)
+    per_dev = np.asarray(got.memory["fusion"]["M_a"])
+    assert all(np.array_equal(per_dev[i], per_dev[0]) for i in range(4))
+  ev = dist.make_parallel_eval_step(
+      lambda ax: steps.make_eval_step(steps.with_axis_name(model, ax).apply), "pmap",
+      devices=jax.devices()[:4])
+  batch = _batch(60, 5)
+  np.testing.assert_allclose(ev.get_rows(ev(got, ev.put_batch(batch))),
+                             steps.make_eval_step(model.apply)(want, batch), rtol=1e-5, atol=1e-6)
+
+
+def test_with_axis_name_sets_the_fusion_axis_only():
+  from mbaf_jax.fusion import NaiveFusion
+  m = FieldModel(fusion=DualMemoryFusion(slots=4))
+  assert steps.with_axis_name(m, None) is m
+  assert steps.with_axis_name(m, "batch").fusion.axis_name == "batch"
+  assert m.fusion.axis_name is None  # the original is untouched
+  assert isinstance(steps.with_axis_name(FieldModel(fusion=NaiveFusion()), "batch").fusion,
+                    NaiveFusion)
+  with pytest.raises(ValueError, match="no module field 'fusion'.*parallelism='jit'"):
+    steps.with_axis_name(MODEL, "batch")

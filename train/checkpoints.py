@@ -8,11 +8,36 @@ config fails with a clear message instead of a shape error deep inside orbax.
 """
 import hashlib
 import json
+import logging
 import os
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
+
+
+class _QuietOrbax(logging.Filter):
+  """Drops orbax's below-WARNING records (it logs every save/restore step at INFO through absl)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.WARNING:
+      return True
+    where = f"{record.name} {record.pathname}".replace("\\", "/")
+    return "orbax" not in where
+
+
+_QUIET = _QuietOrbax()
+
+
+def quiet_orbax_logs() -> None:
+  """Silences orbax's INFO/DEBUG logs (idempotent); called by every :class:`FoldCheckpointer`, so
+  every entry point that saves checkpoints (train.main, the trainer, predict, tests) is quiet
+  while warnings and errors still show."""
+  for name in ("absl", "orbax", "orbax.checkpoint"):
+    logger = logging.getLogger(name)
+    if _QUIET not in logger.filters:
+      logger.addFilter(_QUIET)
+  logging.getLogger("orbax").setLevel(logging.WARNING)
 
 
 class CheckpointMismatchError(ValueError):
@@ -40,6 +65,7 @@ class FoldCheckpointer:
   def __init__(self, directory: str, keep: int = 2, fingerprint: str = ""):
     if keep < 1:
       raise ValueError(f"config.train.keep_checkpoints={keep} must be >= 1.")
+    quiet_orbax_logs()
     self.directory = os.path.abspath(directory)
     self.fingerprint = fingerprint
     opts = dict(enable_async_checkpointing=False, create=True)

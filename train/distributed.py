@@ -25,7 +25,7 @@ builds the same global mesh (:func:`global_mesh`), feeds its own rows
 Typical use (what ``train.trainer`` calls)::
 
   initialize_multihost(config)                    # no-op for one process
-  ps = make_parallel_train_step(build_step, config.get("parallelism", "jit"))
+  ps = make_parallel_train_step(build_step, config.train.parallelism)
   state = ps.put_state(state)
   for batch in batches:                           # host-local rows
     state, metrics = ps(state, ps.put_batch(batch), jax.random.fold_in(key, step))
@@ -49,6 +49,7 @@ DEFAULT_AXIS = "batch"
 _ENV_COORDINATOR = ("MBAF_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS")
 _ENV_NUM_PROCESSES = ("MBAF_NUM_PROCESSES", "JAX_NUM_PROCESSES")
 _ENV_PROCESS_ID = ("MBAF_PROCESS_ID", "JAX_PROCESS_ID")
+_ENV_AUTO = ("MBAF_DISTRIBUTED_AUTO",)
 
 
 # --------------------------------------------------------------------------- loss helpers
@@ -137,8 +138,9 @@ def initialize_multihost(config=None, *, coordinator_address: str | None = None,
   num_processes, process_id, local_device_ids, auto}`` (``config`` is the run config or its
   ``distributed`` block); the environment (``MBAF_COORDINATOR_ADDRESS`` /
   ``JAX_COORDINATOR_ADDRESS``, ``MBAF_NUM_PROCESSES`` / ``JAX_NUM_PROCESSES``,
-  ``MBAF_PROCESS_ID`` / ``JAX_PROCESS_ID``). With none of them (and ``auto`` false) this is a
-  single-process run and nothing is initialised. ``auto=True`` calls
+  ``MBAF_PROCESS_ID`` / ``JAX_PROCESS_ID``, ``MBAF_DISTRIBUTED_AUTO=1`` for ``auto``). With none
+  of them (and ``auto`` false) this is a single-process run and nothing is initialised.
+  ``auto=True`` calls
   ``jax.distributed.initialize()`` with no arguments, which detects Cloud TPU pods, SLURM
   and Open MPI. On CPU the collectives go through gloo.
 
@@ -159,6 +161,9 @@ def initialize_multihost(config=None, *, coordinator_address: str | None = None,
     pid = _first_env(_ENV_PROCESS_ID)
   local_ids = local_device_ids if local_device_ids is not None else _get(dist, "local_device_ids")
   auto = bool(_get(dist, "auto", False))
+  env_auto = _first_env(_ENV_AUTO)
+  if not auto and env_auto is not None:
+    auto = env_auto.strip().lower() in ("1", "true", "yes", "on")
 
   initialized = False
   if jax.distributed.is_initialized():
@@ -307,10 +312,15 @@ def make_jit_train_step(step_fn: Callable, mesh: Mesh, axis_name: str | None = N
 
 
 # --------------------------------------------------------------------------- pmap
-def replicate(tree, devices):
-  """pmap layout: a leading device axis, one copy per device."""
+def replicate(tree, devices, axis_name: str = DEFAULT_AXIS):
+  """pmap layout: a leading device axis, one copy per device.
+
+  The arrays get the sharding ``jax.pmap`` over ``axis_name`` gives its outputs (a 1-D mesh of
+  ``devices`` named ``axis_name``), so the first call and later calls hit the same compiled
+  step (a different sharding would trace the step a second time).
+  """
   devices = list(devices)
-  sharding = NamedSharding(Mesh(np.array(devices), ("d",)), PartitionSpec("d"))
+  sharding = NamedSharding(Mesh(np.array(devices), (axis_name,)), PartitionSpec(axis_name))
 
   def put(x):
     if _is_key(x):
@@ -367,11 +377,31 @@ class ParallelStep:
   mesh: Mesh | None  # jit: the mesh; pmap: None
   devices: tuple  # devices the step runs on
   axis_name: str  # batch axis name
+  counter: "TraceCounter | None" = None  # counts traces of the wrapped function
 
-  def __call__(self, state, batch, key):
+  @property
+  def traces(self) -> int:
+    """How many times the step function was traced (1 = compiled once)."""
+    return 0 if self.counter is None else self.counter.traces
+
+  def __call__(self, state, batch, key=None):
+    """Runs the step; ``key=None`` for a step without a PRNG key (evaluation)."""
+    if key is None:
+      return self.step(state, batch)
     if self.parallelism == "jit":
       key = self.put_key(key)
     return self.step(state, batch, key)
+
+  def get_rows(self, x):
+    """A batch-sharded output (e.g. eval log-probs) → host NumPy ``(B_global, ...)``.
+
+    ``jit``: the output must be replicated (see :func:`make_parallel_eval_step`); ``pmap``:
+    ``(devices, B / devices, ...)`` is flattened back in device (= row) order.
+    """
+    if self.parallelism == "pmap":
+      x = np.asarray(jax.device_get(x))
+      return x.reshape((-1,) + x.shape[2:])
+    return np.asarray(fetch(x))
 
   def put_key(self, key):
     """A PRNG key → replicated on the mesh (``jit``; needed across processes)."""
@@ -384,7 +414,7 @@ class ParallelStep:
   def put_state(self, state):
     """Host/single-device state → device layout (replicated)."""
     if self.parallelism == "pmap":
-      return replicate(state, self.devices)
+      return replicate(state, self.devices, self.axis_name)
     return replicate_on_mesh(state, self.mesh)
 
   def put_batch(self, batch):
@@ -400,6 +430,17 @@ class ParallelStep:
     return fetch(state)
 
   get_metrics = get_state
+
+
+class TraceCounter:
+  """Wraps a function and counts its traces (each ``jit``/``pmap`` compilation traces once)."""
+
+  def __init__(self, fn: Callable):
+    self.fn, self.traces = fn, 0
+
+  def __call__(self, *args):
+    self.traces += 1
+    return self.fn(*args)
 
 
 def check_parallelism(parallelism: str) -> str:
@@ -429,12 +470,47 @@ def make_parallel_train_step(build_step: Callable[[str | None], Callable], paral
   """
   check_parallelism(parallelism)
   if parallelism == "pmap":
-    devs = tuple(jax.local_devices() if devices is None else devices)
-    if any(d.process_index != jax.process_index() for d in devs):
-      raise ValueError("parallelism='pmap' runs on this process's devices only; use "
-                       "parallelism='jit' for multi-host runs.")
-    step = make_pmap_train_step(build_step(axis_name), axis_name, devs, donate)
-    return ParallelStep("pmap", step, None, devs, axis_name)
+    devs = _pmap_devices(devices)
+    counter = TraceCounter(build_step(axis_name))
+    step = make_pmap_train_step(counter, axis_name, devs, donate)
+    return ParallelStep("pmap", step, None, devs, axis_name, counter)
   mesh = global_mesh(axis_name, devices)
-  step = make_jit_train_step(build_step(None), mesh, axis_name, donate)
-  return ParallelStep("jit", step, mesh, tuple(mesh.devices.flat), axis_name)
+  counter = TraceCounter(build_step(None))
+  step = make_jit_train_step(counter, mesh, axis_name, donate)
+  return ParallelStep("jit", step, mesh, tuple(mesh.devices.flat), axis_name, counter)
+
+
+def _pmap_devices(devices) -> tuple:
+  devs = tuple(jax.local_devices() if devices is None else devices)
+  if any(d.process_index != jax.process_index() for d in devs):
+    raise ValueError("parallelism='pmap' runs on this process's devices only; use "
+                     "parallelism='jit' for multi-host runs.")
+  return devs
+
+
+def make_parallel_eval_step(build_eval: Callable[[str | None], Callable], parallelism: str = "jit",
+                            devices=None, axis_name: str = DEFAULT_AXIS) -> ParallelStep:
+  """The evaluation twin of :func:`make_parallel_train_step`.
+
+  Args:
+    build_eval: ``build_eval(axis_name) -> eval_step(state, batch) -> (B, ...)`` per-row output.
+    parallelism: ``"jit"`` or ``"pmap"``; must match the train step's so the state layouts agree.
+    devices: as for :func:`make_parallel_train_step`.
+    axis_name: name of the batch axis.
+
+  Returns:
+    :class:`ParallelStep` called as ``ps(state, batch)``; ``ps.get_rows(out)`` gives the host
+    ``(B_global, ...)`` output on every process (``jit``: the output is replicated, a small
+    all-gather of e.g. log-probabilities).
+  """
+  check_parallelism(parallelism)
+  if parallelism == "pmap":
+    devs = _pmap_devices(devices)
+    counter = TraceCounter(build_eval(axis_name))
+    step = jax.pmap(counter, axis_name=axis_name, in_axes=(0, 0), out_axes=0, devices=devs)
+    return ParallelStep("pmap", step, None, devs, axis_name, counter)
+  mesh = global_mesh(axis_name, devices)
+  counter = TraceCounter(build_eval(None))
+  rep, shard = replicated_sharding(mesh), batch_sharding(mesh, axis_name)
+  step = jax.jit(counter, in_shardings=(rep, shard), out_shardings=rep)
+  return ParallelStep("jit", step, mesh, tuple(mesh.devices.flat), axis_name, counter)

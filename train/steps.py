@@ -5,10 +5,12 @@ The step is a pure function of ``(state, batch, key)``: it folds the step number
 "batch_stats"]``, takes the loss on the *new* memory (DMF §2.2–2.3: "these calculated new memory
 states are used to calculate the overall loss"), and carries ``stop_gradient(new memory)`` into
 the next state ("we assign it back to the memory variable only at the beginning of the next
-iteration"). ``jit_train_step`` shards the batch over a 1-D device mesh and replicates the state,
-so the fusion layer's writer sees the global batch. A pmap variant can call ``train_step`` with
-``axis_name`` set on the fusion layer.
+iteration"). Layouts (``train.distributed``): under ``jit`` over a device mesh the step sees the
+global batch (sharded, state replicated), so the fusion layer's writer sees the global batch;
+under ``jax.pmap`` the step is built with ``axis_name`` (:func:`make_train_step`) and the model
+with :func:`with_axis_name`, and equals the single-device step.
 """
+import dataclasses
 from typing import Any, Callable
 
 import flax
@@ -150,21 +152,68 @@ def masked_nll(log_probs, labels, mask):
 
 
 def step_keys(key, step):
-  """Per-step keys: ``fold_in(key, step)`` split into the 'dropout' and 'gumbel' streams."""
+  """Per-step keys: ``fold_in(key, step)`` split into the 'dropout' and 'gumbel' streams.
+
+  Under pmap every device gets the same keys: the fusion layer draws its Gumbel noise for the
+  global batch and keeps its slice (``mbaf_jax.fusion.common.local_slice``), and its writer
+  (which may use dropout) runs on the gathered global batch, so it must draw the same masks on
+  every device to keep the memories identical. Dropout in the encoders and head is then drawn
+  per local batch (same key on every device): equal in distribution to the global draw, not
+  bit-equal, so pmap equals jit exactly only with dropout off (docs/SCALING.md).
+  """
   k = jax.random.fold_in(key, step)
   k_drop, k_gum = jax.random.split(k)
   return {"dropout": k_drop, "gumbel": k_gum}
 
 
-def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation):
+def with_axis_name(model: nn.Module, axis_name: str | None) -> nn.Module:
+  """The per-device copy of a full model for ``jax.pmap`` over ``axis_name``.
+
+  The full models (``mbaf_jax.models``) hold their fusion layer as the field ``fusion``; a fusion
+  layer with an ``axis_name`` field (DualMemoryFusion, MBAF) gets it, so its writer all-gathers
+  the batch and its batch norm syncs statistics. Layers whose rows are independent
+  (NaiveFusion, encoders, heads: no batch statistics) need nothing.
+
+  Args:
+    model: the full model (unbound).
+    axis_name: the pmap batch axis, or ``None`` (returns ``model``).
+
+  Returns:
+    The model to apply inside the pmapped step.
+  """
+  if axis_name is None:
+    return model
+  fusion = getattr(model, "fusion", None)
+  if not isinstance(fusion, nn.Module):
+    raise ValueError(f"{type(model).__name__} has no module field 'fusion', so it cannot be "
+                     "run under parallelism='pmap'; use config.train.parallelism='jit'.")
+  if "axis_name" in {f.name for f in dataclasses.fields(fusion)}:
+    fusion = fusion.clone(axis_name=axis_name)
+  return model.clone(fusion=fusion)
+
+
+def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
+                    axis_name: str | None = None):
   """The train step for a model's ``apply`` and an optimiser (closed over, not traced).
+
+  Args:
+    apply_fn: the model's ``apply``; under pmap the model of :func:`with_axis_name`.
+    tx: the optimiser.
+    axis_name: ``None``: the step sees the global batch (one device, or jit over a mesh).
+      A pmap axis: the step sees this device's rows; the cross-entropy is this device's share
+      of the global masked mean (``distributed.global_masked_mean``), the fusion's aux terms
+      (computed from the gathered global batch) are divided by the device count
+      (``distributed.device_share``), the gradients are summed over devices and the metrics are
+      global, so every device makes the update of the single-device step.
 
   Returns:
     ``train_step(state, batch, key) -> (new_state, metrics)``, a pure function (DMF Eq. 4:
     L = CE + similarity loss of the new memories; MBAF: CE). ``batch`` holds the model inputs
     plus "label" (B,) int and "mask" (B,) (1 = real row); ``key`` is the run's base PRNG key
-    (the step is folded in). metrics: "loss", "ce", "aux", "correct", "count" (device scalars).
+    (the step is folded in). metrics: "loss", "ce", "aux", "correct", "count" (device scalars,
+    over the global batch).
   """
+  from train import distributed as dist  # pylint: disable=g-import-not-at-top
 
   def train_step(state: TrainState, batch: dict, key: jax.Array):
     inputs = {k: v for k, v in batch.items() if k not in ("mask", "label")}
@@ -174,33 +223,37 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation):
     def loss_fn(params):
       out, new_vars = apply_fn(state.variables(params), inputs, mask=mask, train=True,
                                rngs=rngs, mutable=["memory", "batch_stats"])
-      ce = masked_nll(out.log_probs, labels, mask)
+      picked = jnp.take_along_axis(out.log_probs, labels[:, None].astype(jnp.int32), axis=-1)
+      ce = dist.global_masked_mean(-picked[:, 0], mask, axis_name)
       aux = sum((jnp.asarray(v, jnp.float32) for v in out.aux.values()),
                 jnp.zeros((), jnp.float32))
+      aux = dist.device_share(aux, axis_name)
       return ce + aux, (ce, aux, out.log_probs, new_vars)
 
     grads, (ce, aux, log_probs, new_vars) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads = dist.sum_over_devices(grads, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    loss = ce + aux
-    bad = jnp.logical_and(state.first_nonfinite < 0, ~jnp.isfinite(loss))
     m = mask.astype(jnp.float32)
     correct = jnp.sum(m * (jnp.argmax(log_probs, -1) == labels))
+    ce, aux, correct, count = dist.sum_over_devices((ce, aux, correct, jnp.sum(m)), axis_name)
+    loss = ce + aux
+    bad = jnp.logical_and(state.first_nonfinite < 0, ~jnp.isfinite(loss))
     new_state = state.replace(
         step=state.step + 1, params=params, opt_state=opt_state,
         batch_stats=new_vars.get("batch_stats", state.batch_stats),
         # Write-then-carry: the new memory, with no gradient path, is next step's memory.
         memory=jax.lax.stop_gradient(new_vars.get("memory", state.memory)),
         first_nonfinite=jnp.where(bad, state.step, state.first_nonfinite))
-    return new_state, {"loss": loss, "ce": ce, "aux": aux, "correct": correct,
-                       "count": jnp.sum(m)}
+    return new_state, {"loss": loss, "ce": ce, "aux": aux, "correct": correct, "count": count}
 
   return train_step
 
 
 def make_eval_step(apply_fn: Callable):
   """``eval_step(state, batch) -> log_probs``: ``train=False``, memory read, never written
-  (DMF §2.2: "the memory update process is not carried out during inference")."""
+  (DMF §2.2: "the memory update process is not carried out during inference"). Rows are
+  independent in evaluation, so the same step serves every layout."""
 
   def eval_step(state: TrainState, batch: dict):
     inputs = {k: v for k, v in batch.items() if k not in ("mask", "label")}

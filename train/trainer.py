@@ -14,6 +14,14 @@ Per fold: a fresh model (same key), SGD/Adam steps over a seeded Batcher (padded
 compilation for all batches and folds), validation UA every ``eval_every_epochs`` (best
 checkpoint), test metrics of the best checkpoint (the final one when there is no validation
 set). Memory is read, never written, in evaluation.
+
+Devices (``train.distributed``, docs/SCALING.md): ``config.train.parallelism`` = "jit" (batch
+sharded over a device mesh, state replicated) or "pmap" (``jax.pmap``, gradients and batch
+statistics synced, the fusion writer all-gathers the batch); both equal the one-device run.
+Multi-host: ``distributed.initialize_multihost`` (environment ``MBAF_COORDINATOR_ADDRESS`` /
+``MBAF_NUM_PROCESSES`` / ``MBAF_PROCESS_ID``); every process loads the same data set and feeds
+its own contiguous block of every global batch; only process 0 writes metrics, TensorBoard
+events, PNGs and config.json (checkpoints are written by orbax with every process taking part).
 """
 import json
 import os
@@ -24,14 +32,16 @@ import numpy as np
 
 from train import checkpoints as ckpt_lib
 from train import datasets
+from train import distributed as dist
 from train import metrics as metrics_lib
 from train import steps
 from train.errors import NonFiniteLossError, UserError
 
 
-def prepare_workdir(workdir: str, config) -> None:
-  """Creates the workdir and stores the config; a workdir that is a file or was written by a
-  different config (model/optimiser) is refused."""
+def prepare_workdir(workdir: str, config, write: bool = True) -> None:
+  """Creates the workdir and stores the config (``write=False``: checks only, for processes
+  other than 0); a workdir that is a file or was written by a different config
+  (model/optimiser) is refused."""
   if not workdir:
     raise UserError("--workdir is empty; give a directory for checkpoints and metrics.")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
@@ -51,7 +61,9 @@ def prepare_workdir(workdir: str, config) -> None:
       raise UserError(f"--workdir={workdir!r} holds a run of a different model/optimiser config "
                       f"(see {path}); resuming it with this config would mix checkpoints. Use a "
                       "fresh --workdir, or rerun with the config stored there.")
-  metrics_lib.write_json(path, {"fingerprint": fp, "config": json.loads(config.to_json_best_effort())})
+  if write:
+    metrics_lib.write_json(path, {"fingerprint": fp,
+                                  "config": json.loads(config.to_json_best_effort())})
 
 
 class _Logger:
@@ -70,32 +82,94 @@ class _Logger:
     self.writer.close()
 
 
+class _NullLogger:
+  """What processes other than 0 log: nothing."""
+
+  def scalars(self, step: int, values: dict, prefix: str) -> None:
+    del step, values, prefix
+
+  def close(self):
+    pass
+
+
+def _is_primary() -> bool:
+  return jax.process_index() == 0
+
+
+def _local_block(n: int) -> slice:
+  """This process's contiguous block of ``n`` global rows (all of them with one process)."""
+  p, count = jax.process_index(), jax.process_count()
+  return slice(p * (n // count), (p + 1) * (n // count))
+
+
+def layout(config) -> tuple[str, tuple]:
+  """``(parallelism, devices)`` from ``config.train``, checked against the batch sizes.
+
+  Raises:
+    UserError: unknown parallelism, bad num_devices, or a batch size that does not split over
+      the devices.
+  """
+  t = config.train
+  parallelism = t.get("parallelism", "jit")
+  if parallelism not in dist.PARALLELISMS:
+    raise UserError(f"config.train.parallelism={parallelism!r} is not one of "
+                    f"{dist.PARALLELISMS}: 'jit' shards the batch over a device mesh (default, "
+                    "multi-host capable), 'pmap' runs the same step under jax.pmap.")
+  avail = jax.local_devices() if parallelism == "pmap" else jax.devices()
+  n = int(t.num_devices)
+  if n < 0 or n > len(avail):
+    raise UserError(f"config.train.num_devices={n} but {len(avail)} devices are available; use "
+                    "0 (all) or a number up to that.")
+  if n and jax.process_count() > 1:
+    raise UserError(f"config.train.num_devices={n} with {jax.process_count()} processes; "
+                    "multi-host runs use every device (set it to 0).")
+  if parallelism == "pmap" and jax.process_count() > 1:
+    raise UserError("config.train.parallelism='pmap' drives one process's devices only; use "
+                    "'jit' for a multi-host run.")
+  devices = tuple(avail[: n or len(avail)])
+  for field in ("batch_size", "eval_batch_size"):
+    size = int(t[field])
+    if size < 1 or size % len(devices):
+      raise UserError(f"config.train.{field}={size} does not split evenly over the "
+                      f"{len(devices)} devices of this run (parallelism={parallelism!r}); set "
+                      f"it to a multiple of {len(devices)}, or choose the devices with "
+                      "config.train.num_devices.")
+  return parallelism, devices
+
+
 def _gather(ds: datasets.Dataset, idx: np.ndarray) -> dict:
   def take(x):
     return tuple(take(y) for y in x) if isinstance(x, tuple) else x[idx]
   return {k: take(v) for k, v in ds.inputs.items()}
 
 
-def evaluate(eval_fn, state, ds: datasets.Dataset, indices: np.ndarray, batch_size: int, mesh,
-             num_classes: int) -> dict:
-  """WA/UA/F1/confusion of ``state`` on ``ds[indices]`` (padded fixed-size batches)."""
+def evaluate(eval_fn: dist.ParallelStep, state, ds: datasets.Dataset, indices: np.ndarray,
+             batch_size: int, num_classes: int) -> dict:
+  """WA/UA/F1/confusion of ``state`` (device layout) on ``ds[indices]`` (padded fixed-size
+  batches; each process feeds its block, every process gets the global predictions)."""
   from mbaf_jax.data.pipeline import eval_batches  # pylint: disable=g-import-not-at-top
   preds = []
   for pos, mask in eval_batches(len(indices), batch_size):
-    idx = indices[pos]
-    batch = dict(_gather(ds, idx), mask=mask, label=ds.labels[idx])
-    lp = np.asarray(jax.device_get(eval_fn(state, steps.shard_batch(batch, mesh))))
+    rows = _local_block(len(pos))
+    idx = indices[pos][rows]
+    batch = dict(_gather(ds, idx), mask=mask[rows], label=ds.labels[idx])
+    lp = eval_fn.get_rows(eval_fn(state, eval_fn.put_batch(batch)))
     preds.append(np.argmax(lp, -1)[mask])
   preds = np.concatenate(preds) if preds else np.zeros((0,), np.int64)
   return metrics_lib.classification_metrics(ds.labels[indices], preds, num_classes)
 
 
 class FoldRunner:
-  """Model, optimiser and compiled steps for one fusion kind, shared by all folds."""
+  """Model, optimiser and compiled steps for one fusion kind, shared by all folds.
 
-  def __init__(self, config, fusion_kind: str, ds: datasets.Dataset, mesh):
+  ``train_fn`` / ``eval_fn`` are ``distributed.ParallelStep`` s of ``config.train.parallelism``;
+  their ``traces`` count compilations (reported in metrics.json).
+  """
+
+  def __init__(self, config, fusion_kind: str, ds: datasets.Dataset, parallelism: str = "jit",
+               devices=None):
     from mbaf_jax import models  # pylint: disable=g-import-not-at-top
-    self.config, self.kind, self.ds, self.mesh = config, fusion_kind, ds, mesh
+    self.config, self.kind, self.ds = config, fusion_kind, ds
     self.model, self.pretrained = models.build_model(config.model, fusion_kind,
                                                      vocab_size=ds.vocab_size,
                                                      max_tokens=config.data.max_tokens)
@@ -105,20 +179,34 @@ class FoldRunner:
     key = jax.random.key(config.seed)
     self.tx = steps.make_optimizer(config.optim,
                                    steps.abstract_params(self.model, self.dummy, key))
-    self.train_fn = steps.jit_train_step(steps.make_train_step(self.model.apply, self.tx), mesh)
-    self.eval_fn = steps.jit_eval_step(steps.make_eval_step(self.model.apply), mesh)
+    model, tx = self.model, self.tx
+    self.train_fn = dist.make_parallel_train_step(
+        lambda ax: steps.make_train_step(steps.with_axis_name(model, ax).apply, tx, ax),
+        parallelism, devices=devices)
+    self.eval_fn = dist.make_parallel_eval_step(
+        lambda ax: steps.make_eval_step(steps.with_axis_name(model, ax).apply),
+        parallelism, devices=devices)
 
-  def init_state(self, fold_index: int):
+  def init_host_state(self, fold_index: int) -> steps.TrainState:
+    """The step-0 state of a fold, on the host (identical on every process)."""
     from mbaf_jax.models.factory import merge_pretrained  # pylint: disable=g-import-not-at-top
     key = jax.random.fold_in(jax.random.key(self.config.seed), fold_index)
     variables = steps.init_variables(self.model, self.dummy, key)
     if self.pretrained:
       variables["params"] = merge_pretrained(variables["params"], self.pretrained)
-    return steps.replicate(steps.create_state(variables, self.tx), self.mesh)
+    return dist.fetch(steps.create_state(variables, self.tx))
+
+  def init_state(self, fold_index: int):
+    """The step-0 state of a fold in the device layout."""
+    return self.train_fn.put_state(self.init_host_state(fold_index))
+
+  def host(self, state) -> steps.TrainState:
+    """Device-layout state → one host (NumPy) copy."""
+    return self.train_fn.get_state(state)
 
 
 def _check_finite(state, fold_name: str, kind: str) -> None:
-  bad = int(jax.device_get(state.first_nonfinite))
+  bad = int(np.ravel(dist.fetch(state.first_nonfinite))[0])  # pmap: one copy per device
   if bad >= 0:
     raise NonFiniteLossError(
         f"the training loss became NaN/inf at step {bad} of fold {fold_name} ({kind} fusion). "
@@ -129,8 +217,9 @@ def _check_finite(state, fold_name: str, kind: str) -> None:
 def train_fold(runner: FoldRunner, fold, fold_index: int, workdir: str) -> dict:
   """Trains (or resumes) one fold and returns its test metrics (+ validation UA, best step)."""
   from mbaf_jax.data.pipeline import Batcher  # pylint: disable=g-import-not-at-top
-  c, kind, ds, mesh = runner.config, runner.kind, runner.ds, runner.mesh
+  c, kind, ds = runner.config, runner.kind, runner.ds
   t = c.train
+  primary = _is_primary()
   if len(fold.train) == 0 or len(fold.test) == 0:
     raise UserError(f"fold {fold.name} has {len(fold.train)} training and {len(fold.test)} test "
                     "examples; the data set is too small for this protocol "
@@ -138,20 +227,23 @@ def train_fold(runner: FoldRunner, fold, fold_index: int, workdir: str) -> dict:
   ckpt = ckpt_lib.FoldCheckpointer(os.path.join(workdir, "ckpt", kind, fold.name),
                                    keep=t.keep_checkpoints,
                                    fingerprint=ckpt_lib.model_fingerprint(c))
-  state = runner.init_state(fold_index)
+  host_init = runner.init_host_state(fold_index)
+  target = host_init.saveable()  # shapes/dtypes for restoring
   batcher = Batcher(len(fold.train), t.batch_size, seed=c.seed + fold_index, shuffle=True)
   best_val_ua, done = -1.0, False
-  restored = ckpt.restore_latest(jax.device_get(state.saveable()))
+  restored = ckpt.restore_latest(target)
+  state = runner.train_fn.put_state(
+      host_init if restored is None else steps.TrainState.from_saved(restored[0]))
   if restored is not None:
     tree, meta = restored
-    state = steps.replicate(steps.TrainState.from_saved(tree), mesh)
     batcher.restore(meta["batcher"])
     best_val_ua, done = float(meta["best_val_ua"]), bool(meta["done"])
-    print(f"[{kind}/{fold.name}] resumed at step {int(meta['step'])}", flush=True)
+    if primary:
+      print(f"[{kind}/{fold.name}] resumed at step {int(meta['step'])}", flush=True)
   total = t.max_steps or t.epochs * batcher.steps_per_epoch
-  key = steps.replicate(jax.random.key(c.seed), mesh)
-  logger = _Logger(os.path.join(workdir, "tb", kind, fold.name))
-  step = int(jax.device_get(state.step))
+  key = runner.train_fn.put_key(jax.random.key(c.seed))
+  logger = _Logger(os.path.join(workdir, "tb", kind, fold.name)) if primary else _NullLogger()
+  step = int(np.asarray(restored[0]["step"])) if restored is not None else 0
   interrupt_at = step + t.interrupt_after_steps if t.interrupt_after_steps else None
 
   def meta():
@@ -162,27 +254,27 @@ def train_fold(runner: FoldRunner, fold, fold_index: int, workdir: str) -> dict:
     nonlocal best_val_ua
     if len(fold.val) == 0:
       return
-    m = evaluate(runner.eval_fn, state, ds, fold.val, t.eval_batch_size, mesh,
-                 c.model.num_classes)
+    m = evaluate(runner.eval_fn, state, ds, fold.val, t.eval_batch_size, c.model.num_classes)
     logger.scalars(step, {"wa": m["wa"], "ua": m["ua"], "f1": m["f1"]}, "val")
     best_val_ua = max(best_val_ua, m["ua"])
-    ckpt.save_best(step, jax.device_get(state.saveable()), meta(), m["ua"])
+    ckpt.save_best(step, runner.host(state).saveable(), meta(), m["ua"])
 
-  bar = _progress(t.progress and not done, total, step, f"{kind}/{fold.name}")
+  bar = _progress(primary and t.progress and not done, total, step, f"{kind}/{fold.name}")
   window, t0 = [], time.time()
   train_arrays = {"_row": fold.train}
   while not done and step < total:
     for item in batcher.iterate(train_arrays):
-      idx = item["_row"]
-      batch = dict(_gather(ds, idx), mask=item["mask"], label=ds.labels[idx])
-      state, m = runner.train_fn(state, steps.shard_batch(batch, mesh), key)
+      rows = _local_block(len(item["_row"]))  # this process's block of the global batch
+      idx = item["_row"][rows]
+      batch = dict(_gather(ds, idx), mask=item["mask"][rows], label=ds.labels[idx])
+      state, m = runner.train_fn(state, runner.train_fn.put_batch(batch), key)
       step += 1
       window.append(m)
       if bar is not None:
         bar.update(1)
       if step % t.log_every_steps == 0 or step == total:
         _check_finite(state, fold.name, kind)
-        host = jax.device_get(window)
+        host = [runner.train_fn.get_metrics(x) for x in window]
         n = max(sum(float(x["count"]) for x in host), 1.0)
         logs = {"loss": np.mean([float(x["loss"]) for x in host]),
                 "aux": np.mean([float(x["aux"]) for x in host]),
@@ -193,11 +285,11 @@ def train_fold(runner: FoldRunner, fold, fold_index: int, workdir: str) -> dict:
           bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['accuracy']:.2f}")
         window, t0 = [], time.time()
       if step % t.checkpoint_every_steps == 0:
-        ckpt.save_latest(step, jax.device_get(state.saveable()), meta())
+        ckpt.save_latest(step, runner.host(state).saveable(), meta())
       if step >= total or (interrupt_at is not None and step >= interrupt_at):
         break
     if interrupt_at is not None and step >= interrupt_at and step < total:
-      ckpt.save_latest(step, jax.device_get(state.saveable()), meta())
+      ckpt.save_latest(step, runner.host(state).saveable(), meta())
       ckpt.close()
       logger.close()
       raise KeyboardInterrupt(f"interrupted after step {step} (config.train.interrupt_after_steps)")
@@ -209,16 +301,16 @@ def train_fold(runner: FoldRunner, fold, fold_index: int, workdir: str) -> dict:
       validate()
     if step >= total:
       done = True
-    ckpt.save_latest(step, jax.device_get(state.saveable()), meta())
+    ckpt.save_latest(step, runner.host(state).saveable(), meta())
   if bar is not None:
     bar.close()
 
   final_state, best_step = state, step
-  best = ckpt.restore_best(jax.device_get(state.saveable()))
+  best = ckpt.restore_best(target)
   if best is not None:
-    final_state = steps.replicate(steps.TrainState.from_saved(best[0]), mesh)
+    final_state = runner.train_fn.put_state(steps.TrainState.from_saved(best[0]))
     best_step = int(best[1]["step"])
-  result = evaluate(runner.eval_fn, final_state, ds, fold.test, t.eval_batch_size, mesh,
+  result = evaluate(runner.eval_fn, final_state, ds, fold.test, t.eval_batch_size,
                     c.model.num_classes)
   result.update(best_step=best_step, best_val_ua=best_val_ua, sizes=fold.sizes(), steps=step)
   logger.scalars(step, {"wa": result["wa"], "ua": result["ua"], "f1": result["f1"]}, "test")
@@ -234,44 +326,71 @@ def _progress(enabled: bool, total: int, initial: int, desc: str):
   return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
 
 
+def _load_dataset(config, workdir: str) -> datasets.Dataset:
+  """Loads the data set; with several processes, process 0 first (it may generate the synthetic
+  corpus, fill the audio cache and build the vocabulary), then the others read the same."""
+  if jax.process_count() == 1:
+    return datasets.load_dataset(config, workdir)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  ds = datasets.load_dataset(config, workdir) if _is_primary() else None
+  multihost_utils.sync_global_devices("mbaf_jax:dataset_ready")
+  return ds if ds is not None else datasets.load_dataset(config, workdir)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Runs the experiment of ``config`` in ``workdir`` (resuming what is there).
 
+  Joins a multi-host run first when the environment asks for one
+  (``distributed.initialize_multihost``).
+
   Returns:
-    The metrics dict also written to ``workdir/metrics.json``.
+    The metrics dict also written to ``workdir/metrics.json`` (by process 0).
   """
-  prepare_workdir(workdir, config)
+  try:
+    setup = dist.initialize_multihost(config)
+  except ValueError as e:
+    raise UserError(f"multi-host settings: {e}") from e
+  primary = setup.process_index == 0
+  prepare_workdir(workdir, config, write=primary)
   kinds = [k.strip() for k in config.fusions.split(",") if k.strip()]
   if not kinds:
     raise UserError("config.fusions is empty; expected e.g. 'dmf' or 'dmf,naive'.")
-  mesh = steps.make_mesh(config.train.num_devices)
-  ds = datasets.load_dataset(config, workdir)
-  if ds.summary is not None and getattr(ds.summary, "total_skipped", 0):
+  parallelism, devices = layout(config)
+  ds = _load_dataset(config, workdir)
+  if primary and ds.summary is not None and getattr(ds.summary, "total_skipped", 0):
     print(ds.summary.format(), flush=True)
-  print(f"{config.name}: {len(ds.labels)} examples, {len(ds.folds)} fold(s), fusions {kinds}, "
-        f"{mesh.devices.size} device(s)", flush=True)
-  results = {"name": config.name, "class_names": list(ds.class_names), "devices":
-             int(mesh.devices.size), "fusions": {}}
+  if primary:
+    print(f"{config.name}: {len(ds.labels)} examples, {len(ds.folds)} fold(s), fusions {kinds}, "
+          f"{len(devices)} device(s) ({parallelism}, {setup.process_count} process(es))",
+          flush=True)
+  results = {"name": config.name, "class_names": list(ds.class_names),
+             "devices": len(devices), "parallelism": parallelism,
+             "processes": setup.process_count, "fusions": {}}
+  write = metrics_lib.write_json if primary else (lambda *a: None)
   for kind in kinds:
-    runner = FoldRunner(config, kind, ds, mesh)
+    runner = FoldRunner(config, kind, ds, parallelism, devices)
     folds = {}
     for i, fold in enumerate(ds.folds):
       folds[fold.name] = train_fold(runner, fold, i, workdir)
-      metrics_lib.plot_confusion(folds[fold.name]["confusion"], ds.class_names,
-                                 os.path.join(workdir, f"confusion_{kind}_{fold.name}.png"),
-                                 f"{kind} {fold.name}")
       f = folds[fold.name]
-      print(f"[{kind}/{fold.name}] test WA {100 * f['wa']:.2f} UA {100 * f['ua']:.2f} "
-            f"F1 {f['f1']:.3f} (best step {f['best_step']})", flush=True)
+      if primary:
+        metrics_lib.plot_confusion(f["confusion"], ds.class_names,
+                                   os.path.join(workdir, f"confusion_{kind}_{fold.name}.png"),
+                                   f"{kind} {fold.name}")
+        print(f"[{kind}/{fold.name}] test WA {100 * f['wa']:.2f} UA {100 * f['ua']:.2f} "
+              f"F1 {f['f1']:.3f} (best step {f['best_step']})", flush=True)
     summary = metrics_lib.summarize_folds(list(folds.values()))
-    metrics_lib.plot_confusion(summary["confusion_normalized"], ds.class_names,
-                               os.path.join(workdir, f"confusion_{kind}_mean.png"),
-                               f"{kind} mean over {len(folds)} fold(s)")
+    if primary:
+      metrics_lib.plot_confusion(summary["confusion_normalized"], ds.class_names,
+                                 os.path.join(workdir, f"confusion_{kind}_mean.png"),
+                                 f"{kind} mean over {len(folds)} fold(s)")
     results["fusions"][kind] = {"folds": folds, "summary": summary,
-                                "train_traces": runner.train_fn.traces}
-    metrics_lib.write_json(os.path.join(workdir, "metrics.json"), results)
+                                "train_traces": runner.train_fn.traces,
+                                "eval_traces": runner.eval_fn.traces}
+    write(os.path.join(workdir, "metrics.json"), results)
   table = metrics_lib.format_table({k: v["summary"] for k, v in results["fusions"].items()})
   results["table"] = table
-  metrics_lib.write_json(os.path.join(workdir, "metrics.json"), results)
-  print(table, flush=True)
+  write(os.path.join(workdir, "metrics.json"), results)
+  if primary:
+    print(table, flush=True)
   return results
