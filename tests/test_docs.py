@@ -29,11 +29,29 @@ def _read(path):
 
 
 def _code_spans(text):
-  """Inline code spans and the lines of fenced code blocks."""
+  """Inline code spans and the commands of fenced code blocks (continued lines joined)."""
   spans = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
   for block in re.findall(r"```[^\n]*\n(.*?)```", text, flags=re.S):
-    spans += block.splitlines()
+    spans += re.sub(r"\\\n\s*", " ", block).splitlines()
   return spans
+
+
+def config_overrides(text):
+  """``(config spec, dotted field)`` for every ``--config.a.b=value`` on a command line that
+  also names ``--config=configs/x.py[:variant]``."""
+  out = set()
+  for span in _code_spans(text):
+    m = re.search(r"--config=(configs/\w+\.py)(?::([\w=,.-]+))?", span)
+    if m:
+      spec = m.group(1) + (f":{m.group(2)}" if m.group(2) else "")
+      out.update((spec, key) for key in re.findall(r"--config\.([\w.]+)=", span))
+  return out
+
+
+def experiment_tables(text):
+  """Table names of ``python -m train.experiments <table>`` commands."""
+  return {t for span in _code_spans(text)
+          for t in re.findall(r"python3? -m train\.experiments (\w+)", span)}
 
 
 def python_commands(text):
@@ -120,16 +138,22 @@ def test_parsers_on_a_sample():
           "```bash\npython scripts/draw_architecture.py --out x\n```\n"
           "see [figure](figures/dmf.png) and `train/steps.py`, `<workdir>/table.md`,\n"
           "`configs/common.py`, `configs/cebs.py:F-VI,nf`, a train/val/test split.\n"
+          "```\npython -m train.main --config=configs/cebs.py:F-V \\\n"
+          "  --config.data.data_dir=/d --workdir=w\npython -m train.experiments mbaf_table2\n```\n"
           "| a | fusion.mbaf:TABLE3_LAYOUT, mbaf_parameter_count; benchmarks/x.py |\n"
           "| b | `fusion.mbaf:MBAF.__call__` with `read=\"cross\"` | train.steps (CE + aux) |\n")
-  assert python_commands(text) == ({"train.main"}, {"scripts/draw_architecture.py"})
+  assert python_commands(text) == ({"train.main", "train.experiments"},
+                                   {"scripts/draw_architecture.py"})
+  assert config_overrides(text) == {("configs/cebs.py:F-V", "data.data_dir")}
+  assert experiment_tables(text) == {"mbaf_table2"}
   assert config_specs(text) == {("configs/iemocap.py", "demo,smoke"),
-                                ("configs/cebs.py", "F-VI,nf")}
+                                ("configs/cebs.py", "F-VI,nf"), ("configs/cebs.py", "F-V")}
   assert file_paths(text) == {("root", "train/steps.py"), ("doc", "figures/dmf.png"),
                               ("root", "configs/iemocap.py"), ("root", "configs/common.py"),
                               ("root", "configs/cebs.py"), ("root", "benchmarks/x.py"),
                               ("root", "scripts/draw_architecture.py")}
-  assert paper_note_refs(text) == [("train.main", []),
+  assert paper_note_refs(text) == [("train.main", []), ("train.main", []),
+                                   ("train.experiments", []),
                                    ("fusion.mbaf", ["TABLE3_LAYOUT", "mbaf_parameter_count"]),
                                    ("fusion.mbaf", ["MBAF.__call__"]), ("train.steps", [])]
 
@@ -162,6 +186,26 @@ def test_config_variants_exist(doc):
       arch.load_config(f"{path}:{variant}" if variant else path)
     except Exception as e:  # pylint: disable=broad-except
       pytest.fail(f"{doc}: {path}:{variant}: get_config({variant!r}) fails: {e}")
+
+
+@pytest.mark.parametrize("doc", DOC_FILES, ids=os.path.basename)
+def test_config_overrides_name_existing_fields(doc):
+  for spec, key in config_overrides(_read(doc)):
+    node = arch.load_config(spec)
+    for part in key.split("."):
+      if part not in node:
+        pytest.fail(f"{os.path.basename(doc)}: --config.{key}: {spec} has no field {part!r}")
+      node = node[part]
+
+
+@pytest.mark.parametrize("doc", DOC_FILES, ids=os.path.basename)
+def test_experiment_tables_exist(doc):
+  tables = experiment_tables(_read(doc))
+  if not tables:
+    return
+  from train import experiments  # pylint: disable=g-import-not-at-top
+  known = set(experiments.ALL_NAMES) | set(experiments.ALIASES)
+  assert tables <= known, f"{doc}: unknown tables {sorted(tables - known)}; known: {sorted(known)}"
 
 
 @pytest.mark.parametrize("doc", DOC_FILES, ids=os.path.basename)
