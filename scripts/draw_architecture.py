@@ -2,26 +2,27 @@ r"""Block diagrams of the full models, generated from the code's own module tree
 
 The models are built exactly as the training pipeline builds them
 (``mbaf_jax.models.factory.build_model(config.model, fusion_kind, ...)`` with a config of
-``configs/``), then traced abstractly with ``jax.eval_shape`` (nothing is computed, so base-size
-encoders take seconds on a CPU):
+``configs/``) and traced abstractly, so base-size encoders take seconds on a CPU:
 
-* ``model.init`` gives the parameter tree (parameter counts per module) and the ``'memory'``
-  collection (the memory slots);
-* ``model.apply(..., train=True, mutable=["memory", "batch_stats"])`` — one training step's
-  forward pass — runs under ``flax.linen.intercept_methods``, which records every module call
-  in call order: its path in the tree, its class, the arrays it received and the arrays it returned.
+* ``jax.eval_shape(model.init)`` gives the parameter tree (parameter counts per module) and the
+  ``'memory'`` collection (the memory slots);
+* ``jax.make_jaxpr`` of ``model.apply(..., train=True, mutable=["memory", "batch_stats"])`` — one
+  training step's forward pass — runs under ``flax.linen.intercept_methods``, which records every
+  module call (path in the tree, class, input and output shapes) and wraps it in a
+  ``jax.named_scope``, so every equation of the jaxpr knows which module computed it.
 
-Boxes are modules (name, class, output shapes with B = batch, parameter count); an arrow A → B
-is drawn where an array that A returned is passed, unchanged, to B (data flow found by array
-identity). A dashed arrow means B's input was computed in between from the panel's inputs (e.g.
-masked) and no sibling produced it. The upper panel is the model's top level; the lower panel
-opens the ``fusion`` module one level down, with its memory: a "read" arrow goes to every module
-that receives an array of a memory slot's shape, a "write" arrow from every module that returns
-one (write-then-carry: the new memory is stored, without gradient, for the next step).
+Boxes are modules (name, class, output shapes with B = batch, parameter count). Arrows are the
+data flow read off the jaxpr (:func:`data_flow`): A → B when a value computed in A reaches an
+input of B, solid when it is passed on unchanged, dashed when other operations (masking, a sum)
+come in between. The upper panel is the model's top level; the lower panel opens the ``fusion``
+module one level down (when it has submodules). Green arrows are the ``'memory'`` collection:
+"read" into the modules that use the memory of the previous step, "write (train)" out of the
+modules whose results become the new memory (write-then-carry: stored without gradient for the
+next step). The batch mask reaches every module that needs it and is not drawn.
 
   python scripts/draw_architecture.py        # docs/figures/{dmf,mbaf_iemocap,mbaf_cebs}.png
   python scripts/draw_architecture.py --out /tmp/figs --only dmf
-  python -m scripts.draw_architecture --print          # also print the module paths of each figure
+  python scripts/draw_architecture.py --print         # also print every module path
 """
 import argparse
 import dataclasses
@@ -112,7 +113,7 @@ def _key_names(path) -> list:
 
 
 def trace_model(config_spec: str, name: str = "", caption: str = "") -> Trace:
-  """Builds the model of ``config_spec`` as the trainer does and records its module calls.
+  """Builds the model of ``config_spec`` as the trainer does and traces it (:func:`trace_module`).
 
   Args:
     config_spec: ``configs/x.py[:variant]``; the first kind of ``config.fusions`` is used.
@@ -121,9 +122,6 @@ def trace_model(config_spec: str, name: str = "", caption: str = "") -> Trace:
   Returns:
     A :class:`Trace`.
   """
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   from mbaf_jax.models import factory  # pylint: disable=g-import-not-at-top
 
   c = load_config(config_spec)
@@ -132,7 +130,29 @@ def trace_model(config_spec: str, name: str = "", caption: str = "") -> Trace:
     warnings.simplefilter("ignore")  # e.g. "no GloVe file: random embeddings"
     model, _ = factory.build_model(c.model, kind, vocab_size=VOCAB,
                                    max_tokens=int(c.data.max_tokens))
-    batch = factory.dummy_batch(c, BATCH)
+  o = c.optim
+  memory_lr = o.memory_learning_rate if o.name == "sgd" else o.learning_rate  # as make_optimizer
+  optim = f"{o.name}, lr {o.learning_rate:g} (network) / {memory_lr:g} (fusion)"
+  return trace_module(model, factory.dummy_batch(c, BATCH), name, caption, optim)
+
+
+def trace_module(model, batch: dict, name: str = "", caption: str = "", optim: str = "") -> Trace:
+  """Traces ``model.apply(variables, batch, mask=..., train=True)`` abstractly.
+
+  Args:
+    model: a linen module called as the full models are (``batch`` dict, ``mask``, ``train``).
+    batch: inputs with a leading batch dimension :data:`BATCH` (arrays or shape structs).
+    name, caption, optim: figure name, title and optimiser description.
+
+  Returns:
+    A :class:`Trace`.
+  """
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
     mask = np.ones((BATCH,), bool)
     key = jax.random.key(0)
     rngs = {"params": key, "memory": key, "dropout": key, "gumbel": key}
@@ -190,9 +210,6 @@ def trace_model(config_spec: str, name: str = "", caption: str = "") -> Trace:
     memory.setdefault(p[:-1], {})[p[-1]] = tuple(leaf.shape)
   shapes = {k: _shape(v) if not isinstance(v, tuple) else [_shape(x) for x in v]
             for k, v in batch.items()}
-  o = c.optim
-  memory_lr = o.memory_learning_rate if o.name == "sgd" else o.learning_rate  # as make_optimizer
-  optim = f"{o.name}, lr {o.learning_rate:g} (network) / {memory_lr:g} (fusion)"
   return Trace(name, caption, list(calls.values()), counts, own, memory, shapes, closed,
                invar_kind, outvar_kind, optim)
 

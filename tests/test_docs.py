@@ -258,6 +258,41 @@ def _edges(trace, parent):
   return {(s, d, style) for s, d, style, _ in edges}, {n["id"] for n in nodes}
 
 
+def test_data_flow_on_a_known_graph():
+  """A hand-made model whose graph is known: a → b unchanged (solid), c gets 2·x (dashed), the
+  output b + c (dashed from both), and a module that writes a memory state."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  class Writer(nn.Module):
+    @nn.compact
+    def __call__(self, x, train):
+      mem = self.variable("memory", "m", jnp.zeros, (3, x.shape[-1]))
+      read = x @ mem.value.T  # reads the memory of the previous step
+      if train and not self.is_initializing():
+        mem.value = mem.value + jnp.mean(x)  # writes the new memory
+      return read
+
+  class Toy(nn.Module):
+    @nn.compact
+    def __call__(self, batch, mask=None, train=False):
+      x = batch["x"]
+      g = nn.Dense(4, name="b")(nn.Dense(4, name="a")(x))
+      k = nn.Dense(4, name="c")(x * 2.0)
+      r = Writer(name="w")(g, train)
+      return g + k, r
+
+  batch = {"x": np.zeros((arch.BATCH, 5), np.float32)}
+  trace = arch.trace_module(Toy(), batch, "toy", "toy")
+  assert arch.module_paths(trace) == ["", "a", "b", "c", "w"]
+  edges, nodes = _edges(trace, ())
+  assert nodes == {"in", "a", "b", "c", "w", "out", "memory"}
+  assert edges == {("in", "a", "solid"), ("a", "b", "solid"), ("in", "c", "dashed"),
+                   ("b", "w", "solid"), ("b", "out", "dashed"), ("c", "out", "dashed"),
+                   ("w", "out", "solid"), ("memory", "w", "memory"), ("w", "memory", "memory")}
+
+
 def test_draw_dmf_figure_matches_module_tree(tmp_path):
   trace = arch.trace_model("configs/iemocap.py:demo", "dmf", "DMF")
   png = str(tmp_path / "dmf.png")
