@@ -119,3 +119,35 @@ def test_interrupted_run_resumes_bit_identical(tmp_path):
   assert s1 == s2 == 5
   _assert_equal(a, b)
   assert out["fusions"]["dmf"]["folds"]["loso_s1"]["steps"] == 5
+
+
+def test_orbax_info_logs_are_silenced(tmp_path):
+  """Every FoldCheckpointer user (not only train.main) is spared orbax's per-save INFO lines;
+  other INFO logs and orbax warnings still pass."""
+  import logging
+  records = []
+
+  class _Keep(logging.Handler):
+    def emit(self, record):
+      records.append(record)
+
+  absl_logger = logging.getLogger("absl")
+  handler, old_level = _Keep(level=logging.DEBUG), absl_logger.level
+  absl_logger.addHandler(handler)
+  absl_logger.setLevel(logging.DEBUG)
+  try:
+    ck = checkpoints.FoldCheckpointer(str(tmp_path / "ck"), keep=1)
+    tree = {"w": np.arange(3, dtype=np.float32)}
+    ck.save_latest(1, tree, {"step": 1})
+    np.testing.assert_array_equal(ck.restore_latest(tree)[0]["w"], tree["w"])
+    ck.close()
+    absl_logger.info("a line of ours")
+    absl_logger.warning("an orbax-looking warning")
+  finally:
+    absl_logger.removeHandler(handler)
+    absl_logger.setLevel(old_level)
+  from_orbax = [r for r in records if "orbax" in f"{r.name} {r.pathname}"
+                and r.levelno < logging.WARNING]
+  assert from_orbax == []
+  assert [r.getMessage() for r in records if r.levelno < logging.WARNING] == ["a line of ours"]
+  assert any(r.getMessage() == "an orbax-looking warning" for r in records)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from typing import Any, Optional
 
 import jax
@@ -23,7 +24,20 @@ class _QuietOrbax(logging.Filter):
     if record.levelno >= logging.WARNING:
       return True
     where = f"{record.name} {record.pathname}".replace("\\", "/")
+    if "/absl/" in where:  # absl's logger class was not installed: find the real caller
+      where = _calling_file()
     return "orbax" not in where
+
+
+def _calling_file() -> str:
+  """The first stack frame outside the logging machinery and this module."""
+  frame = sys._getframe(1)  # pylint: disable=protected-access
+  while frame is not None:
+    name = frame.f_code.co_filename.replace("\\", "/")
+    if not ("/absl/" in name or "/logging/" in name or name == __file__):
+      return name
+    frame = frame.f_back
+  return ""
 
 
 _QUIET = _QuietOrbax()

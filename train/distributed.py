@@ -337,7 +337,8 @@ def unreplicate(tree):
 
 
 def shard_for_pmap(batch, num_devices: int):
-  """Reshapes each ``(B, ...)`` leaf to ``(num_devices, B / num_devices, ...)`` (contiguous blocks)."""
+  """Reshapes each ``(B, ...)`` leaf to ``(num_devices, B / num_devices, ...)`` (contiguous
+  blocks)."""
   def split(path, x):
     x = np.asarray(x) if not isinstance(x, jax.Array) else x
     _check_divisible(f"batch leaf {jax.tree_util.keystr(path)}", x.shape[0], num_devices,
