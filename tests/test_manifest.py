@@ -160,10 +160,24 @@ def test_configs():
     manifest_config.get_config("cebs")
 
 
+def test_mbaf_inputs(corpus, tmp_path):
+  """The MBAF variant gets raw waves (first 0.5 s, as decoded by soundfile) and token ids."""
+  base, rows = corpus
+  ds = manifest_data.load_manifest_dataset(
+      _config(_write_csv(os.path.join(base, "mb.csv"), rows), "mbaf,smoke"), str(tmp_path))
+  assert ds.inputs["waves"].shape == (len(rows), 8000)
+  for i in (0, 7):
+    wave, _ = sf.read(os.path.join(base, rows[i]["audio"]), dtype="float32")
+    n = min(wave.size, 8000)
+    assert ds.inputs["lengths"][i] == n
+    np.testing.assert_allclose(ds.inputs["waves"][i, :n], wave[:n], atol=1e-6)
+  assert ds.inputs["token_ids"].shape[0] == len(rows) and ds.vocab_size > 10
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["smoke", "mbaf,smoke"])
-def test_smoke_training_run(corpus, tmp_path, variant):
-  """train.main on a manifest, no code changes: metrics for the grouped fold."""
+def test_smoke_training_run(corpus, tmp_path, variant="mbaf,smoke"):
+  """train.main on a manifest, no code changes: metrics for the grouped fold (MBAF smoke: the
+  cheaper model; the DMF inputs are checked in test_csv_and_jsonl_load_the_corpus)."""
   from train import main as main_lib  # pylint: disable=g-import-not-at-top
   base, rows = corpus
   c = _config(_write_csv(os.path.join(base, "train.csv"), rows), variant, num_groups=2,

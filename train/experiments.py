@@ -664,6 +664,9 @@ def parse_args(argv):
                  help="config override applied to every run, e.g. --set train.epochs=4 "
                  "(repeatable)")
   p.add_argument("--iters", type=int, default=0, help="dmf_inference: timed calls")
+  p.add_argument("--compile_cache", default="",
+                 help="persistent XLA compilation cache shared by the runs (the seeds of a config "
+                 "compile the same programs); default <workdir>/jax_cache, 'none' = off")
   p.add_argument("--list", action="store_true", help="list the tables and their runs, then exit")
   args = p.parse_args(argv)
   args.argv = list(argv)
@@ -698,6 +701,18 @@ def _list_tables() -> str:
   return "\n".join(lines)
 
 
+def _enable_compile_cache(args) -> None:
+  """Turns on JAX's persistent compilation cache: every seed of a config (and every table that
+  shares a model) then compiles its train/eval steps once."""
+  if args.compile_cache == "none":
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  path = args.compile_cache or os.path.join(os.path.abspath(args.workdir), "jax_cache")
+  os.makedirs(path, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
@@ -706,6 +721,7 @@ def main(argv=None) -> int:
     return 0
   from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  _enable_compile_cache(args)
   from train import main as main_lib  # pylint: disable=g-import-not-at-top
   errors = main_lib._user_errors()  # pylint: disable=protected-access
   names = ALL_NAMES if args.table == "all" else (args.table,)
