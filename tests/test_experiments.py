@@ -13,6 +13,7 @@ from train.errors import UserError
 T_975_DF1 = 12.706204736174707  # Student t 0.975 quantiles (statistical tables)
 T_975_DF2 = 4.302652729220313
 T_975_DF4 = 2.7764451051977987
+NO_CACHE = "--compile_cache=none"  # the persistent cache is process-global: keep tests out of it
 
 
 def test_t_quantile_matches_tables():
@@ -82,7 +83,7 @@ def fake_trainer(monkeypatch):
 
 
 def test_resumable_and_table_values(fake_trainer, tmp_path):
-  argv = ["dmf_table1", "--synthetic", "--seeds=3", f"--workdir={tmp_path}"]
+  argv = ["dmf_table1", "--synthetic", "--seeds=3", f"--workdir={tmp_path}", NO_CACHE]
   assert experiments.main(argv) == 0
   assert len(fake_trainer) == 3  # one run (DMF + naive) per seed
   assert {c[2] for c in fake_trainer} == {str(tmp_path / "iemocap_both" / f"seed{s}")
@@ -116,7 +117,7 @@ def test_resumable_and_table_values(fake_trainer, tmp_path):
 
 
 def test_sweep_table_writes_plot_and_shares_runs(fake_trainer, tmp_path):
-  argv = ["mbaf_table4", "--synthetic", "--seeds=2", f"--workdir={tmp_path}"]
+  argv = ["mbaf_table4", "--synthetic", "--seeds=2", f"--workdir={tmp_path}", NO_CACHE]
   assert experiments.main(argv) == 0
   assert len(fake_trainer) == 2 * 7  # 6 memory sizes + NF-III
   assert (tmp_path / "mbaf_table4_memory_size.png").stat().st_size > 1000
@@ -125,7 +126,7 @@ def test_sweep_table_writes_plot_and_shares_runs(fake_trainer, tmp_path):
   assert s["cells"]["WA (%)|NF-III"]["paper"] == 80.51
   # Table 6 reuses the naive-read runs of Table 4: only the 6 cross-attention runs × 2 seeds.
   assert experiments.main(["mbaf_table6", "--synthetic", "--seeds=2",
-                           f"--workdir={tmp_path}"]) == 0
+                           f"--workdir={tmp_path}", NO_CACHE]) == 0
   assert len(fake_trainer) == 14 + 12
   s6 = json.loads((tmp_path / "mbaf_table6_read.json").read_text())
   assert s6["cells"]["UA-CA (%)|20"]["paper"] == 80.27
@@ -178,7 +179,7 @@ def test_command_line_errors(capsys):
 def test_real_tiny_table_end_to_end(tmp_path):
   """dmf_table1 on the synthetic corpus at smoke size (1 seed, 1 fold), through the trainer."""
   argv = ["dmf_table1", "--synthetic", "--size=smoke", "--seeds=1", "--folds=1",
-          "--set", "train.num_devices=1", f"--workdir={tmp_path}"]
+          "--set", "train.num_devices=1", f"--workdir={tmp_path}", NO_CACHE]
   assert experiments.main(argv) == 0
   s = json.loads((tmp_path / "dmf_table1.json").read_text())
   for key in ("DMF (memory fusion)|UA (%)", "naive fusion|UA (%)"):
