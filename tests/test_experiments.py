@@ -190,3 +190,31 @@ def test_real_tiny_table_end_to_end(tmp_path):
   mtime = (tmp_path / "iemocap_both" / "seed0" / "metrics.json").stat().st_mtime_ns
   assert experiments.main(argv) == 0  # rerun: read, not retrained
   assert (tmp_path / "iemocap_both" / "seed0" / "metrics.json").stat().st_mtime_ns == mtime
+
+
+def test_inference_table_math(monkeypatch, tmp_path):
+  """dmf_inference: the overhead and the files, with the timing itself faked (3 vs 2 ms)."""
+  from benchmarks import bench_train, common  # pylint: disable=g-import-not-at-top
+  from train import steps  # pylint: disable=g-import-not-at-top
+  built = []
+  monkeypatch.setattr(bench_train, "_batch", lambda c, b, seed=0: {"b": b})
+  monkeypatch.setattr(steps, "init_variables", lambda *a: {"params": {}})
+  monkeypatch.setattr(steps, "make_optimizer", lambda *a: None)
+  monkeypatch.setattr(steps, "create_state", lambda *a: None)
+  monkeypatch.setattr(steps, "make_eval_step", lambda apply: None)
+  monkeypatch.setattr(common, "measure",
+                      lambda name, *a, **k: {"median_ms": 3.0 if "dmf" in name else 2.0})
+
+  class Model:  # what _build returns is only used for .apply
+    apply = None
+  monkeypatch.setattr(bench_train, "_build", lambda c, kind, dtype: built.append(kind) or Model())
+  assert experiments.main(["dmf_inference", "--synthetic", f"--workdir={tmp_path}",
+                           NO_CACHE]) == 0
+  assert built == ["dmf", "naive"]
+  s = json.loads((tmp_path / "dmf_inference.json").read_text())
+  assert s["ms_per_sample"] == {"dmf": 3.0, "naive": 2.0}
+  assert s["overhead_frac"] == pytest.approx(0.5)
+  assert s["paper_overhead_frac"] == pytest.approx(28 / 63)
+  assert (s["encoders"], s["slots"]) == ("tiny/tiny", 16)
+  md = (tmp_path / "dmf_inference.md").read_text()
+  assert "| paper | 91 | 63 | 44.4 % |" in md and "| ours | 3.00 | 2.00 | 50.0 % |" in md
