@@ -13,6 +13,7 @@ VARIANTS = {
     "iemocap_naive": [None, "demo", "smoke"],
     "iemocap_mbaf": [None, "I", "II", "III", "nf", "II,nf", "both", "demo", "smoke", "I,smoke"],
     "cebs": [None, "F-IV", "F-V", "F-VI", "F-VI,nf", "both", "demo", "smoke"],
+    "manifest": [None, "naive", "mbaf", "mbaf,naive", "both", "smoke", "mbaf,smoke"],
     "ablations": [None, "slots=10", "slots=100", "cross,slots=20", "single=0", "single=1",
                   "dmf_slots=60", "smoke", "cross,smoke"],
 }

@@ -121,6 +121,29 @@ def test_mbaf_iemocap_trains_end_to_end(iemocap_dir, tmp_path, arg, fusions):
     assert probs.shape == (3, 4) and np.allclose(probs.sum(-1), 1.0, atol=1e-5)
     inputs = p._prepare(waves, texts)  # pylint: disable=protected-access
     p = _check_memory(c, "mbaf", workdir, inputs)
+    _check_mbaf_cli(workdir, tmp_path, waves, texts, probs)
+
+
+def _check_mbaf_cli(workdir, tmp_path, waves, texts, probs):
+  """``python -m train.predict --wav/--text`` and ``--manifest`` agree with the API."""
+  import soundfile as sf
+  paths = []
+  for i, w in enumerate(waves):
+    paths.append(str(tmp_path / f"u{i}.wav"))
+    sf.write(paths[-1], w, 16000, subtype="FLOAT")
+  rc = predict.run(["--workdir", workdir, "--fusion", "mbaf", "--wav", paths[0], "--text",
+                    texts[0]])
+  assert rc == 0
+  out = tmp_path / "probs.csv"
+  with open(tmp_path / "m.csv", "w") as f:
+    f.write("wav,text\n" + "".join(f"{p},{t}\n" for p, t in zip(paths, texts)))
+  assert predict.run(["--workdir", workdir, "--fusion", "mbaf", "--manifest",
+                      str(tmp_path / "m.csv"), "--output", str(out)]) == 0
+  import csv
+  rows = list(csv.DictReader(open(out)))
+  got = np.array([[float(r[f"p_{c}"]) for c in ("ang", "hap", "neu", "sad")] for r in rows])
+  np.testing.assert_allclose(got, probs, atol=2e-5)
+  assert predict.run(["--workdir", workdir, "--npy", paths[0]]) == 2  # --npy is CEBS only
 
 
 def _cebs_config(arg, data_dir, fusions):
@@ -147,6 +170,22 @@ def test_cebs_f4_trains_end_to_end(cebs_dir, tmp_path):
   probs = p(ecg, resp)
   assert probs.shape == (3, 3) and np.allclose(probs.sum(-1), 1.0, atol=1e-5)
   np.testing.assert_allclose(p(ecg[1], resp[1])[0], probs[1], rtol=1e-5, atol=1e-6)
+  with pytest.raises(predict.PredictError, match=r"RESP input must have shape \(N, 6, 1000\)"):
+    p(ecg, resp[:, :, :10])
+  with pytest.raises(predict.PredictError, match="takes 2 arrays"):
+    p(ecg)
+  # CLI: one .npy per mode; audio inputs are refused with a pointer to --npy.
+  np.save(tmp_path / "ecg.npy", ecg)
+  np.save(tmp_path / "resp.npy", resp)
+  out = tmp_path / "probs.csv"
+  assert predict.run(["--workdir", workdir, "--fusion", "mbaf", "--checkpoint", "latest",
+                      "--npy", str(tmp_path / "ecg.npy"), str(tmp_path / "resp.npy"),
+                      "--output", str(out)]) == 0
+  import csv
+  rows = list(csv.DictReader(open(out)))
+  got = np.array([[float(r[f"p_{k}"]) for k in ("basal", "music", "post-music")] for r in rows])
+  np.testing.assert_allclose(got, probs, atol=2e-6)
+  assert predict.run(["--workdir", workdir, "--wav", "a.wav", "--text", "x"]) == 2
 
 
 def test_synthetic_cebs_loads_with_its_own_record_length(cebs_dir, tmp_path):

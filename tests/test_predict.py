@@ -211,3 +211,46 @@ def test_cli_single_wav_and_manifest(trained, tmp_path, capsys):
   junk.write_bytes(b"RIFF")
   assert predict.run(["--workdir", workdir, "--wav", str(junk), "--text", "x"]) == 2
   assert "junk.wav" in capsys.readouterr().err
+
+
+def test_word_vocab_round_trip_and_errors(tmp_path):
+  """The MBAF text vocabulary training saves (train.datasets) is what inference reads."""
+  from train import datasets
+  from train.errors import UserError
+  vocab = {"<pad>": 0, "<unk>": 1, "happy": 2, "été": 3}
+  path = datasets.save_word_vocab(vocab, str(tmp_path))
+  assert path == str(tmp_path / "vocab.json")
+  assert datasets.load_word_vocab(str(tmp_path)) == vocab
+  with pytest.raises(UserError, match=r"vocab.json is missing.*rerun training"):
+    datasets.load_word_vocab(str(tmp_path / "nope"))
+  (tmp_path / "vocab.json").write_text("[1, 2]")
+  with pytest.raises(UserError, match="not a word → id map"):
+    datasets.load_word_vocab(str(tmp_path))
+  (tmp_path / "vocab.json").write_text("{oops")
+  with pytest.raises(UserError, match="not a readable word vocabulary"):
+    datasets.load_word_vocab(str(tmp_path))
+
+
+def test_audio_text_inputs_mbaf_saves_the_vocab_it_encodes_with(tmp_path):
+  from configs import iemocap_mbaf
+  from mbaf_jax.encoders import text_cnn_rnn
+  from train import datasets
+  c = iemocap_mbaf.get_config("smoke")
+  texts = ["Hello there, hello!", "I'm fine", ""]
+  waves = np.ones((3, 20000), np.float32)
+  inputs, vocab_size = datasets.audio_text_inputs(c, str(tmp_path), waves,
+                                                  np.array([20000, 500, 0]), texts)
+  vocab = datasets.load_word_vocab(str(tmp_path))
+  assert vocab_size == len(vocab) == 2 + 6  # <pad>, <unk>, hello there , ! i'm fine
+  ids, mask = text_cnn_rnn.encode_texts(texts, vocab, max_tokens=c.data.max_tokens)
+  np.testing.assert_array_equal(inputs["token_ids"], ids)
+  np.testing.assert_array_equal(inputs["text_mask"], mask)
+  assert inputs["token_ids"][0, 0] == vocab["hello"] == inputs["token_ids"][0, 3]
+  assert inputs["waves"].shape == (3, 16000)  # smoke: max_seconds 1.0 at 16 kHz
+  np.testing.assert_array_equal(inputs["lengths"], [16000, 500, 0])
+
+
+def test_cli_npy_needs_a_cebs_workdir_message(tmp_path, capsys):
+  w = _fake_workdir(tmp_path)
+  assert predict.run(["--workdir", str(w), "--npy", "a.npy", "--wav", "b.wav"]) == 2
+  assert "give exactly one input" in capsys.readouterr().err
