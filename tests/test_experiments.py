@@ -218,3 +218,20 @@ def test_inference_table_math(monkeypatch, tmp_path):
   assert (s["encoders"], s["slots"]) == ("tiny/tiny", 16)
   md = (tmp_path / "dmf_inference.md").read_text()
   assert "| paper | 91 | 63 | 44.4 % |" in md and "| ours | 3.00 | 2.00 | 50.0 % |" in md
+
+
+def test_finished_run_of_another_config_is_refused(fake_trainer, tmp_path):
+  """A finished run whose stored config.json differs (here: another --set) is not silently read."""
+  argv = ["dmf_table1", "--synthetic", "--seeds=1", f"--workdir={tmp_path}", NO_CACHE]
+  assert experiments.main(argv) == 0
+  run_dir = tmp_path / "iemocap_both" / "seed0"
+  c = experiments.build_config(experiments.RunSpec("iemocap", "both"), 0, True, "demo", "",
+                               str(tmp_path))
+  (run_dir / "config.json").write_text(json.dumps({"config": json.loads(c.to_json_best_effort())}))
+  assert experiments.main(argv) == 0 and len(fake_trainer) == 1  # same config: read
+  assert experiments.main(argv + ["--set", "train.epochs=3"]) == 2  # refused (user error)
+  assert experiments.main(argv + ["--set", "train.epochs=3", "--reuse_existing"]) == 0
+  assert len(fake_trainer) == 1
+  assert experiments.config_differences(str(run_dir), c) == []
+  c.train.epochs = 3
+  assert experiments.config_differences(str(run_dir), c) == ["train.epochs"]

@@ -393,6 +393,30 @@ def run_is_complete(run_dir: str, config) -> bool:
   return "table" in m and all(k in m.get("fusions", {}) for k in kinds)
 
 
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def config_differences(run_dir: str, config) -> list:
+  """Fields in which ``config`` differs from the one stored in ``run_dir/config.json`` (by the
+  trainer); [] when equal or when nothing readable is stored."""
+  try:
+    with open(os.path.join(run_dir, "config.json")) as f:
+      stored = json.load(f).get("config")
+  except (OSError, ValueError, AttributeError):
+    return []
+  if not isinstance(stored, dict):
+    return []
+  a, b = _flatten(stored), _flatten(json.loads(config.to_json_best_effort()))
+  return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
 def _trainer() -> Callable:
   from train import trainer  # pylint: disable=g-import-not-at-top
   return trainer.train_and_evaluate
@@ -413,6 +437,12 @@ def run_all(specs: Sequence[RunSpec], seeds: Sequence[int], args, log=print) -> 
       config = build_config(spec, seed, args.synthetic, args.size, args.data_dir, args.workdir,
                             args.folds, args.set)
       if run_is_complete(run_dir, config):
+        diff = config_differences(run_dir, config)
+        if diff and not args.reuse_existing:
+          raise UserError(f"{run_dir} holds a finished run of a different config (fields "
+                          f"{diff[:8]}{' …' if len(diff) > 8 else ''} differ, e.g. another --folds, "
+                          "--set or size). Use a fresh --workdir, or --reuse_existing to read it "
+                          "anyway.")
         with open(os.path.join(run_dir, "metrics.json")) as f:
           out[(spec.key, seed)] = json.load(f)
         log(f"[{done}/{total}] {spec.key} seed {seed}: finished earlier, read {run_dir}")
@@ -667,6 +697,8 @@ def parse_args(argv):
   p.add_argument("--compile_cache", default="",
                  help="persistent XLA compilation cache shared by the runs (the seeds of a config "
                  "compile the same programs); default <workdir>/jax_cache, 'none' = off")
+  p.add_argument("--reuse_existing", action="store_true",
+                 help="read finished runs even when their stored config differs from this one")
   p.add_argument("--list", action="store_true", help="list the tables and their runs, then exit")
   args = p.parse_args(argv)
   args.argv = list(argv)
