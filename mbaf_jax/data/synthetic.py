@@ -355,8 +355,10 @@ def main(argv=None) -> int:
   p.add_argument("dataset", choices=("iemocap", "cebs"), help="which data set's format to write")
   p.add_argument("--out", required=True, help="output directory (created)")
   p.add_argument("--size", default=None,
-                 help="iemocap: tiny|demo|small|<int 4-class utterances per session> (default small); "
-                      "cebs: passed to write_cebs")
+                 help="iemocap: tiny|demo|small (16|64|200 4-class utterances per session) or an "
+                      "int >= 8 of them (default small); cebs: tiny|demo|small|full (6|24|60|300 s "
+                      "per basal / post-music record, music records twice as long) or an int "
+                      "number of seconds in [2, 3600] (default small)")
   p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
   p.add_argument("--seconds", default=None,
                  help="iemocap: min,max clip seconds (default 0.5,1.5)")
