@@ -135,7 +135,9 @@ def test_trainer_two_processes_equal_one_process(tmp_path):
   flags = ["--config=configs/iemocap.py:smoke", f"--workdir={workdir}", "--config.fusions=dmf",
            "--config.data.max_folds=1", f"--config.data.data_dir={data}",
            "--config.train.max_steps=3", "--config.train.batch_size=8",
-           "--config.train.eval_batch_size=16", "--config.train.parallelism=jit"]
+           "--config.train.eval_batch_size=16", "--config.train.parallelism=jit",
+           "--config.optim.name=sgd", "--config.optim.learning_rate=0.01",
+           "--config.optim.memory_learning_rate=0.001"]  # = td.smoke_config (dropout on)
   procs, logs = [], []
   try:
     for i in range(NUM_PROCESSES):

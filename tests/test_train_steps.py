@@ -220,8 +220,13 @@ def test_pmap_train_step_equals_one_device(fusion):
     m_got = ps.get_metrics(m_got)
     for name in ("loss", "ce", "aux", "correct", "count"):
       np.testing.assert_allclose(m_got[name], m_want[name], rtol=1e-5, atol=1e-6, err_msg=name)
-  assert ps.traces == 1
   host = ps.get_state(got)
+  again = ps.put_state(init)  # same seed, same batches: bit-identical, no new compilation
+  for i, real in enumerate((B, 3, B)):
+    again, _ = ps(again, ps.put_batch(_batch(50 + i, real)), key)
+  for x, y in zip(jax.tree.leaves(ps.get_state(again)), jax.tree.leaves(host)):
+    np.testing.assert_array_equal(x, y)
+  assert ps.traces == 1
   moved = [float(np.abs(np.asarray(a) - b).max()) for a, b in
            zip(jax.tree.leaves(want.params), jax.tree.leaves(init.params))]
   assert max(moved) > 1e-4
