@@ -115,19 +115,20 @@ def _sa(p, x):
   return x * e / e.sum(-1, keepdims=True)
 
 
-@pytest.mark.parametrize("placement", ["I", "II", "III"])
+@pytest.mark.parametrize("placement", [pytest.param("I", marks=pytest.mark.slow),
+                                       pytest.param("II", marks=pytest.mark.slow), "III"])
 def test_mbaf_iemocap_naive_is_encoders_attention_concat_head(placement):
   from mbaf_jax.fusion.mbaf_blocks import FusionBlock
   from mbaf_jax.models.mbaf_iemocap import MBAFIemocapModel
   model = MBAFIemocapModel(FusionBlock(placement=placement, fusion="naive"), _AUDIO, _TEXT,
                            head_features=(7,), head_dropout=0.0)
   batch, mask = _mbaf_batch(), np.array([1, 1, 0], bool)
-  v = model.init(jax.random.key(0), batch, mask=mask)
+  v = jax.jit(model.init)(jax.random.key(0), batch, mask=mask)
   p = v["params"]
-  a = np.asarray(encoders.SincNetAudioEncoder(**_AUDIO).apply(
+  a = np.asarray(jax.jit(encoders.SincNetAudioEncoder(**_AUDIO).apply)(
       {"params": p["audio"]}, batch["waves"], batch["lengths"]))
-  t = encoders.CnnRnnTextEncoder(**_TEXT).apply({"params": p["text"]}, batch["token_ids"],
-                                                batch["text_mask"])
+  t = jax.jit(encoders.CnnRnnTextEncoder(**_TEXT).apply)(
+      {"params": p["text"]}, batch["token_ids"], batch["text_mask"])
   t = np.asarray(getattr(t, "pooled", t))
   f = p.get("fusion", {})  # NF-I has no parameters in the block
   if placement == "III":
@@ -137,7 +138,7 @@ def test_mbaf_iemocap_naive_is_encoders_attention_concat_head(placement):
     fused = _sa(f["attention"], fused)
   fused = fused * mask[:, None]
   ref = ClassifierHead((7,), 4).apply({"params": p["head"]}, fused)
-  out = model.apply(v, batch, mask=mask)
+  out = jax.jit(model.apply)(v, batch, mask=mask)
   np.testing.assert_allclose(out.log_probs, ref, rtol=2e-5, atol=2e-5)
   # Table 3's deltas: one d×d Dense (+ bias) per self-attention.
   sa = {k: sum(x.size for x in jax.tree.leaves(f[k])) for k in f}
@@ -150,13 +151,13 @@ def test_mbaf_iemocap_memory_written_in_training_only():
   model, _ = factory.build_model(c.model, "mbaf", vocab_size=30, max_tokens=c.data.max_tokens)
   batch = {k: v[:4] for k, v in factory.dummy_batch(c, 4).items()}
   batch["waves"] = np.random.default_rng(0).normal(size=batch["waves"].shape).astype(np.float32)
-  v = model.init({"params": jax.random.key(0), "memory": jax.random.key(1)}, batch)
+  v = jax.jit(model.init)({"params": jax.random.key(0), "memory": jax.random.key(1)}, batch)
   mem = v["memory"]["fusion"]["fusion"]["memory"]
   assert mem.shape == (c.model.fusion.mbaf.slots, 32 + 32)
-  _, ev = model.apply(v, batch, train=False, mutable=["memory"])
+  apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
+  _, ev = apply(v, batch, train=False, mutable=("memory",))
   np.testing.assert_array_equal(ev["memory"]["fusion"]["fusion"]["memory"], mem)
-  _, tr = model.apply(v, batch, train=True, mutable=["memory"],
-                      rngs={"dropout": jax.random.key(2)})
+  _, tr = apply(v, batch, train=True, mutable=("memory",), rngs={"dropout": jax.random.key(2)})
   assert not np.allclose(tr["memory"]["fusion"]["fusion"]["memory"], mem)
 
 
