@@ -235,3 +235,36 @@ def test_finished_run_of_another_config_is_refused(fake_trainer, tmp_path):
   assert experiments.config_differences(str(run_dir), c) == []
   c.train.epochs = 3
   assert experiments.config_differences(str(run_dir), c) == ["train.epochs"]
+
+
+def test_diverged_run_is_recorded_and_excluded(monkeypatch, tmp_path):
+  """A run that stops on a non-finite loss is recorded (failed.json), excluded from its cells and
+  pairs, not retried on rerun unless --retry_failed."""
+  from train.errors import NonFiniteLossError  # pylint: disable=g-import-not-at-top
+  calls = []
+
+  def train(config, workdir):
+    calls.append((config.name, config.seed))
+    if config.seed == 1 and config.data.mode_pair == "F-V":
+      raise NonFiniteLossError("the training loss became NaN/inf at step 7")
+    os.makedirs(workdir, exist_ok=True)
+    m = _fake_metrics(config)
+    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+      json.dump(m, f)
+    return m
+
+  monkeypatch.setattr(experiments, "_trainer", lambda: train)
+  argv = ["mbaf_table2", "--synthetic", "--seeds=3", f"--workdir={tmp_path}", NO_CACHE]
+  assert experiments.main(argv) == 0 and len(calls) == 9
+  s = json.loads((tmp_path / "mbaf_table2.json").read_text())
+  assert s["failed_runs"] == [{"run": "cebs_F-V_both", "seed": 1,
+                               "error": "NonFiniteLossError: the training loss became NaN/inf "
+                               "at step 7"}]
+  fv = s["cells"]["F-V (ECG+SCG)|UA-MBAF (%)"]
+  assert fv["seeds"] == [0, 2] and np.array(fv["values"]).shape == (2, 3)
+  pair = [p for p in s["pairs"] if p["label"].startswith("F-V")][0]
+  assert pair["seeds"] == [0, 2] and pair["seed_diffs"] == pytest.approx([2.0, 4.0])
+  assert s["cells"]["F-IV (ECG+RS)|UA-MBAF (%)"]["seeds"] == [0, 1, 2]
+  assert "Failed run" in (tmp_path / "mbaf_table2.md").read_text()
+  assert experiments.main(argv) == 0 and len(calls) == 9  # not retried
+  assert experiments.main(argv + ["--retry_failed"]) == 0 and calls[9:] == [("cebs_F-V_mbaf", 1)]

@@ -37,7 +37,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from train.errors import UserError
+from train.errors import NonFiniteLossError, UserError
 
 METRIC_NAMES = {"wa": "WA", "ua": "UA", "f1": "F1"}
 
@@ -447,32 +447,62 @@ def run_all(specs: Sequence[RunSpec], seeds: Sequence[int], args, log=print) -> 
           out[(spec.key, seed)] = json.load(f)
         log(f"[{done}/{total}] {spec.key} seed {seed}: finished earlier, read {run_dir}")
         continue
+      failed_path = os.path.join(run_dir, "failed.json")
+      if os.path.exists(failed_path) and not getattr(args, "retry_failed", False):
+        with open(failed_path) as f:
+          out[(spec.key, seed)] = json.load(f)
+        reason = out[(spec.key, seed)].get("failed", "?")
+        log(f"[{done}/{total}] {spec.key} seed {seed}: failed earlier ({reason}); excluded "
+            "(--retry_failed to train it again)")
+        continue
       log(f"[{done}/{total}] {spec.key} seed {seed}: training in {run_dir}")
       t0 = time.time()
-      out[(spec.key, seed)] = _trainer()(config, run_dir)
+      try:
+        out[(spec.key, seed)] = _trainer()(config, run_dir)
+      except NonFiniteLossError as e:
+        # A diverged run is a result, not a crash of the table: recorded and excluded.
+        out[(spec.key, seed)] = {"failed": f"NonFiniteLossError: {e}"}
+        from train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+        os.makedirs(run_dir, exist_ok=True)
+        metrics_lib.write_json(failed_path, out[(spec.key, seed)])
+        log(f"[{done}/{total}] {spec.key} seed {seed}: FAILED after {time.time() - t0:.0f} s: {e}")
+        continue
+      if os.path.exists(failed_path):
+        os.remove(failed_path)
       log(f"[{done}/{total}] {spec.key} seed {seed}: done in {time.time() - t0:.0f} s")
   return out
 
 
-def cell_values(cell: Cell, results: dict, seeds: Sequence[int]) -> np.ndarray:
-  """(S, F) values of a cell (WA/UA in percent, F1 as a fraction), folds in the run's order."""
-  rows = []
+def cell_values(cell: Cell, results: dict, seeds: Sequence[int]):
+  """Values of a cell (WA/UA in percent, F1 as a fraction), folds in the run's order.
+
+  Returns:
+    ``(values (S', F), seeds used)``: the seeds whose run did not fail.
+  """
+  rows, used = [], []
   for seed in seeds:
-    fus = results[(cell.spec.key, seed)]["fusions"][cell.fusion]["folds"]
+    r = results[(cell.spec.key, seed)]
+    if "failed" in r:
+      continue
+    used.append(seed)
+    fus = r["fusions"][cell.fusion]["folds"]
     scale = 1.0 if cell.metric == "f1" else 100.0
     rows.append([scale * float(f[cell.metric]) for f in fus.values()])
+  if not rows:
+    raise UserError(f"{cell.spec.key}: every seed's run failed (see failed.json in its run "
+                    "directories); nothing to aggregate.")
   if len({len(r) for r in rows}) != 1:
     raise UserError(f"{cell.spec.key}: the seeds have different numbers of folds "
                     f"({[len(r) for r in rows]}); rerun in a fresh --workdir.")
-  return np.array(rows)
+  return np.array(rows), used
 
 
 def summarize(table: Table, results: dict, seeds: Sequence[int]) -> dict:
   """Every cell's statistics and every pair's difference (JSON-ready)."""
   cells = {}
   for cell in table.cells:
-    v = cell_values(cell, results, seeds)
-    cells[f"{cell.row}|{cell.col}"] = dict(aggregate(v), row=cell.row, col=cell.col,
+    v, used = cell_values(cell, results, seeds)
+    cells[f"{cell.row}|{cell.col}"] = dict(aggregate(v), seeds=used, row=cell.row, col=cell.col,
                                            metric=cell.metric, paper=cell.paper,
                                            run=cell.spec.key, fusion=cell.fusion)
   pairs = []
@@ -482,14 +512,19 @@ def summarize(table: Table, results: dict, seeds: Sequence[int]) -> dict:
       nk = p.naive_row if col is None else f"{p.naive_row}|{col}"
       if mk not in cells or nk not in cells:
         continue
-      d = paired_difference(cells[mk]["values"], cells[nk]["values"])
+      both = [x for x in cells[mk]["seeds"] if x in cells[nk]["seeds"]]  # paired by seed
+      pick = lambda c: [c["values"][c["seeds"].index(x)] for x in both]  # pylint: disable=cell-var-from-loop
+      d = paired_difference(pick(cells[mk]), pick(cells[nk]))
+      d["seeds"] = both
       pm, pn = cells[mk]["paper"], cells[nk]["paper"]
       d.update(label=p.label, col=col, memory=mk, naive=nk,
                metric=cells[mk]["metric"],
                paper=None if pm is None or pn is None else round(pm - pn, 4))
       pairs.append(d)
+  failed = [{"run": k, "seed": seed, "error": r["failed"]} for (k, seed), r in results.items()
+            if "failed" in r]
   return {"table": table.name, "title": table.title, "seeds": list(seeds), "cells": cells,
-          "pairs": pairs, "note": table.note}
+          "pairs": pairs, "note": table.note, "failed_runs": failed}
 
 
 def _fmt(x, metric, digits=None):
@@ -531,6 +566,9 @@ def to_markdown(table: Table, summary: dict, header: str = "") -> str:
       col = "" if p["col"] is None else f" ({p['col']})"
       lines.append(f"| {p['label']}{col} | {METRIC_NAMES[m]} | {_fmt(p['paper'], m)} | "
                    f"{_fmt(p['mean'], m)} | {ci} | {'/'.join(map(str, p['wins']))} |")
+  for f in summary.get("failed_runs", []):
+    lines += ["", f"Failed run, excluded from every cell it feeds (and from its pairs): "
+              f"{f['run']} seed {f['seed']}: {f['error'].splitlines()[0][:300]}"]
   if table.note:
     lines += ["", f"Note: {table.note}"]
   return "\n".join(lines) + "\n"
@@ -699,6 +737,8 @@ def parse_args(argv):
                  "compile the same programs); default <workdir>/jax_cache, 'none' = off")
   p.add_argument("--reuse_existing", action="store_true",
                  help="read finished runs even when their stored config differs from this one")
+  p.add_argument("--retry_failed", action="store_true",
+                 help="train again the runs that failed earlier (non-finite loss)")
   p.add_argument("--list", action="store_true", help="list the tables and their runs, then exit")
   args = p.parse_args(argv)
   args.argv = list(argv)
