@@ -79,9 +79,10 @@ def test_fingerprint_tracks_model_config():
     checkpoints.FoldCheckpointer("/tmp/unused_ckpt_dir", keep=0)
 
 
-def _smoke(workdir_data):
+def _smoke(workdir_data, parallelism="jit"):
   from configs import iemocap
   c = iemocap.get_config("smoke")
+  c.train.parallelism = parallelism
   c.data.data_dir = workdir_data
   c.fusions = "dmf"
   c.data.max_folds = 1
@@ -92,8 +93,11 @@ def _smoke(workdir_data):
 
 
 @pytest.mark.slow
-def test_interrupted_run_resumes_bit_identical(tmp_path):
-  """N steps straight == k steps, stop, resume to N (params, memory, batch stats, opt state)."""
+@pytest.mark.parametrize("parallelism", ["jit", "pmap"])
+def test_interrupted_run_resumes_bit_identical(tmp_path, parallelism):
+  """N steps straight == k steps, stop, resume to N (params, memory, batch stats, opt state), for
+  the jit-mesh and the pmap layout (8 devices: the checkpoint holds one host copy of the
+  replicated state and is placed back in the layout on resume)."""
   from train import trainer
   from mbaf_jax.data import synthetic
   data = synthetic.write_iemocap(str(tmp_path / "data"), size="tiny", seed=0)
@@ -107,13 +111,14 @@ def test_interrupted_run_resumes_bit_identical(tmp_path):
     ck.close()
     return step, tree
 
-  trainer.train_and_evaluate(_smoke(data), str(tmp_path / "straight"))
-  c = _smoke(data)
+  trainer.train_and_evaluate(_smoke(data, parallelism), str(tmp_path / "straight"))
+  c = _smoke(data, parallelism)
   c.train.interrupt_after_steps = 2
   with pytest.raises(KeyboardInterrupt):
     trainer.train_and_evaluate(c, str(tmp_path / "resumed"))
   assert final_state(tmp_path / "resumed")[0] == 2
-  out = trainer.train_and_evaluate(_smoke(data), str(tmp_path / "resumed"))
+  out = trainer.train_and_evaluate(_smoke(data, parallelism), str(tmp_path / "resumed"))
+  assert out["parallelism"] == parallelism and out["devices"] == jax.device_count()
   s1, a = final_state(tmp_path / "straight")
   s2, b = final_state(tmp_path / "resumed")
   assert s1 == s2 == 5
