@@ -72,12 +72,13 @@ def test_demo_config_learns_on_two_folds(tmp_path):
                  "--compilation_cache_dir=none"], timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   m = json.loads((workdir / "metrics.json").read_text())
-  for kind in ("dmf", "naive"):
+  # 64 test utterances per fold, 2 folds: chance (0.25) UA has std ~0.04. Measured (README run):
+  # DMF 0.359 / 0.547, naive 0.672 / 0.750 on loso_s1 / loso_s2.
+  for kind, floor in (("dmf", 0.38), ("naive", 0.55)):
     res = m["fusions"][kind]
     assert res["train_traces"] == 1
     ua = res["summary"]["ua"]["mean"]
-    # 64 test utterances per fold, 2 folds: chance UA has std ~0.04; 0.40 is > 3 std above.
-    assert ua > 0.40, (kind, ua, m["table"])
+    assert ua > floor, (kind, ua, m["table"])
 
 
 def test_compilation_cache_dir_choice(tmp_path, monkeypatch):
