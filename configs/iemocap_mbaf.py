@@ -4,7 +4,8 @@ SincNet/DCNN audio encoder (2048-d) + CNN-RNN text encoder with GloVe-300d (4800
 batch 64. Run:
 
   python -m train.main --config=configs/iemocap_mbaf.py:III --workdir=runs/mbaf3 \
-    --config.data.data_dir=/data/IEMOCAP_full_release
+    --config.data.data_dir=/data/IEMOCAP_full_release \
+    --config.model.text.glove=/data/glove/glove.6B.300d.txt
   python -m train.main --config=configs/iemocap_mbaf.py:III,nf --workdir=runs/nf3
 
 Variants: I / II / III (none / after / before self-attention, Fig. 2; default III), nf (naive
@@ -57,10 +58,20 @@ def get_config(arg=None):
       window_chunk=WINDOW_CHUNK,
       remat=True,
   ))))
-  c.model.text = common.mlc.ConfigDict(dict(kwargs=common.mlc.ConfigDict(dict(
-      embed_dim=300,  # MBAF §4.1: GloVe-300d
-      output_dim=4800,  # MBAF §4.1: 4800-d text vector
-  ))))
+  c.model.text = common.mlc.ConfigDict(dict(
+      # MBAF §4.1 / ref. [47]: GloVe 300d. Path of a glove.*.txt file (e.g. glove.6B.300d.txt,
+      # dimension = kwargs.embed_dim); its vectors initialise the embedding rows of the run's
+      # vocabulary (<pad> row zero, words not in the file random, count printed;
+      # train.datasets.glove_embedding). "" = random init (the encoder warns). Inference reads
+      # the trained embedding from the checkpoint, not this file.
+      glove="",
+      kwargs=common.mlc.ConfigDict(dict(
+          embed_dim=300,  # MBAF §4.1: GloVe-300d
+          output_dim=4800,  # MBAF §4.1: 4800-d text vector
+          # Not in paper (MBAF §4.1 and ref. [47] do not say whether GloVe is fine-tuned):
+          # True = the embedding trains with the rest; False = frozen (stop_gradient).
+          train_embedding=True,
+      ))))
   c.model.head_features = (1024,)  # not in paper for IEMOCAP
   c.model.head_dropout = 0.5  # not in paper for IEMOCAP
   c.optim.name = "adam"  # MBAF §4.1
@@ -75,7 +86,7 @@ def get_config(arg=None):
     c.model.audio.kwargs = common.mlc.ConfigDict(dict(
         window=800, shift=400, sinc_filters=8, sinc_kernel=51, conv_features=(8,),
         conv_kernels=(5,), dense_features=(32,), window_chunk=None, remat=False))
-    c.model.text.kwargs = common.mlc.ConfigDict(dict(
-        embed_dim=16, rnn_hidden=8, conv_features=8, output_dim=32))
+    c.model.text.kwargs = common.mlc.ConfigDict(dict(  # a glove file must be 16-d here
+        embed_dim=16, rnn_hidden=8, conv_features=8, output_dim=32, train_embedding=True))
     c.model.head_features = (32,)
   return c

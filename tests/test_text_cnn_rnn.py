@@ -86,6 +86,11 @@ def test_glove_initialises_the_embedding_and_no_glove_warns():
   with warnings.catch_warnings():
     warnings.simplefilter("error")  # warned once at init, not at every apply
     _tiny(glove=None).apply(variables, ids)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # replaced after init (config.model.text.glove): no warning
+    quiet = _tiny(glove=None, warn_random_embedding=False).init(jax.random.key(0), ids)
+  np.testing.assert_array_equal(np.asarray(quiet["params"]["embedding"]),
+                                np.asarray(params["embedding"]))  # same random init
 
 
 def test_frozen_embedding_gets_no_gradient_and_dropout_only_in_training():

@@ -27,6 +27,9 @@ class Dataset:
     class_names: names of the K classes.
     vocab_size: text vocabulary size (None when the model has no random-init text encoder).
     summary: the loader's skip summary (printed by the run).
+    text_embedding: (vocab_size, embed_dim) word embedding loaded from
+      ``config.model.text.glove`` for the run's vocabulary (``glove_embedding``), substituted
+      for the MBAF text encoder's random init; None when no GloVe file is configured.
   """
   inputs: dict
   labels: np.ndarray
@@ -34,6 +37,7 @@ class Dataset:
   class_names: tuple
   vocab_size: Optional[int] = None
   summary: object = None
+  text_embedding: Optional[np.ndarray] = None
 
 
 def _is_iemocap_root(path: str) -> bool:
@@ -202,6 +206,56 @@ def audio_text_inputs(config, workdir: str, waves: np.ndarray, lengths: np.ndarr
   return inputs, vocab_size
 
 
+GLOVE_KEY_SALT = 0x610E  # fold_in salt: PRNG key of the vectors of words missing from GloVe
+
+
+def glove_embedding(config, vocab: dict, verbose: bool = True) -> np.ndarray:
+  """The MBAF text encoder's initial embedding from ``config.model.text.glove`` (MBAF §4.1:
+  GloVe-300d, via its ref. [47]).
+
+  Row ``i`` is the GloVe vector of the word with id ``i`` (lowercased lookup as a fallback);
+  row 0 (``<pad>``) is zeros; words not in the file (``<unk>`` among them) get
+  N(0, σ²) vectors, σ = the standard deviation of the vectors found (0.1 if none), drawn from
+  ``fold_in(key(config.seed), GLOVE_KEY_SALT)`` — the same matrix for every fold and process
+  (not in paper).
+
+  Args:
+    config: the run's config (``model.text.glove``, ``model.text.kwargs.embed_dim``, ``seed``).
+    vocab: the run's word → id map (``text_cnn_rnn.build_vocab``, saved as ``vocab.json``).
+    verbose: print how many vocabulary words were found / missing.
+
+  Returns:
+    (len(vocab), embed_dim) float32 matrix.
+
+  Raises:
+    UserError: the file is missing, unreadable, malformed or of another dimension than
+      ``config.model.text.kwargs.embed_dim``.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from mbaf_jax.encoders import glove  # pylint: disable=g-import-not-at-top
+  path = config.model.text.glove
+  dim = int(config.model.text.kwargs.get("embed_dim", 300))
+  key = jax.random.fold_in(jax.random.key(config.seed), GLOVE_KEY_SALT)
+  expected = (f"a GloVe text file of {dim}-d vectors (one word and {dim} numbers per line, "
+              f"e.g. glove.6B.{dim}d.txt) to match config.model.text.kwargs.embed_dim={dim}")
+  try:
+    table = glove.load_glove(path, vocab, dim=dim, key=key, padding_id=0)
+  except FileNotFoundError:
+    raise UserError(f"config.model.text.glove={path!r} does not exist; expected {expected}. "
+                    "Download glove.6B.zip from https://nlp.stanford.edu/projects/glove/, or "
+                    "set --config.model.text.glove='' to train the embedding from a random "
+                    "init.") from None
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    raise UserError(f"config.model.text.glove={path!r} cannot be used: {e} Expected {expected} "
+                    "(or set embed_dim to the file's dimension).") from None
+  if verbose:
+    words = len(vocab) - 1  # <pad> excluded
+    shown = ", ".join(table.missing[:8]) + (", ..." if table.misses > 8 else "")
+    print(f"GloVe {path}: {table.hits}/{words} vocabulary words found, {table.misses} missing "
+          f"(random N(0, sigma^2) init{': ' + shown if shown else ''})", flush=True)
+  return table.matrix
+
+
 def _iemocap(config, workdir: str) -> Dataset:
   from mbaf_jax.data import folds as folds_lib  # pylint: disable=g-import-not-at-top
   from mbaf_jax.data import iemocap  # pylint: disable=g-import-not-at-top
@@ -277,4 +331,8 @@ def load_dataset(config, workdir: str) -> Dataset:
                     "'manifest' (a CSV/JSONL manifest of your own data).")
   if config.data.max_folds:
     ds.folds = ds.folds[: config.data.max_folds]
+  if config.model.name == "mbaf_iemocap" and config.model.text.get("glove", ""):
+    import jax  # pylint: disable=g-import-not-at-top
+    ds.text_embedding = glove_embedding(config, load_word_vocab(workdir),
+                                        verbose=jax.process_index() == 0)
   return ds

@@ -172,7 +172,8 @@ class FoldRunner:
     self.config, self.kind, self.ds = config, fusion_kind, ds
     self.model, self.pretrained = models.build_model(config.model, fusion_kind,
                                                      vocab_size=ds.vocab_size,
-                                                     max_tokens=config.data.max_tokens)
+                                                     max_tokens=config.data.max_tokens,
+                                                     text_embedding=ds.text_embedding)
     b = config.train.batch_size
     self.dummy = dict(_gather(ds, np.zeros((b,), np.int64)), mask=np.ones((b,), bool),
                       label=np.zeros((b,), np.int32))

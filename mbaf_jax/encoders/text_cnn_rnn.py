@@ -154,6 +154,7 @@ class CnnRnnTextEncoder(nn.Module):
   output_dim: int = 4800  # Dense output size (MBAF §4.1: 4,800)
   pool: str = "max"  # pooling over tokens after the cross-attention: "max" or "mean"
   train_embedding: bool = True  # False: stop gradients into the embedding (frozen GloVe)
+  warn_random_embedding: bool = True  # warn at init if glove is None (False: replaced after init)
   dropout: float = 0.0  # dropout on the embeddings and before the Dense (rng 'dropout')
   dtype: Optional[Dtype] = None  # compute dtype (None: float32), e.g. jnp.bfloat16
   param_dtype: Dtype = jnp.float32  # parameter dtype
@@ -195,10 +196,11 @@ class CnnRnnTextEncoder(nn.Module):
     self._check(ids, mask)
     mask = (ids != 0) if mask is None else jnp.asarray(mask).astype(bool)
     dtype = self.dtype or jnp.float32
-    if self.glove is None and self.is_initializing():
+    if self.glove is None and self.warn_random_embedding and self.is_initializing():
       warnings.warn("CnnRnnTextEncoder: no GloVe matrix was given (glove=None), so the word "
                     "embedding starts random and is trained from scratch; MBAF §4.1 uses "
-                    "GloVe-300d — pass glove=load_glove(path, vocab).matrix to follow the paper.",
+                    "GloVe-300d — pass glove=load_glove(path, vocab).matrix (training: set "
+                    "config.model.text.glove to a glove.*.300d.txt file) to follow the paper.",
                     UserWarning, stacklevel=2)
     table = self.param("embedding", _embedding_init(self.glove),
                        (self.vocab_size, self.embed_dim), self.param_dtype)

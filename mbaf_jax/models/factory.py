@@ -96,7 +96,7 @@ def make_fusion_block(kind: str, model_config):
 
 
 def build_model(model_config, fusion_kind: str, vocab_size: int | None = None,
-                max_tokens: int | None = None):
+                max_tokens: int | None = None, text_embedding=None):
   """Builds the full model.
 
   Args:
@@ -106,10 +106,19 @@ def build_model(model_config, fusion_kind: str, vocab_size: int | None = None,
     vocab_size: size of the run's text vocabulary (random-init text encoders); None: the
       encoder config's own.
     max_tokens: text length (MBAF text encoder's ``max_tokens``).
+    text_embedding: ("mbaf_iemocap" only) the (vocab_size, embed_dim) word-embedding matrix
+      loaded from ``model_config.text.glove`` (``train.datasets.glove_embedding``); it is
+      returned in ``pretrained`` as ``"text/embedding"``. None: random init (or, for inference,
+      the checkpoint's embedding). When ``model_config.text.glove`` is set the encoder does not
+      warn about its random init, as the embedding is replaced after init either way.
 
   Returns:
-    ``(model, pretrained)`` where ``pretrained`` maps a top-level parameter name ("audio",
-    "text") to loaded encoder params to substitute after init (empty for random init).
+    ``(model, pretrained)`` where ``pretrained`` maps a parameter path ("audio", "text",
+    "text/embedding") to loaded params to substitute after init (``merge_pretrained``; empty
+    for random init).
+
+  Raises:
+    ValueError: unknown model / fusion, bad options, or a ``text_embedding`` of the wrong shape.
   """
   from mbaf_jax.models.cebs import CebsModel  # pylint: disable=g-import-not-at-top
   from mbaf_jax.models.dmf import DMFModel  # pylint: disable=g-import-not-at-top
@@ -147,6 +156,15 @@ def build_model(model_config, fusion_kind: str, vocab_size: int | None = None,
     if "vocab_size" not in text_kwargs:
       raise ValueError("the MBAF text encoder needs a vocabulary size (build_model(..., "
                        "vocab_size=len(vocab))).")
+    if model_config.text.get("glove", "") or text_embedding is not None:
+      text_kwargs["warn_random_embedding"] = False  # the embedding is replaced after init
+    if text_embedding is not None:
+      want = (text_kwargs["vocab_size"], text_kwargs.get("embed_dim", 300))
+      if tuple(np.shape(text_embedding)) != want:
+        raise ValueError(f"text_embedding has shape {tuple(np.shape(text_embedding))} but the "
+                         f"text encoder's embedding is (vocab_size, embed_dim) = {want}; load "
+                         "it for the run's vocabulary with dim=config.model.text.kwargs.embed_dim.")
+      pretrained["text/embedding"] = np.asarray(text_embedding, np.float32)
     model = MBAFIemocapModel(fusion, _as_dict(model_config.audio.kwargs), text_kwargs, **head)
   else:
     model = CebsModel(fusion, hidden=model_config.hidden, num_layers=model_config.num_layers,
@@ -175,18 +193,19 @@ def dummy_batch(config, batch_size: int) -> dict:
 
 
 def merge_pretrained(params: Mapping, pretrained: Mapping) -> dict:
-  """Replaces ``params[name]`` by loaded encoder weights, checking every shape matches.
+  """Replaces ``params[name]`` by loaded weights, checking every shape matches.
 
   Args:
     params: the model's initialised ``'params'`` collection.
-    pretrained: top-level name ("audio", "text") → loaded encoder params (``build_model``'s
-      second return value).
+    pretrained: parameter path → loaded params (``build_model``'s second return value). A path
+      is a top-level name ("audio", "text": a whole encoder) or a "/"-separated path to a
+      subtree or a single array ("text/embedding": the GloVe matrix).
 
   Returns:
-    A new params dict with those subtrees replaced (as jax arrays).
+    A new params dict with those subtrees replaced (as jax arrays); the rest is unchanged.
 
   Raises:
-    ValueError: a name the model does not have, or a parameter missing / extra / of another
+    ValueError: a path the model does not have, or a parameter missing / extra / of another
       shape; the message names the parameter path.
   """
   import jax  # pylint: disable=g-import-not-at-top
@@ -195,18 +214,34 @@ def merge_pretrained(params: Mapping, pretrained: Mapping) -> dict:
     return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(x))
             for path, x in jax.tree_util.tree_leaves_with_path(tree)}
 
+  def as_tree(x):
+    return dict(x) if isinstance(x, Mapping) else x
+
+  def replace(tree, keys, value):
+    tree = dict(tree)
+    tree[keys[0]] = value if len(keys) == 1 else replace(tree[keys[0]], keys[1:], value)
+    return tree
+
   params = dict(params)
   for name, loaded in pretrained.items():
-    if name not in params:
-      raise ValueError(f"pretrained weights for '{name}' but the model has no '{name}' "
-                       f"parameters (it has {sorted(params)}).")
-    want, got = flat(params[name]), flat(dict(loaded))
+    keys = name.split("/")
+    node = params
+    for i, k in enumerate(keys):
+      if not isinstance(node, Mapping) or k not in node:
+        have = sorted(node) if isinstance(node, Mapping) else "an array"
+        where = "/".join(keys[:i]) or "the model"
+        raise ValueError(f"pretrained weights for '{name}' but {where} has no '{k}' "
+                         f"parameters (it has {have}).")
+      node = node[k]
+    loaded = as_tree(loaded)
+    want, got = flat(as_tree(node)), flat(loaded)
     for path in sorted(set(want) | set(got)):
       if want.get(path) != got.get(path):
+        full = "/".join(p for p in (name, path) if p)
         raise ValueError(
             f"pretrained weights for '{name}' do not match the model: parameter "
-            f"'{name}/{path}' is {got.get(path, 'missing')} in the checkpoint but "
+            f"'{full}' is {got.get(path, 'missing')} in the checkpoint but "
             f"{want.get(path, 'absent')} in the model (different architecture or size; check "
-            f"config.model.{name}).")
-    params[name] = jax.tree.map(jnp.asarray, dict(loaded))
+            f"config.model.{keys[0]}).")
+    params = replace(params, keys, jax.tree.map(jnp.asarray, loaded))
   return params
