@@ -38,6 +38,7 @@ def get_config(arg=None):
   c.model.fusion.mbaf.slots = 10 if pair == "F-V" else 20
   c.optim.name = "adam"  # MBAF §4.2
   c.optim.learning_rate = 1e-3  # MBAF §4.2
+  c.optim.memory_learning_rate = 1e-3  # MBAF §4.2: one rate for the whole network
   c.optim.freeze_encoders = False
   c.train.batch_size = 32  # MBAF §4.2
   c.train.epochs = 30  # not in paper

@@ -122,6 +122,23 @@ def test_optimizer_groups_lr_and_frozen():
     steps.make_optimizer(_optim("rmsprop"), state.params)
 
 
+def test_adam_uses_memory_learning_rate_for_fusion_params():
+  """Adam's first step moves every parameter by -lr * sign(g) (bias-corrected m/sqrt(v) = 1
+  for a constant gradient): the fusion subtree by memory_learning_rate, the rest by
+  learning_rate, frozen parts not at all."""
+  state = _init()
+  optim = _optim("adam")
+  optim.learning_rate, optim.memory_learning_rate = 1e-2, 1e-3
+  tx = steps.make_optimizer(optim, state.params)
+  labels = steps.param_labels(state.params, optim)
+  flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(labels)}
+  grads = jax.tree.map(jnp.ones_like, state.params)
+  updates, _ = tx.update(grads, tx.init(state.params), state.params)
+  expected = {"memory": -1e-3, "network": -1e-2, "frozen": 0.0}
+  for path, u in jax.tree_util.tree_leaves_with_path(updates):
+    np.testing.assert_allclose(u, expected[flat[jax.tree_util.keystr(path)]], rtol=1e-4)
+
+
 def test_same_seed_bit_identical_and_compiles_once(one_device):
   mesh, step = one_device
 

@@ -75,7 +75,9 @@ def param_labels(params, optim_config) -> Any:
 
 def make_optimizer(optim_config, params) -> optax.GradientTransformation:
   """DMF §3: SGD, lr 0.01 network / 0.001 memory module, frozen parts zeroed
-  (``optax.multi_transform``); MBAF §4: Adam 1e-3 for everything.
+  (``optax.multi_transform``); MBAF §4: Adam 1e-3 for everything (its configs set
+  ``memory_learning_rate = learning_rate``). The memory group gets ``memory_learning_rate``
+  with either optimiser.
 
   Args:
     optim_config: ``config.optim``.
@@ -97,7 +99,7 @@ def make_optimizer(optim_config, params) -> optax.GradientTransformation:
   for field in ("learning_rate", "memory_learning_rate"):
     if not optim_config[field] > 0:
       raise ValueError(f"config.optim.{field}={optim_config[field]} must be > 0.")
-  memory_lr = optim_config.memory_learning_rate if name == "sgd" else optim_config.learning_rate
+  memory_lr = optim_config.memory_learning_rate
   tx = optax.multi_transform({"network": opt(optim_config.learning_rate),
                               "memory": opt(memory_lr),
                               "frozen": optax.set_to_zero()},
