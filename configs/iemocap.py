@@ -68,6 +68,7 @@ def _demo_overrides(c, smoke=False):
   c.data.max_seconds = 0.5  # a train step costs ~3x more at 1 s (the tiny Wav2Vec2 dominates)
   c.optim.name = "adam"
   c.optim.learning_rate = 1e-3
+  c.optim.memory_learning_rate = 1e-4  # DMF §3's 10:1 network:memory ratio, applied to Adam
   c.optim.freeze_encoders = False
   c.optim.grad_clip_norm = 1.0
   c.model.fusion.dmf.tau_min = 1.0  # DualMemoryFusion default 1e-4 (DMF Eq. 1's lower clamp)

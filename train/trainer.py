@@ -245,6 +245,7 @@ def train_fold(runner: FoldRunner, fold, fold_index: int, workdir: str) -> dict:
   key = runner.train_fn.put_key(jax.random.key(c.seed))
   logger = _Logger(os.path.join(workdir, "tb", kind, fold.name)) if primary else _NullLogger()
   step = int(np.asarray(restored[0]["step"])) if restored is not None else 0
+  last_saved = step
   interrupt_at = step + t.interrupt_after_steps if t.interrupt_after_steps else None
 
   def meta():
@@ -257,8 +258,14 @@ def train_fold(runner: FoldRunner, fold, fold_index: int, workdir: str) -> dict:
       return
     m = evaluate(runner.eval_fn, state, ds, fold.val, t.eval_batch_size, c.model.num_classes)
     logger.scalars(step, {"wa": m["wa"], "ua": m["ua"], "f1": m["f1"]}, "val")
-    best_val_ua = max(best_val_ua, m["ua"])
-    ckpt.save_best(step, runner.host(state).saveable(), meta(), m["ua"])
+    if m["ua"] > best_val_ua:  # only an improvement is written (ties keep the earlier step)
+      best_val_ua = m["ua"]
+      ckpt.save_best(step, runner.host(state).saveable(), meta(), m["ua"])
+
+  def save_latest():
+    nonlocal last_saved
+    ckpt.save_latest(step, runner.host(state).saveable(), meta())
+    last_saved = step
 
   bar = _progress(primary and t.progress and not done, total, step, f"{kind}/{fold.name}")
   window, t0 = [], time.time()
@@ -286,11 +293,11 @@ def train_fold(runner: FoldRunner, fold, fold_index: int, workdir: str) -> dict:
           bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['accuracy']:.2f}")
         window, t0 = [], time.time()
       if step % t.checkpoint_every_steps == 0:
-        ckpt.save_latest(step, runner.host(state).saveable(), meta())
+        save_latest()
       if step >= total or (interrupt_at is not None and step >= interrupt_at):
         break
     if interrupt_at is not None and step >= interrupt_at and step < total:
-      ckpt.save_latest(step, runner.host(state).saveable(), meta())
+      save_latest()
       ckpt.close()
       logger.close()
       raise KeyboardInterrupt(f"interrupted after step {step} (config.train.interrupt_after_steps)")
@@ -302,7 +309,10 @@ def train_fold(runner: FoldRunner, fold, fold_index: int, workdir: str) -> dict:
       validate()
     if step >= total:
       done = True
-    ckpt.save_latest(step, runner.host(state).saveable(), meta())
+    # Epoch ends are checkpointed only every checkpoint_every_steps (and when the fold is done):
+    # a resumed run replays the steps since the last save bit-identically.
+    if done or step - last_saved >= t.checkpoint_every_steps:
+      save_latest()
   if bar is not None:
     bar.close()
 
