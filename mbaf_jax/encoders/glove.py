@@ -6,8 +6,10 @@ A few 840B entries contain spaces inside the word, so the vector is always the *
 fields and the word is everything before them. An optional word2vec-style header line
 ``"<count> <dim>"`` is accepted and checked.
 
-Nothing is downloaded: the file must be given by the user (the training configs pass
-``None`` by default, in which case the text encoder uses a trainable embedding and warns).
+Nothing is downloaded: the file must be given by the user. Training sets it with
+``config.model.text.glove`` (configs/iemocap_mbaf.py; ``train.datasets.glove_embedding`` calls
+:func:`load_glove` for the run's vocabulary and the matrix replaces the text encoder's embedding
+after init); the default "" keeps a random, trainable embedding and the encoder warns.
 """
 import os
 from typing import Mapping, NamedTuple, Optional, Sequence, Union
