@@ -131,8 +131,7 @@ def trace_model(config_spec: str, name: str = "", caption: str = "") -> Trace:
     model, _ = factory.build_model(c.model, kind, vocab_size=VOCAB,
                                    max_tokens=int(c.data.max_tokens))
   o = c.optim
-  memory_lr = o.memory_learning_rate if o.name == "sgd" else o.learning_rate  # as make_optimizer
-  optim = f"{o.name}, lr {o.learning_rate:g} (network) / {memory_lr:g} (fusion)"
+  optim = f"{o.name}, lr {o.learning_rate:g} (network) / {o.memory_learning_rate:g} (fusion)"
   return trace_module(model, factory.dummy_batch(c, BATCH), name, caption, optim)
 
 
