@@ -82,7 +82,7 @@ def base_config():
   c.optim = mlc.ConfigDict()
   c.optim.name = "sgd"  # "sgd" | "adam"
   c.optim.learning_rate = 0.01
-  c.optim.memory_learning_rate = 0.001  # the fusion ('memory module') parameters; SGD only
+  c.optim.memory_learning_rate = 0.001  # the fusion ("memory module") parameters (SGD and Adam)
   c.optim.momentum = 0.0  # not in paper
   c.optim.freeze_encoders = True  # DMF §2.1 frozen parts (encoders.frozen_mask)
   c.optim.grad_clip_norm = 0.0  # 0: off; not in paper

@@ -76,6 +76,7 @@ def get_config(arg=None):
   c.model.head_dropout = 0.5  # not in paper for IEMOCAP
   c.optim.name = "adam"  # MBAF §4.1
   c.optim.learning_rate = 1e-3  # MBAF §4.1
+  c.optim.memory_learning_rate = 1e-3  # MBAF §4.1: one rate for the whole network
   c.optim.freeze_encoders = False
   c.train.batch_size = 64  # MBAF §4.1
   c.train.epochs = 30  # not in paper
