@@ -382,3 +382,33 @@ def test_bad_inputs_and_options_raise_clear_errors(setup):
   assert layer.output_dim(D, D) == CBP
   with pytest.raises(ValueError, match="exactly 2 modes"):
     layer.output_dim(D, D, D)
+
+
+def test_self_attention_matches_numpy_and_flax_parameter_tree():
+  """SelfAttention (the writer's / composer's attention) against a NumPy multi-head attention
+  with masked keys; its parameters and init equal Flax's MultiHeadDotProductAttention's."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from mbaf_jax.fusion.dual_memory import SelfAttention  # pylint: disable=g-import-not-at-top
+  n, d, h = 7, 12, 3
+  x = jax.random.normal(jax.random.key(0), (n, d))
+  valid = np.arange(n) < 5
+  att = SelfAttention(h)
+  params = att.init(jax.random.key(1), x, jnp.asarray(valid))
+  flax_params = nn.MultiHeadDotProductAttention(num_heads=h).init(jax.random.key(1), x, x)
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), params, flax_params))
+  params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(2), a.shape), params)
+  got = np.asarray(att.apply(params, x, jnp.asarray(valid)))
+  p = jax.tree.map(np.asarray, params["params"])
+  xn = np.asarray(x, np.float64)
+  proj = lambda name: (xn @ p[name]["kernel"].reshape(d, d) + p[name]["bias"].reshape(d)
+                       ).reshape(n, h, d // h)
+  q, k, v = proj("query"), proj("key"), proj("value")
+  out = np.zeros((n, h, d // h))
+  for head in range(h):
+    s = q[:, head] @ k[:, head].T / np.sqrt(d // h)
+    s = np.where(valid[None, :], s, -np.inf)
+    w = np.exp(s - s.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    out[:, head] = w @ v[:, head]
+  want = out.reshape(n, d) @ p["out"]["kernel"].reshape(d, d) + p["out"]["bias"]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
