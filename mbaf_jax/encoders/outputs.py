@@ -108,12 +108,16 @@ def dot_product_attention(q, k, v, bias, dropout_rate, deterministic, dropout_rn
   Returns:
     (B, T, heads, d_head) in ``q.dtype``.
   """
+  # Heads-major (B, heads, T, d_head) before the score matmuls: they then run as plain batched
+  # matmuls. Contracting the (B, T, heads, d_head) layout directly made XLA's CPU backend run the
+  # attention core ~3x slower (benchmarks/RESULTS.md §10); the arithmetic is the same.
+  q, k, v = (jnp.swapaxes(t, -3, -2) for t in (q, k, v))
   scale = q.shape[-1] ** -0.5
-  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * scale
+  scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) * scale
   scores = scores + bias.astype(jnp.float32)
   probs = jax.nn.softmax(scores, axis=-1)
   if not deterministic and dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng_module.make_rng("dropout"), 1.0 - dropout_rate,
                                 probs.shape)
     probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-  return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+  return jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype), v), -3, -2)

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mbaf_jax.encoders.outputs import (EncoderOutput, attention_bias,
+from mbaf_jax.encoders.outputs import (EncoderOutput, attention_bias, dot_product_attention,
                                        get_activation, masked_mean)
 
 
@@ -406,38 +406,10 @@ class Attention(nn.Module):
     heads = cfg.num_attention_heads
     dense = lambda name: nn.Dense(cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                                   name=name)
-    # (B, T, H) -> (B, heads, T, d_head): heads-major before the score matmuls, which then
-    # run as plain batched matmuls (with the (B, T, heads, d_head) layout of
-    # outputs.dot_product_attention XLA's CPU backend runs the attention core ~3× slower).
-    split = lambda t: jnp.swapaxes(t.reshape(t.shape[:-1] + (heads, cfg.hidden_size // heads)),
-                                   -3, -2)
+    split = lambda t: t.reshape(t.shape[:-1] + (heads, cfg.hidden_size // heads))
     q, k, v = (split(dense(n)(x)) for n in ("q_proj", "k_proj", "v_proj"))
-    o = _attention_heads_major(q, k, v, bias, cfg.attention_dropout, not train, self)
-    o = jnp.swapaxes(o, -3, -2)  # (B, T, heads, d_head)
+    o = dot_product_attention(q, k, v, bias, cfg.attention_dropout, not train, self)
     return dense("out_proj")(o.reshape(x.shape[:-1] + (cfg.hidden_size,)))
-
-
-def _attention_heads_major(q, k, v, bias, dropout_rate, deterministic, module):
-  """``outputs.dot_product_attention`` for (B, heads, T, d_head) inputs: the same arithmetic
-  (softmax in float32, scale on the scores, same dropout draw), heads-major layout.
-
-  Args:
-    q, k, v: (B, heads, T, d_head).
-    bias: (B, 1, 1, T) additive key bias.
-    dropout_rate: dropout on the attention probabilities.
-    deterministic: True disables dropout.
-    module: the calling module, for ``make_rng('dropout')``.
-
-  Returns:
-    (B, heads, T, d_head) in ``q.dtype``.
-  """
-  scale = q.shape[-1] ** -0.5
-  scores = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) * scale
-  probs = jax.nn.softmax(scores + bias.astype(jnp.float32), axis=-1)
-  if not deterministic and dropout_rate > 0.0:
-    keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - dropout_rate, probs.shape)
-    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-  return jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype), v)
 
 
 class FeedForward(nn.Module):
