@@ -77,6 +77,10 @@ def test_two_processes_equal_one_process(tmp_path):
              XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}")
   for name in ("MBAF_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS"):
     env.pop(name, None)
+  # The reference first (one process, one device): running it beside the two workers put three
+  # compiling processes on CI's two cores, and a worker then missed gloo's rendezvous deadline.
+  want = trainer.train_and_evaluate(td.smoke_config(data, "jit", 1, 1, dropout=True),
+                                    str(tmp_path / "one"))
   procs, logs = [], []
   try:
     for i in range(NUM_PROCESSES):
@@ -138,6 +142,10 @@ def test_trainer_two_processes_equal_one_process(tmp_path):
            "--config.train.eval_batch_size=16", "--config.train.parallelism=jit",
            "--config.optim.name=sgd", "--config.optim.learning_rate=0.01",
            "--config.optim.memory_learning_rate=0.001"]  # = td.smoke_config (dropout on)
+  # The reference first (one process, one device): running it beside the two workers put three
+  # compiling processes on CI's two cores, and a worker then missed gloo's rendezvous deadline.
+  want = trainer.train_and_evaluate(td.smoke_config(data, "jit", 1, 1, dropout=True),
+                                    str(tmp_path / "one"))
   procs, logs = [], []
   try:
     for i in range(NUM_PROCESSES):
@@ -149,9 +157,6 @@ def test_trainer_two_processes_equal_one_process(tmp_path):
       logs.append(log)
       procs.append(subprocess.Popen([sys.executable, "-m", "train.main"] + flags, cwd=ROOT,
                                     env=env, stdout=log, stderr=subprocess.STDOUT))
-    # The reference, in this process while the workers run: one process, one device.
-    want = trainer.train_and_evaluate(td.smoke_config(data, "jit", 1, 1, dropout=True),
-                                      str(tmp_path / "one"))
     deadline = time.monotonic() + 2 * TIMEOUT_S
     for p in procs:
       p.wait(timeout=max(1.0, deadline - time.monotonic()))
