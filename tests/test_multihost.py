@@ -77,10 +77,6 @@ def test_two_processes_equal_one_process(tmp_path):
              XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}")
   for name in ("MBAF_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS"):
     env.pop(name, None)
-  # The reference first (one process, one device): running it beside the two workers put three
-  # compiling processes on CI's two cores, and a worker then missed gloo's rendezvous deadline.
-  want = trainer.train_and_evaluate(td.smoke_config(data, "jit", 1, 1, dropout=True),
-                                    str(tmp_path / "one"))
   procs, logs = [], []
   try:
     for i in range(NUM_PROCESSES):
