@@ -795,9 +795,9 @@ def main(argv=None) -> int:
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   _enable_compile_cache(args)
   from train import main as main_lib  # pylint: disable=g-import-not-at-top
-  errors = main_lib._user_errors()  # pylint: disable=protected-access
   names = ALL_NAMES if args.table == "all" else (args.table,)
-  try:
+
+  def run_all():
     for name in names:
       sub = args
       if "table2" in name or "table5" in name:
@@ -807,13 +807,8 @@ def main(argv=None) -> int:
         run_inference(sub)
       else:
         run_table(name, sub)
-  except errors as e:
-    print(f"\nerror: {e}", file=sys.stderr, flush=True)
-    return 2
-  except KeyboardInterrupt as e:
-    print(f"\nstopped: {e or 'interrupted'}; rerun the same command to resume.", file=sys.stderr)
-    return 130
-  return 0
+
+  return main_lib.exit_status(run_all)
 
 
 if __name__ == "__main__":

@@ -75,10 +75,14 @@ def _user_errors():
 def run(config, workdir: str) -> int:
   """Runs the trainer; returns the process exit status (0 ok, 2 user error)."""
   from train import trainer  # pylint: disable=g-import-not-at-top
-  errors = _user_errors()
+  return exit_status(lambda: trainer.train_and_evaluate(config, workdir))
+
+
+def exit_status(fn) -> int:
+  """Calls ``fn()``; a user error prints one line (status 2), an interrupt says how to resume (130)."""
   try:
-    trainer.train_and_evaluate(config, workdir)
-  except errors as e:
+    fn()
+  except _user_errors() as e:
     print(f"\nerror: {e}", file=sys.stderr, flush=True)
     return 2
   except KeyboardInterrupt as e:
