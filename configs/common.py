@@ -36,6 +36,10 @@ def mbaf_fusion():
   """MBAF layer options (MBAF §3); the defaults of mbaf_jax.fusion.MBAF apply to anything unset."""
   return mlc.ConfigDict(dict(
       slots=30,  # MBAF Table 4: best WA at memory size l = 30 (UA ties 20/30)
+      # Not in paper: Eq. 7's ReLU capped at 6 (a ReLU-6), so Eq. 8's convex write keeps the
+      # memory bounded; uncapped, the memory recurrence overflowed in 2 of 24 synthetic
+      # trainings (docs/PAPER_NOTES.md, "MBAF memory growth"). None = the paper's plain ReLU.
+      write_max=6.0,
   ))
 
 

@@ -35,7 +35,7 @@ def _softmax(v):
 
 
 def reference(params, memory, modes, mask, *, train, memory_modes=None, read="naive",
-              attention="feature", read_projection=True):
+              attention="feature", read_projection=True, write_max=None):
   """Eqs. 1–9 (and 11–13) for one sample at a time, in float64 NumPy."""
   p = {k: np.asarray(v, np.float64) for k, v in params.items()}
   mem = np.array(memory, np.float64)
@@ -63,6 +63,8 @@ def reference(params, memory, modes, mask, *, train, memory_modes=None, read="na
       c = b
     h = c @ p["write_kernel"] + p.get("write_bias", 0.0)
     h = np.maximum(h, 0.0)  # Eq. 7
+    if write_max is not None:  # the ReLU-n cap
+      h = np.minimum(h, write_max)
     hh = h @ p["output_kernel"] if "output_kernel" in p else h
     o = x + hh  # Eq. 9
     parts, start = {}, 0
@@ -89,6 +91,7 @@ CASES = [
     dict(dims=(3, 2), kw=dict(memory_modes=(1,))),  # Eq. 13
     dict(dims=(3, 2), kw=dict(read_projection=False, write_bias=True)),
     dict(dims=(2, 3, 2), kw=dict(read="cross", memory_modes=(2, 0))),  # Eqs. 11-13, n = 3
+    dict(dims=(3, 2), kw=dict(write_max=0.05, write_bias=True)),  # capped Eq. 7 (clips here)
 ]
 
 
@@ -105,14 +108,37 @@ def test_scan_matches_numpy_loop(case, train):
   layer = MBAF(slots=4, **case["kw"])
   v = _init(layer, modes)
   out, new = _apply(layer, v, *modes, mask=mask, train=train)
-  ref_kw = {k: case["kw"][k] for k in ("memory_modes", "read", "attention", "read_projection")
-            if k in case["kw"]}
+  ref_kw = {k: case["kw"][k] for k in ("memory_modes", "read", "attention", "read_projection",
+                                       "write_max") if k in case["kw"]}
   want, want_mem = reference(v["params"], v["memory"]["memory"], modes, mask, train=train,
                              **ref_kw)
   np.testing.assert_allclose(out.fused, want, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(new["memory"]["memory"], want_mem, rtol=1e-5, atol=1e-5)
   assert out.aux == {}
   assert out.fused.shape == (5, sum(case["dims"]))
+
+
+def test_write_max_bounds_the_memory_recurrence():
+  """Eqs. 2-8 with a gain > 1 (inflated W): uncapped the memory grows without bound; with
+  write_max every entry stays in [min(M_0, 0), max(M_0, write_max)] (convex writes)."""
+  modes = _modes(jax.random.key(3), 16, (3, 2))
+  grown = {}
+  for cap in (None, 2.0):
+    layer = MBAF(slots=4, write_max=cap)
+    v = _init(layer, modes)
+    m0 = np.asarray(v["memory"]["memory"])
+    params = dict(v["params"], write_kernel=v["params"]["write_kernel"] * 50.0,
+                  compose_kernel_0=v["params"]["compose_kernel_0"] * 5.0)
+    variables = {"params": params, "memory": v["memory"]}
+    f = jax.jit(lambda var, *x: layer.apply(var, *x, train=True, mutable=["memory"])[1])
+    for _ in range(10):
+      variables = dict(variables, memory=f(variables, *modes)["memory"])
+    mem = np.asarray(variables["memory"]["memory"])
+    assert np.all(np.isfinite(mem))
+    grown[cap] = np.abs(mem).max()
+    if cap is not None:
+      assert mem.max() <= max(m0.max(), cap) + 1e-6 and mem.min() >= min(m0.min(), 0.0) - 1e-6
+  assert grown[None] > 20 * grown[2.0]  # uncapped, this setting leaves the bound (119 vs 1.6)
 
 
 def test_compose_writes_equals_sequential_writes():
@@ -349,6 +375,9 @@ def test_output_dim_and_dtype():
     (dict(memory_modes=1), "memory_modes must be None or a non-empty tuple"),
     (dict(hidden=4, read_projection=False), "read_projection=False"),
     (dict(slots=0), "slots must be a positive int"),
+    (dict(write_max=0.0), "write_max must be None"),
+    (dict(write_max=float("inf")), "write_max must be None"),
+    (dict(write_max="6"), "write_max must be None"),
 ])
 def test_bad_options(kw, match):
   x = _modes(jax.random.key(13), 2, (3, 2))

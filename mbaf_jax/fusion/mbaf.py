@@ -110,12 +110,21 @@ def attend(p, b, attention: str):
   return b
 
 
-def transform(p, c):
-  """MBAF Eq. 7: ``h_t = ReLU(c_t W + bias)`` (bias only with ``write_bias=True``)."""
+def transform(p, c, write_max=None):
+  """MBAF Eq. 7: ``h_t = ReLU(c_t W + bias)`` (bias only with ``write_bias=True``).
+
+  With ``write_max`` the ReLU is capped, ``h_t = min(ReLU(c_t W + bias), write_max)`` (a
+  ReLU-n, not in the paper): Eq. 8 writes a convex mix of ``M_{t−1}`` and ``h_t``, so then
+  every memory entry stays within ``[min(M_0, 0), max(M_0, write_max)]``. Uncapped, Eqs. 2–8
+  are a recurrence ``M ← (1 − z) M + z g(M)`` whose gain can exceed 1 (the read ``m_r``
+  feeds ``h_t``): measured, the memory grew 10 → 4e9 in two training steps and overflowed
+  (docs/PAPER_NOTES.md, "MBAF memory growth").
+  """
   y = c @ p["write_kernel"]
   if "write_bias" in p:
     y = y + p["write_bias"]
-  return jax.nn.relu(y)
+  h = jax.nn.relu(y)
+  return h if write_max is None else jnp.minimum(h, jnp.asarray(write_max, h.dtype))
 
 
 def erase_write(memory, z, h):
@@ -186,6 +195,7 @@ class MBAF(nn.Module):
   attention: str = "feature"  # reading of Eqs. 5–6: "feature" | "keys" | "none"
   attention_keys: int = 32  # K, learned attentive vectors for attention="keys"
   write_bias: bool = False  # bias in Eq. 7's transform c_t W
+  write_max: float | None = None  # cap of Eq. 7's ReLU (None: the paper); bounds the memory
   write: str = "scan"  # "scan" (sequential, faithful) | "batched" (stale reads, one write)
   read: str = "naive"  # "naive" (Eqs. 2–4) | "cross" (Eqs. 11–12)
   memory_modes: Sequence[int] | None = None  # modes fused by the memory (Eq. 13); None: all
@@ -292,6 +302,11 @@ class MBAF(nn.Module):
     validation.option(self.write, WRITE_MODES, "write")
     validation.option(self.read, READ_MODES, "read")
     validation.option(self.attention, ATTENTION_MODES, "attention")
+    if self.write_max is not None and not (isinstance(self.write_max, (int, float))
+                                           and not isinstance(self.write_max, bool)
+                                           and 0 < self.write_max < float("inf")):
+      raise ValueError(f"write_max must be None (Eq. 7's plain ReLU) or a positive finite "
+                       f"number capping it, e.g. write_max=6.0, got {self.write_max!r}.")
     modes = check_modes(modes, "MBAF")
     bsz = modes[0].shape[0]
     m = batch_mask(mask, bsz)
@@ -323,7 +338,7 @@ class MBAF(nn.Module):
     else:
       x_all_t, x_all_c, m_all = x_t, x_c, m
     h, new_memory = _run(p, memory, x_all_t, x_all_c, m_all, len(s["mlp"]), self.attention,
-                         self.write if write else None, self.read_projection)
+                         self.write if write else None, self.read_projection, self.write_max)
     if write and self.axis_name is not None:
       h = local_slice(h, bsz, self.axis_name)
     if write and self.is_mutable_collection("memory"):
@@ -342,7 +357,8 @@ class MBAF(nn.Module):
     return FusionOutput(fused=fused, aux={})
 
 
-def _run(p, memory, x_t, x_c, mask, n_layers, attention, write, read_projection):
+def _run(p, memory, x_t, x_c, mask, n_layers, attention, write, read_projection,
+         write_max=None):
   """Eqs. 2–8 over a batch. ``write``: None (read only), "scan" or "batched".
 
   Returns:
@@ -356,7 +372,7 @@ def _run(p, memory, x_t, x_c, mask, n_layers, attention, write, read_projection)
     z, m_r = address(z_q, mem)  # Eqs. 2-3
     b = compose(p, xp, m_r, n_layers)  # Eq. 4
     c = attend(p, b, attention)  # Eqs. 5-6
-    return z, transform(p, c)  # Eq. 7
+    return z, transform(p, c, write_max)  # Eq. 7
 
   if write == "scan":
     def step(mem, inp):
