@@ -66,17 +66,22 @@ def _fake_metrics(config):
   return out
 
 
+def _write_fake_run(config, workdir):
+  """What the trainer leaves behind: ``<workdir>/metrics.json`` of :func:`_fake_metrics`."""
+  os.makedirs(workdir, exist_ok=True)
+  m = _fake_metrics(config)
+  with open(os.path.join(workdir, "metrics.json"), "w") as f:
+    json.dump(m, f)
+  return m
+
+
 @pytest.fixture
 def fake_trainer(monkeypatch):
   calls = []
 
   def train(config, workdir):
     calls.append((config.name, config.seed, workdir))
-    os.makedirs(workdir, exist_ok=True)
-    m = _fake_metrics(config)
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
-      json.dump(m, f)
-    return m
+    return _write_fake_run(config, workdir)
 
   monkeypatch.setattr(experiments, "_trainer", lambda: train)
   return calls
@@ -247,11 +252,7 @@ def test_diverged_run_is_recorded_and_excluded(monkeypatch, tmp_path):
     calls.append((config.name, config.seed))
     if config.seed == 1 and config.data.mode_pair == "F-V":
       raise NonFiniteLossError("the training loss became NaN/inf at step 7")
-    os.makedirs(workdir, exist_ok=True)
-    m = _fake_metrics(config)
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
-      json.dump(m, f)
-    return m
+    return _write_fake_run(config, workdir)
 
   monkeypatch.setattr(experiments, "_trainer", lambda: train)
   argv = ["mbaf_table2", "--synthetic", "--seeds=3", f"--workdir={tmp_path}", NO_CACHE]

@@ -67,26 +67,19 @@ def worker(port: int, process_id: int, out_path: str) -> None:
   jax.distributed.shutdown()
 
 
-@pytest.mark.slow
-def test_two_processes_equal_one_process(tmp_path):
-  sys.path.insert(0, HERE)
-  import test_distributed as td
-
-  port = _free_port()
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}")
-  for name in ("MBAF_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS"):
-    env.pop(name, None)
+def _run_processes(tmp_path, name, timeout_s, command):
+  """Starts NUM_PROCESSES processes ``command(i) -> (argv, env)`` (output in
+  ``tmp_path/<name><i>.log``), waits up to ``timeout_s`` for all, kills any left, and fails
+  with the log tail of any that did not exit 0."""
   procs, logs = [], []
   try:
     for i in range(NUM_PROCESSES):
-      log = open(tmp_path / f"worker{i}.log", "w")
+      argv, env = command(i)
+      log = open(tmp_path / f"{name}{i}.log", "w")
       logs.append(log)
-      procs.append(subprocess.Popen(
-          [sys.executable, os.path.abspath(__file__), str(port), str(i),
-           str(tmp_path / f"out{i}.npz")], cwd=ROOT, env=env, stdout=log,
-          stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + TIMEOUT_S
+      procs.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + timeout_s
     for p in procs:
       p.wait(timeout=max(1.0, deadline - time.monotonic()))
   except subprocess.TimeoutExpired:
@@ -99,8 +92,23 @@ def test_two_processes_equal_one_process(tmp_path):
     for log in logs:
       log.close()
   for i, p in enumerate(procs):
-    text = (tmp_path / f"worker{i}.log").read_text()[-3000:]
-    assert p.returncode == 0, f"worker {i} exited with {p.returncode}:\n{text}"
+    text = (tmp_path / f"{name}{i}.log").read_text()[-3000:]
+    assert p.returncode == 0, f"{name} {i} exited with {p.returncode}:\n{text}"
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process(tmp_path):
+  sys.path.insert(0, HERE)
+  import test_distributed as td
+
+  port = _free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}")
+  for name in ("MBAF_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS"):
+    env.pop(name, None)
+  _run_processes(tmp_path, "worker", TIMEOUT_S, lambda i: (
+      [sys.executable, os.path.abspath(__file__), str(port), str(i),
+       str(tmp_path / f"out{i}.npz")], env))
 
   want_state, want_loss = td.run_reference()
   want = _flatten({"params": want_state["params"], "memory": want_state["memory"],
@@ -142,32 +150,12 @@ def test_trainer_two_processes_equal_one_process(tmp_path):
   # compiling processes on CI's two cores, and a worker then missed gloo's rendezvous deadline.
   want = trainer.train_and_evaluate(td.smoke_config(data, "jit", 1, 1, dropout=True),
                                     str(tmp_path / "one"))
-  procs, logs = [], []
-  try:
-    for i in range(NUM_PROCESSES):
-      env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-                 XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
-                 MBAF_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                 MBAF_NUM_PROCESSES=str(NUM_PROCESSES), MBAF_PROCESS_ID=str(i))
-      log = open(tmp_path / f"trainer{i}.log", "w")
-      logs.append(log)
-      procs.append(subprocess.Popen([sys.executable, "-m", "train.main"] + flags, cwd=ROOT,
-                                    env=env, stdout=log, stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + 2 * TIMEOUT_S
-    for p in procs:
-      p.wait(timeout=max(1.0, deadline - time.monotonic()))
-  except subprocess.TimeoutExpired:
-    pass
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.wait(10)
-    for log in logs:
-      log.close()
-  for i, p in enumerate(procs):
-    text = (tmp_path / f"trainer{i}.log").read_text()[-3000:]
-    assert p.returncode == 0, f"process {i} exited with {p.returncode}:\n{text}"
+  _run_processes(tmp_path, "trainer", 2 * TIMEOUT_S, lambda i: (
+      [sys.executable, "-m", "train.main"] + flags,
+      dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
+           XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
+           MBAF_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+           MBAF_NUM_PROCESSES=str(NUM_PROCESSES), MBAF_PROCESS_ID=str(i))))
   got = json.loads((workdir / "metrics.json").read_text())
   assert got["processes"] == NUM_PROCESSES and got["devices"] == NUM_PROCESSES * LOCAL_DEVICES
   assert got["fusions"]["dmf"]["train_traces"] == 1

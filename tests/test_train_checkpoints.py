@@ -75,6 +75,12 @@ def test_fingerprint_tracks_model_config():
   c = iemocap.get_config()
   c.train.epochs = 99  # not part of the state's shapes
   assert checkpoints.model_fingerprint(a) == checkpoints.model_fingerprint(c)
+  from configs import iemocap_mbaf
+  g, h = iemocap_mbaf.get_config(), iemocap_mbaf.get_config()
+  h.model.text.glove = "/moved/glove.6B.300d.txt"  # init-only file: a move must not block resume
+  assert checkpoints.model_fingerprint(g) == checkpoints.model_fingerprint(h)
+  h.model.text.kwargs.embed_dim = 100  # ... but the embedding's shape does count
+  assert checkpoints.model_fingerprint(g) != checkpoints.model_fingerprint(h)
   with pytest.raises(ValueError, match="keep_checkpoints"):
     checkpoints.FoldCheckpointer("/tmp/unused_ckpt_dir", keep=0)
 

@@ -60,8 +60,13 @@ class CheckpointMismatchError(ValueError):
 
 def model_fingerprint(config) -> str:
   """A hash of everything that fixes the shapes of the saved state (model, optimiser, data
-  shapes); changing any of it makes old checkpoints unusable."""
-  relevant = {"model": config.model.to_dict(), "optim": config.optim.to_dict(),
+  shapes); changing any of it makes old checkpoints unusable. ``model.text.glove`` (a file
+  path) is left out: it only initialises the embedding at step 0, a checkpoint holds the
+  trained one, so a moved GloVe file must not refuse a resume."""
+  model = config.model.to_dict()
+  if isinstance(model.get("text"), dict):
+    model["text"] = {k: v for k, v in model["text"].items() if k != "glove"}
+  relevant = {"model": model, "optim": config.optim.to_dict(),
               "shapes": {k: config.data[k] for k in ("max_seconds", "sample_rate", "max_tokens",
                                                      "chunks", "chunk_samples", "mode_pair")}}
   text = json.dumps(relevant, sort_keys=True, default=str)

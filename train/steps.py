@@ -146,13 +146,6 @@ def create_state(variables: dict, tx: optax.GradientTransformation) -> TrainStat
                     first_nonfinite=jnp.full((), -1, jnp.int32))
 
 
-def masked_nll(log_probs, labels, mask):
-  """Cross-entropy averaged over the real rows: −Σ_i m_i log p_i[y_i] / max(Σ_i m_i, 1)."""
-  m = mask.astype(jnp.float32)
-  picked = jnp.take_along_axis(log_probs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
-  return -jnp.sum(m * picked) / jnp.maximum(jnp.sum(m), 1.0)
-
-
 def step_keys(key, step):
   """Per-step keys: ``fold_in(key, step)`` split into the 'dropout' and 'gumbel' streams.
 
