@@ -88,7 +88,7 @@ def main(argv=None):
     model = _build(c, kind, dtype)
     batch = _batch(c, b)
     variables = steps.init_variables(model, batch, key)
-    tx = steps.make_optimizer(c.optim, variables["params"])
+    tx = steps.make_optimizer(c.optim, variables["params"], variables.get("memory", {}))
     state = steps.create_state(variables, tx)
     train_step = steps.make_train_step(model.apply, tx)
     rec = common.measure(f"train_step_{kind}", train_step, (state, batch, key), items=b,
@@ -123,7 +123,7 @@ def main(argv=None):
       gb = b * n  # weak scaling: the per-device batch is fixed
       batch = _batch(c, gb)
       variables = steps.init_variables(model, batch, key)
-      tx = steps.make_optimizer(c.optim, variables["params"])
+      tx = steps.make_optimizer(c.optim, variables["params"], variables.get("memory", {}))
       fn = steps.jit_train_step(steps.make_train_step(model.apply, tx), mesh, donate=False)
       state = steps.replicate(steps.create_state(variables, tx), mesh)
       sb = steps.shard_batch(batch, mesh)

@@ -35,7 +35,8 @@ def estimate(variant: str, chunk: int, remat: bool, vocab_size: int, batch_size:
   batch = dict(factory.dummy_batch(c, b), mask=np.ones((b,), bool),
                label=np.zeros((b,), np.int32))
   key = jax.random.key(0)
-  tx = steps.make_optimizer(c.optim, steps.abstract_params(model, batch, key))
+  shapes = steps.abstract_variables(model, batch, key)
+  tx = steps.make_optimizer(c.optim, shapes["params"], shapes.get("memory", {}))
   inputs = {k: v for k, v in batch.items() if k not in ("mask", "label")}
   state = jax.eval_shape(lambda: steps.create_state(dict(model.init(
       {"params": key, "memory": key, "dropout": key}, inputs, mask=batch["mask"])), tx))

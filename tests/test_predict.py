@@ -153,7 +153,7 @@ def _reference(config, workdir, wavs, texts):
   # The trainer's initial variables of fold 0 (trainer.FoldRunner.init_state's key).
   variables = steps.init_variables(model, batch,
                                    jax.random.fold_in(jax.random.key(config.seed), 0))
-  tx = steps.make_optimizer(config.optim, variables["params"])
+  tx = steps.make_optimizer(config.optim, variables["params"], variables.get("memory", {}))
   state = steps.create_state(variables, tx)
   ck = ckpt_lib.FoldCheckpointer(os.path.join(workdir, "ckpt", "dmf", "loso_s1"),
                                  fingerprint=ckpt_lib.model_fingerprint(config))

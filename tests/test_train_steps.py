@@ -107,7 +107,8 @@ def test_write_then_carry_and_loss(one_device):
 
 def test_optimizer_groups_lr_and_frozen():
   state = _init()
-  labels = steps.param_labels(state.params, _optim())
+  labels = steps.param_labels(state.params, _optim(), state.memory)
+  assert labels == steps.param_labels(state.params, _optim())  # DMF: the memory module = fusion
   flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(labels)}
   assert all(v == "memory" for k, v in flat.items() if k.startswith("['fusion']"))
   assert all(v == "frozen" for k, v in flat.items() if "feature_extractor" in k)
@@ -120,6 +121,25 @@ def test_optimizer_groups_lr_and_frozen():
     np.testing.assert_allclose(u, expected[flat[jax.tree_util.keystr(path)]], rtol=1e-6)
   with pytest.raises(ValueError, match="config.optim.name"):
     steps.make_optimizer(_optim("rmsprop"), state.params)
+
+
+def test_memory_group_is_the_module_that_owns_memory():
+  """MBAF IEMOCAP's fusion block: only its MBAF layer (the memory's owner) is the memory
+  module, not the block's self-attention; naive fusion (no memory) has no memory group."""
+  params = {"audio": {"kernel": 0}, "fusion": {"attention": {"kernel": 0, "bias": 0},
+                                               "fusion": {"read_kernel": 0, "write_kernel": 0}},
+            "head": {"kernel": 0}}
+  memory = {"fusion": {"fusion": {"memory": 0}}}
+  flat = lambda t: {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(t)}
+  got = flat(steps.param_labels(params, _optim(), memory))
+  assert got == {"['audio']['kernel']": "network", "['fusion']['attention']['kernel']": "network",
+                 "['fusion']['attention']['bias']": "network",
+                 "['fusion']['fusion']['read_kernel']": "memory",
+                 "['fusion']['fusion']['write_kernel']": "memory",
+                 "['head']['kernel']": "network"}
+  assert set(flat(steps.param_labels(params, _optim(), {})).values()) == {"network"}
+  # Without the memory tree, the top-level fusion subtree (backward compatible).
+  assert flat(steps.param_labels(params, _optim()))["['fusion']['attention']['bias']"] == "memory"
 
 
 def test_adam_uses_memory_learning_rate_for_fusion_params():

@@ -678,7 +678,7 @@ def run_inference(args, log=print) -> dict:
     model = bench_train._build(c, kind, jnp.float32)  # pylint: disable=protected-access
     batch = bench_train._batch(c, 1)  # pylint: disable=protected-access
     variables = steps.init_variables(model, batch, jax.random.key(0))
-    tx = steps.make_optimizer(c.optim, variables["params"])
+    tx = steps.make_optimizer(c.optim, variables["params"], variables.get("memory", {}))
     state = steps.create_state(variables, tx)
     rec = common.measure(f"infer_{kind}_b1", steps.make_eval_step(model.apply), (state, batch),
                          items=1, shape={"batch": 1}, dtype="float32", warmup=3, iters=iters)

@@ -57,23 +57,37 @@ class TrainState:
     return cls(**saved)
 
 
-def param_labels(params, optim_config) -> Any:
+def param_labels(params, optim_config, memory=None) -> Any:
   """Optimiser group of every parameter: "frozen" (DMF §2.1, ``encoders.frozen_mask``),
-  "memory" (the fusion layer = DMF's memory module, own learning rate) or "network"."""
+  "memory" (the memory module: DMF §3's own learning rate) or "network".
+
+  Args:
+    params: the parameter tree (arrays or shapes).
+    optim_config: ``config.optim`` (``freeze_encoders``).
+    memory: the model's ``'memory'`` collection (arrays or shapes). The memory module is every
+      module that owns a memory variable (DMF: ``fusion``, the whole DualMemoryFusion; MBAF
+      IEMOCAP: ``fusion/fusion``, the MBAF layer but not the block's self-attention). ``{}``
+      (e.g. naive fusion): no memory group. ``None``: the top-level ``fusion`` subtree.
+  """
   from mbaf_jax.encoders import frozen_mask  # pylint: disable=g-import-not-at-top
   frozen = frozen_mask(params) if optim_config.freeze_encoders else jax.tree.map(
       lambda _: False, params)
+  if memory is None:
+    owners = {("fusion",)}
+  else:
+    owners = {tuple(getattr(k, "key", k) for k in path[:-1])
+              for path, _ in jax.tree_util.tree_leaves_with_path(memory)}
 
   def label(path, is_frozen):
     if is_frozen:
       return "frozen"
-    top = getattr(path[0], "key", None)
-    return "memory" if top == "fusion" else "network"
+    keys = tuple(getattr(k, "key", k) for k in path)
+    return "memory" if any(keys[:len(o)] == o for o in owners) else "network"
 
   return jax.tree_util.tree_map_with_path(label, frozen)
 
 
-def make_optimizer(optim_config, params) -> optax.GradientTransformation:
+def make_optimizer(optim_config, params, memory=None) -> optax.GradientTransformation:
   """DMF §3: SGD, lr 0.01 network / 0.001 memory module, frozen parts zeroed
   (``optax.multi_transform``); MBAF §4: Adam 1e-3 for everything (its configs set
   ``memory_learning_rate = learning_rate``). The memory group gets ``memory_learning_rate``
@@ -82,6 +96,8 @@ def make_optimizer(optim_config, params) -> optax.GradientTransformation:
   Args:
     optim_config: ``config.optim``.
     params: the model parameters (for the labels).
+    memory: the model's ``'memory'`` collection (which modules are the memory module; see
+      :func:`param_labels`).
   """
   name = optim_config.name
   if name == "sgd":
@@ -103,7 +119,7 @@ def make_optimizer(optim_config, params) -> optax.GradientTransformation:
   tx = optax.multi_transform({"network": opt(optim_config.learning_rate),
                               "memory": opt(memory_lr),
                               "frozen": optax.set_to_zero()},
-                             param_labels(params, optim_config))
+                             param_labels(params, optim_config, memory))
   if optim_config.grad_clip_norm > 0:
     tx = optax.chain(optax.clip_by_global_norm(optim_config.grad_clip_norm), tx)
   return tx
@@ -131,9 +147,14 @@ def init_variables(model: nn.Module, batch: dict, key: jax.Array) -> dict:
   return flax.core.unfreeze(init(inputs, batch["mask"]))
 
 
+def abstract_variables(model: nn.Module, batch: dict, key: jax.Array) -> dict:
+  """Shapes of every collection (``jax.eval_shape``, nothing computed)."""
+  return jax.eval_shape(lambda k: init_variables(model, batch, k), key)
+
+
 def abstract_params(model: nn.Module, batch: dict, key: jax.Array):
-  """Parameter shapes (``jax.eval_shape``, nothing computed), e.g. to build the optimiser."""
-  return jax.eval_shape(lambda k: init_variables(model, batch, k), key)["params"]
+  """Parameter shapes (``jax.eval_shape``, nothing computed)."""
+  return abstract_variables(model, batch, key)["params"]
 
 
 def create_state(variables: dict, tx: optax.GradientTransformation) -> TrainState:

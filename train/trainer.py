@@ -178,8 +178,8 @@ class FoldRunner:
     self.dummy = dict(_gather(ds, np.zeros((b,), np.int64)), mask=np.ones((b,), bool),
                       label=np.zeros((b,), np.int32))
     key = jax.random.key(config.seed)
-    self.tx = steps.make_optimizer(config.optim,
-                                   steps.abstract_params(self.model, self.dummy, key))
+    shapes = steps.abstract_variables(self.model, self.dummy, key)
+    self.tx = steps.make_optimizer(config.optim, shapes["params"], shapes.get("memory", {}))
     model, tx = self.model, self.tx
     self.train_fn = dist.make_parallel_train_step(
         lambda ax: steps.make_train_step(steps.with_axis_name(model, ax).apply, tx, ax),
