@@ -82,6 +82,9 @@ def base_config():
   c.model.head_dropout = 0.0
   c.model.head_activation = "relu"  # not in paper
   c.model.num_classes = 4
+  # Compute dtype: "float32" | "bfloat16" (encoders, fusion and head compute in it; parameters,
+  # optimiser state, memory and the loss stay float32). --config.model.dtype=bfloat16
+  c.model.dtype = "float32"
 
   c.optim = mlc.ConfigDict()
   c.optim.name = "sgd"  # "sgd" | "adam"

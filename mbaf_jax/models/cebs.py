@@ -20,7 +20,7 @@ class CebsModel(nn.Module):
   head_dropout: float = 0.5  # MBAF §4.2
   head_activation: str = "relu"  # not stated in MBAF
   num_classes: int = 3  # basal, music, post-music
-  dtype: Any = None  # compute dtype
+  dtype: Any = None  # compute dtype of the encoders and the head (None: from the inputs)
 
   @nn.compact
   def __call__(self, batch, mask=None, train: bool = False) -> ModelOutput:
@@ -30,5 +30,6 @@ class CebsModel(nn.Module):
         x, train=train) for i, x in enumerate(batch["modes"])]
     out = self.fusion(*feats, mask=mask, train=train)
     log_probs = ClassifierHead(self.head_features, self.num_classes, self.head_dropout,
-                               self.head_activation, name="head")(out.fused, train)
+                               self.head_activation, dtype=self.dtype,
+                               name="head")(out.fused, train)
     return ModelOutput(log_probs=log_probs, aux=dict(out.aux))

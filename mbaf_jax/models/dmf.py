@@ -24,6 +24,7 @@ class DMFModel(nn.Module):
   num_classes: int = 4  # ang, hap(+exc), neu, sad
   head_dropout: float = 0.0  # not stated in DMF
   head_activation: str = "relu"  # not stated in DMF
+  dtype: Any = None  # head compute dtype (None: flax promotion, float32 with float32 params)
 
   @nn.compact
   def __call__(self, batch, mask=None, train: bool = False) -> ModelOutput:
@@ -38,5 +39,6 @@ class DMFModel(nn.Module):
                                             batch["token_type_ids"], train=train)
     out = self.fusion(a.pooled, t.pooled, mask=mask, train=train)
     log_probs = ClassifierHead(self.head_features, self.num_classes, self.head_dropout,
-                               self.head_activation, name="head")(out.fused, train)
+                               self.head_activation, dtype=self.dtype,
+                               name="head")(out.fused, train)
     return ModelOutput(log_probs=log_probs, aux=dict(out.aux))

@@ -8,6 +8,7 @@ import numpy as np
 
 FUSION_KINDS = ("dmf", "naive", "mbaf")
 MODEL_NAMES = ("dmf", "mbaf_iemocap", "cebs")
+DTYPES = ("float32", "bfloat16")  # config.model.dtype: the compute dtype
 
 
 def _as_dict(cfg) -> dict:
@@ -18,9 +19,26 @@ def _as_dict(cfg) -> dict:
   return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(cfg).items()}
 
 
-def make_fusion(kind: str, fusion_config: Any = None):
+def compute_dtype(model_config):
+  """The compute dtype ``config.model.dtype`` asks for: None for "float32" (every module keeps
+  its own default, so a float32 model is exactly the model built without the field — configs
+  stored before it existed lack it and mean "float32"), ``jnp.bfloat16`` for "bfloat16".
+  Parameters, optimiser state, memory and the loss stay float32 either way.
+
+  Raises:
+    ValueError: any other value.
+  """
+  name = model_config.get("dtype", "float32")
+  if name not in DTYPES:
+    raise ValueError(f"config.model.dtype={name!r} is unknown; expected one of {DTYPES} "
+                     "(the compute dtype, e.g. --config.model.dtype=bfloat16).")
+  return None if name == "float32" else jnp.bfloat16
+
+
+def make_fusion(kind: str, fusion_config: Any = None, dtype: Any = None):
   """The fusion layer ``kind`` ("dmf" | "naive" | "mbaf") with the options of
-  ``fusion_config[kind]`` (a dict of the layer's fields).
+  ``fusion_config[kind]`` (a dict of the layer's fields); ``dtype`` (not None) sets its
+  compute dtype (``compute_dtype``), parameters and memory stay in its ``param_dtype``.
 
   Raises:
     ValueError: unknown kind, or an option the layer does not have.
@@ -32,6 +50,8 @@ def make_fusion(kind: str, fusion_config: Any = None):
   options = _as_dict((fusion_config or {}).get(kind) if fusion_config is not None else None)
   cls = {"dmf": "DualMemoryFusion", "naive": "NaiveFusion", "mbaf": "MBAF"}[kind]
   cls = getattr(fusion, cls)
+  if dtype is not None:
+    options["dtype"] = dtype
   try:
     return cls(**options)
   except TypeError as e:
@@ -63,9 +83,10 @@ def _pretrained(path: str, what: str):
   return model.config, params, report
 
 
-def make_fusion_block(kind: str, model_config):
+def make_fusion_block(kind: str, model_config, dtype: Any = None):
   """The MBAF IEMOCAP fusion block (MBAF Fig. 2): ``FusionBlock(placement, "mbaf"|"naive")``
-  with the MBAF options of ``model_config.fusion.mbaf``.
+  with the MBAF options of ``model_config.fusion.mbaf``; ``dtype`` (not None) sets the compute
+  dtype of the block, its self-attention and its fusion layer.
 
   Raises:
     ValueError: a kind the block does not have (only "mbaf" and "naive"), bad options.
@@ -91,8 +112,10 @@ def make_fusion_block(kind: str, model_config):
     except TypeError as e:
       raise ValueError(f"config.model.fusion.mbaf has an option MBAF does not accept ({e}); "
                        "remove it or check the spelling.") from e
+    if dtype is not None:
+      options["dtype"] = dtype
   return mbaf_blocks.FusionBlock(placement=placement, fusion=kind, mbaf_kwargs=options,
-                                 gate=gate)
+                                 gate=gate, dtype=dtype)
 
 
 def build_model(model_config, fusion_kind: str, vocab_size: int | None = None,
@@ -100,7 +123,9 @@ def build_model(model_config, fusion_kind: str, vocab_size: int | None = None,
   """Builds the full model.
 
   Args:
-    model_config: ``config.model`` (see configs/common.py).
+    model_config: ``config.model`` (see configs/common.py). ``model_config.dtype``
+      ("float32" | "bfloat16", ``compute_dtype``) is the compute dtype of the encoders, the
+      fusion layer and the head; parameters, memory and the log-probabilities stay float32.
     fusion_kind: "dmf" | "naive" | "mbaf" ("mbaf_iemocap": "mbaf" | "naive", wrapped in the
       ``FusionBlock`` of ``model_config.placement``).
     vocab_size: size of the run's text vocabulary (random-init text encoders); None: the
@@ -118,7 +143,8 @@ def build_model(model_config, fusion_kind: str, vocab_size: int | None = None,
     for random init).
 
   Raises:
-    ValueError: unknown model / fusion, bad options, or a ``text_embedding`` of the wrong shape.
+    ValueError: unknown model / fusion / dtype, bad options, or a ``text_embedding`` of the
+      wrong shape.
   """
   from mbaf_jax.models.cebs import CebsModel  # pylint: disable=g-import-not-at-top
   from mbaf_jax.models.dmf import DMFModel  # pylint: disable=g-import-not-at-top
@@ -126,14 +152,15 @@ def build_model(model_config, fusion_kind: str, vocab_size: int | None = None,
   name = model_config.name
   if name not in MODEL_NAMES:
     raise ValueError(f"config.model.name={name!r} is unknown; expected one of {MODEL_NAMES}.")
+  dtype = compute_dtype(model_config)
   if name == "mbaf_iemocap":
-    fusion = make_fusion_block(fusion_kind, model_config)
+    fusion = make_fusion_block(fusion_kind, model_config, dtype)
   else:
-    fusion = make_fusion(fusion_kind, model_config.fusion)
+    fusion = make_fusion(fusion_kind, model_config.fusion, dtype)
   head = dict(head_features=tuple(model_config.head_features),
               head_dropout=float(model_config.head_dropout),
               head_activation=model_config.head_activation,
-              num_classes=int(model_config.num_classes))
+              num_classes=int(model_config.num_classes), dtype=dtype)
   pretrained = {}
   if name == "dmf":
     from mbaf_jax import encoders  # pylint: disable=g-import-not-at-top
@@ -146,6 +173,8 @@ def build_model(model_config, fusion_kind: str, vocab_size: int | None = None,
         cfgs[part] = _encoder_config(cls, enc)
         if part == "text" and vocab_size:
           cfgs[part] = dataclasses.replace(cfgs[part], vocab_size=int(vocab_size))
+      if dtype is not None:  # also over a pretrained config and overrides.dtype
+        cfgs[part] = dataclasses.replace(cfgs[part], dtype=dtype)
     model = DMFModel(cfgs["audio"], cfgs["text"], fusion, **head)
   elif name == "mbaf_iemocap":
     text_kwargs = _as_dict(model_config.text.kwargs)
@@ -165,7 +194,10 @@ def build_model(model_config, fusion_kind: str, vocab_size: int | None = None,
                          f"text encoder's embedding is (vocab_size, embed_dim) = {want}; load "
                          "it for the run's vocabulary with dim=config.model.text.kwargs.embed_dim.")
       pretrained["text/embedding"] = np.asarray(text_embedding, np.float32)
-    model = MBAFIemocapModel(fusion, _as_dict(model_config.audio.kwargs), text_kwargs, **head)
+    audio_kwargs = _as_dict(model_config.audio.kwargs)
+    if dtype is not None:
+      audio_kwargs["dtype"] = text_kwargs["dtype"] = dtype
+    model = MBAFIemocapModel(fusion, audio_kwargs, text_kwargs, **head)
   else:
     model = CebsModel(fusion, hidden=model_config.hidden, num_layers=model_config.num_layers,
                       **head)

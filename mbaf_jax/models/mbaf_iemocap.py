@@ -28,6 +28,7 @@ class MBAFIemocapModel(nn.Module):
   head_dropout: float = 0.5  # not stated for IEMOCAP; the CEBS head's rate
   head_activation: str = "relu"  # not stated
   num_classes: int = 4  # ang, hap(+exc), neu, sad
+  dtype: Any = None  # head compute dtype (None: flax promotion, float32 with float32 params)
 
   @nn.compact
   def __call__(self, batch, mask=None, train: bool = False) -> ModelOutput:
@@ -43,5 +44,6 @@ class MBAFIemocapModel(nn.Module):
     t = getattr(t, "pooled", t)
     out = self.fusion(a, t, mask=mask, train=train)
     log_probs = ClassifierHead(self.head_features, self.num_classes, self.head_dropout,
-                               self.head_activation, name="head")(out.fused, train)
+                               self.head_activation, dtype=self.dtype,
+                               name="head")(out.fused, train)
     return ModelOutput(log_probs=log_probs, aux=dict(out.aux))
