@@ -79,6 +79,8 @@ def test_fingerprint_tracks_model_config():
   g, h = iemocap_mbaf.get_config(), iemocap_mbaf.get_config()
   h.model.text.glove = "/moved/glove.6B.300d.txt"  # init-only file: a move must not block resume
   assert checkpoints.model_fingerprint(g) == checkpoints.model_fingerprint(h)
+  h.model.dtype = "bfloat16"  # compute dtype: the saved state is float32 either way
+  assert checkpoints.model_fingerprint(g) == checkpoints.model_fingerprint(h)
   h.model.text.kwargs.embed_dim = 100  # ... but the embedding's shape does count
   assert checkpoints.model_fingerprint(g) != checkpoints.model_fingerprint(h)
   with pytest.raises(ValueError, match="keep_checkpoints"):

@@ -60,10 +60,11 @@ class CheckpointMismatchError(ValueError):
 
 def model_fingerprint(config) -> str:
   """A hash of everything that fixes the shapes of the saved state (model, optimiser, data
-  shapes); changing any of it makes old checkpoints unusable. ``model.text.glove`` (a file
-  path) is left out: it only initialises the embedding at step 0, a checkpoint holds the
-  trained one, so a moved GloVe file must not refuse a resume."""
-  model = config.model.to_dict()
+  shapes); changing any of it makes old checkpoints unusable. Left out: ``model.text.glove``
+  (a file path that only initialises the embedding at step 0; a checkpoint holds the trained
+  one, so a moved GloVe file must not refuse a resume) and ``model.dtype`` (the compute dtype;
+  everything saved is float32 either way, so a run may resume in bfloat16 or back)."""
+  model = {k: v for k, v in config.model.to_dict().items() if k != "dtype"}
   if isinstance(model.get("text"), dict):
     model["text"] = {k: v for k, v in model["text"].items() if k != "glove"}
   relevant = {"model": model, "optim": config.optim.to_dict(),
