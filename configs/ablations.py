@@ -27,7 +27,11 @@ def get_config(arg=None):
       k, v = part.split("=", 1)
       if k not in ("slots", "single", "dmf_slots"):
         raise ValueError(f"unknown ablation argument {k!r}; expected slots=, single=, dmf_slots=.")
-      opts[k] = int(v)
+      try:
+        opts[k] = int(v)
+      except ValueError:
+        raise ValueError(f"ablation argument {part!r}: {k} needs an integer, e.g. "
+                         f"configs/ablations.py:{k}=30.") from None
     elif part in ("cross", "demo", "smoke"):
       flags.add(part)
     else:
