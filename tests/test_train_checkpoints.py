@@ -75,6 +75,11 @@ def test_fingerprint_tracks_model_config():
   c = iemocap.get_config()
   c.train.epochs = 99  # not part of the state's shapes
   assert checkpoints.model_fingerprint(a) == checkpoints.model_fingerprint(c)
+  c.model.fusion.mbaf.slots = 7  # a fusion this run does not train (fusions="dmf")
+  assert "mbaf" not in c.fusions
+  assert checkpoints.model_fingerprint(a) == checkpoints.model_fingerprint(c)
+  c.fusions = "dmf,mbaf"  # ... unless it does
+  assert checkpoints.model_fingerprint(a) != checkpoints.model_fingerprint(c)
   from configs import iemocap_mbaf
   g, h = iemocap_mbaf.get_config(), iemocap_mbaf.get_config()
   h.model.text.glove = "/moved/glove.6B.300d.txt"  # init-only file: a move must not block resume

@@ -63,8 +63,13 @@ def model_fingerprint(config) -> str:
   shapes); changing any of it makes old checkpoints unusable. Left out: ``model.text.glove``
   (a file path that only initialises the embedding at step 0; a checkpoint holds the trained
   one, so a moved GloVe file must not refuse a resume) and ``model.dtype`` (the compute dtype;
-  everything saved is float32 either way, so a run may resume in bfloat16 or back)."""
+  everything saved is float32 either way, so a run may resume in bfloat16 or back), and the
+  options of fusion layers the run does not train (``model.fusion`` keeps only the kinds in
+  ``config.fusions``)."""
   model = {k: v for k, v in config.model.to_dict().items() if k != "dtype"}
+  kinds = {k.strip() for k in str(config.get("fusions", "")).split(",") if k.strip()}
+  if kinds and isinstance(model.get("fusion"), dict):
+    model["fusion"] = {k: v for k, v in model["fusion"].items() if k in kinds}
   if isinstance(model.get("text"), dict):
     model["text"] = {k: v for k, v in model["text"].items() if k != "glove"}
   relevant = {"model": model, "optim": config.optim.to_dict(),
