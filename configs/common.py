@@ -16,6 +16,12 @@ def parse_arg(arg, allowed):
   return parts
 
 
+def fusion_kinds(config) -> list:
+  """The fusion kinds a run trains: ``config.fusions`` ("dmf", "mbaf,naive", …) split on commas,
+  blanks dropped, in order ([] when unset or empty)."""
+  return [k.strip() for k in str(config.get("fusions", "") or "").split(",") if k.strip()]
+
+
 def dmf_fusion():
   """DualMemoryFusion options (DMF §2.2)."""
   return mlc.ConfigDict(dict(

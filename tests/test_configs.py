@@ -93,3 +93,12 @@ def test_entry_points_import():
   for mod in ("train.main", "train.trainer", "train.steps", "train.checkpoints", "train.metrics",
               "train.datasets", "train.errors", "benchmarks.bench_train"):
     importlib.import_module(mod)
+
+
+def test_fusion_kinds_splits_config_fusions():
+  from configs import common
+  c = common.base_config()
+  c.fusions = " mbaf, naive ,"
+  assert common.fusion_kinds(c) == ["mbaf", "naive"]
+  c.fusions = ""
+  assert common.fusion_kinds(c) == []

@@ -16,6 +16,8 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
+from configs.common import fusion_kinds
+
 
 class _QuietOrbax(logging.Filter):
   """Drops orbax's below-WARNING records (it logs every save/restore step at INFO through absl)."""
@@ -67,7 +69,7 @@ def model_fingerprint(config) -> str:
   options of fusion layers the run does not train (``model.fusion`` keeps only the kinds in
   ``config.fusions``)."""
   model = {k: v for k, v in config.model.to_dict().items() if k != "dtype"}
-  kinds = {k.strip() for k in str(config.get("fusions", "")).split(",") if k.strip()}
+  kinds = set(fusion_kinds(config))
   if kinds and isinstance(model.get("fusion"), dict):
     model["fusion"] = {k: v for k, v in model["fusion"].items() if k in kinds}
   if isinstance(model.get("text"), dict):

@@ -37,6 +37,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from configs.common import fusion_kinds
 from train.errors import NonFiniteLossError, UserError
 
 METRIC_NAMES = {"wa": "WA", "ua": "UA", "f1": "F1"}
@@ -389,7 +390,7 @@ def run_is_complete(run_dir: str, config) -> bool:
       m = json.load(f)
   except (OSError, ValueError):
     return False
-  kinds = [k.strip() for k in config.fusions.split(",") if k.strip()]
+  kinds = fusion_kinds(config)
   return "table" in m and all(k in m.get("fusions", {}) for k in kinds)
 
 

@@ -30,6 +30,7 @@ import time
 import jax
 import numpy as np
 
+from configs.common import fusion_kinds
 from train import checkpoints as ckpt_lib
 from train import datasets
 from train import distributed as dist
@@ -363,7 +364,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise UserError(f"multi-host settings: {e}") from e
   primary = setup.process_index == 0
   prepare_workdir(workdir, config, write=primary)
-  kinds = [k.strip() for k in config.fusions.split(",") if k.strip()]
+  kinds = fusion_kinds(config)
   if not kinds:
     raise UserError("config.fusions is empty; expected e.g. 'dmf' or 'dmf,naive'.")
   parallelism, devices = layout(config)
