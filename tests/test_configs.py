@@ -85,7 +85,8 @@ def test_unknown_variant_is_a_clear_error():
     _module("cebs").get_config("F-IV,F-V")
   with pytest.raises(ValueError, match="unknown ablation"):
     _module("ablations").get_config("size=3")
-  with pytest.raises(ValueError, match=r"slots needs an integer, e\.g\. configs/ablations.py:slots=30"):
+  with pytest.raises(ValueError,
+                     match=r"slots needs an integer, e\.g\. configs/ablations.py:slots=30"):
     _module("ablations").get_config("slots=L")
 
 
