@@ -7,7 +7,10 @@ then an optax SGD update, all in one ``jit``; the new memory is carried (write-t
 One JSON line per measurement with the XLA-counted GFLOP, achieved GFLOP/s and the same
 run's f32 matmul peak (``frac_of_peak``). ``matmul_gflop_analytic`` is the GFLOP of
 the layer's dense matmuls alone (an analytic count; the train step counted as 3× the
-forward), to show how much of the work is matmul at all.
+forward), to show how much of the work is matmul at all. ``dot_floor_ms`` is the time of
+the step's own matrix products, each timed alone at its best and summed
+(``common.dot_floor``); ``max_frac_of_peak`` = GFLOP / that floor / peak, the fraction the
+step could reach if all its other work and every gap between ops took no time.
 
     python -m benchmarks.bench_dmf_layer            # paper sizes (slow on a laptop)
     python -m benchmarks.bench_dmf_layer --quick    # tiny sizes, a smoke check
@@ -100,7 +103,7 @@ def main(argv=None):
     rec = common.measure(name, fn, fargs, items=b, shape=shape, dtype="float32",
                          peak_gflops=peak, warmup=warmup, iters=iters,
                          extra={"matmul_gflop_analytic": round(mm_gflop, 6)})
-    common.emit(rec)
+    common.emit(common.add_dot_floor(rec, fn, fargs, peak, warmup=warmup, iters=iters))
 
   naive = NaiveFusion()
   rec = common.measure("naive_forward", lambda a, t: naive.apply({}, a, t, mask=mask).fused,

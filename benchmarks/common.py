@@ -23,10 +23,13 @@ import resource
 import statistics
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
+from jax import lax
+import jax.extend as jex
 import jax.numpy as jnp
+import numpy as np
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -133,6 +136,112 @@ def matmul_peak_gflops(n: int = 2048, dtype=jnp.float32, quick: bool = False,
   f = jax.jit(lambda u, v: u @ v).lower(a, b).compile()
   t = time_fn(f, (a, b), warmup=2, iters=iters)
   return 2.0 * n ** 3 / (t["min_ms"] * 1e-3) / 1e9
+
+
+class DotCall(NamedTuple):
+  """One kind of ``dot_general`` in a traced function and how often it runs."""
+  lhs: jax.ShapeDtypeStruct  # left operand
+  rhs: jax.ShapeDtypeStruct  # right operand
+  dimension_numbers: tuple  # ``lax.dot_general``'s ``((lc, rc), (lb, rb))``
+  precision: Any  # ``lax.dot_general``'s ``precision`` (matters on GPU/TPU)
+  preferred_element_type: Any  # ``lax.dot_general``'s ``preferred_element_type``
+  count: int  # executions per call of the function (a scan body counts ``length`` times)
+
+  @property
+  def gflop(self) -> float:
+    """``2 · batch · m · n · k`` of one execution, in GFLOP."""
+    (lc, _), (lb, _) = self.dimension_numbers
+    lhs_free = np.prod([s for i, s in enumerate(self.lhs.shape) if i not in (*lc, *lb)])
+    (_, rc), (_, rb) = self.dimension_numbers
+    rhs_free = np.prod([s for i, s in enumerate(self.rhs.shape) if i not in (*rc, *rb)])
+    contracted = np.prod([self.lhs.shape[i] for i in lc])
+    batch = np.prod([self.lhs.shape[i] for i in lb])
+    return 2.0 * float(batch * lhs_free * rhs_free * contracted) / 1e9
+
+
+def dot_general_calls(fn: Callable, args: Sequence[Any]) -> list[DotCall]:
+  """Every matrix product ``fn(*args)`` runs, read from its jaxpr (nothing is executed).
+
+  Nested ``jit``s, custom-derivative rules and remat are walked once, a ``scan`` body
+  ``length`` times. Control flow whose trip count or branch is only known at run time
+  (``while_loop``, ``cond``/``switch``) has no fixed matmul count: a ``ValueError``.
+
+  Returns:
+    One :class:`DotCall` per distinct (operands, dimension numbers), largest count first.
+  """
+  counts: dict[tuple, int] = {}
+
+  def walk(jaxpr, times: int) -> None:
+    for eqn in jaxpr.eqns:
+      name = eqn.primitive.name
+      if name == "dot_general":
+        lhs, rhs = (jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in eqn.invars[:2])
+        key = (lhs, rhs, eqn.params["dimension_numbers"], eqn.params.get("precision"),
+               eqn.params.get("preferred_element_type"))
+        counts[key] = counts.get(key, 0) + times
+        continue
+      subs = list(jex.core.jaxprs_in_params(eqn.params))
+      if not subs:
+        continue
+      if name in ("while", "cond"):
+        raise ValueError(f"dot_general_calls: the function contains a '{name}' whose matmul "
+                         f"count is only known at run time; time that part on its own.")
+      inner = times * (eqn.params["length"] if name == "scan" else 1)
+      for sub in subs:
+        walk(getattr(sub, "jaxpr", sub), inner)
+
+  walk(jax.make_jaxpr(fn)(*args).jaxpr, 1)
+  calls = [DotCall(*key, count=c) for key, c in counts.items()]
+  return sorted(calls, key=lambda c: (-c.count * c.gflop, str(c.lhs.shape)))
+
+
+def dot_floor(fn: Callable, args: Sequence[Any], warmup: int = 2, iters: int = 20,
+              repeat: int = 10) -> dict:
+  """The time ``fn(*args)`` needs for its matrix products alone: each distinct
+  ``dot_general`` (:func:`dot_general_calls`) jitted and timed *on its own* (all cores;
+  ``repeat`` calls back to back so the threads stay awake, best of ``iters`` such runs,
+  per call, less the same time of a 1×1 product: the dispatch), times how often ``fn``
+  runs it, summed.
+
+  A compiled ``fn`` runs the same products, plus its other work and the gaps between
+  ops, so it does not beat this floor unless it runs products *concurrently* on
+  different cores faster than each runs alone on all of them (small products do not
+  use many cores well; time the script pinned to one core, ``taskset -c 0``, for the
+  floor with the products spread perfectly over the cores: that sum / cores).
+  ``gflop / floor / peak`` is the ``frac_of_peak`` ``fn`` would reach if all its other
+  work took no time.
+
+  Returns:
+    ``{"dot_kinds", "dot_calls", "dot_gflop", "dot_floor_ms", "dot_dispatch_ms"}``:
+    ``dot_dispatch_ms`` is the per-call time subtracted (that of a 1×1 product).
+  """
+  def best_ms(call):
+    lhs = jnp.ones(call.lhs.shape, call.lhs.dtype)
+    rhs = jnp.ones(call.rhs.shape, call.rhs.dtype)
+    dot = jax.jit(lambda a, b: lax.dot_general(a, b, call.dimension_numbers, call.precision,
+                                               call.preferred_element_type))
+    compiled = dot.lower(lhs, rhs).compile()
+    back_to_back = lambda a, b: [compiled(a, b) for _ in range(repeat)]
+    return time_fn(back_to_back, (lhs, rhs), warmup=warmup, iters=iters)["min_ms"] / repeat
+
+  calls = dot_general_calls(fn, args)
+  unit = jax.ShapeDtypeStruct((1, 1), jnp.float32)
+  dispatch = best_ms(DotCall(unit, unit, (((1,), (0,)), ((), ())), None, None, 1))
+  total_ms = sum(c.count * max(best_ms(c) - dispatch, 0.0) for c in calls)
+  return {"dot_kinds": len(calls), "dot_calls": sum(c.count for c in calls),
+          "dot_gflop": round(sum(c.count * c.gflop for c in calls), 6),
+          "dot_floor_ms": round(total_ms, 4), "dot_dispatch_ms": round(dispatch, 4)}
+
+
+def add_dot_floor(rec: dict, fn: Callable, args: Sequence[Any], peak_gflops: float | None,
+                  warmup: int = 2, iters: int = 20) -> dict:
+  """Adds :func:`dot_floor`'s keys to a :func:`measure` record, and ``max_frac_of_peak``
+  = the record's XLA GFLOP / the dot floor / the peak: the ``frac_of_peak`` ``fn`` would
+  reach if everything but its matrix products took no time."""
+  rec.update(dot_floor(fn, args, warmup=warmup, iters=iters))
+  if rec.get("gflop") and peak_gflops and rec["dot_floor_ms"] > 0:
+    rec["max_frac_of_peak"] = round(rec["gflop"] / (rec["dot_floor_ms"] * 1e-3) / peak_gflops, 4)
+  return rec
 
 
 def measure(bench: str, fn: Callable, args: Sequence[Any], *, items: int, shape: dict,

@@ -138,3 +138,86 @@ def test_bench_encoders_other_errors_still_fail(monkeypatch):
   monkeypatch.setattr(common, "matmul_peak_gflops", lambda **k: 1.0)
   with pytest.raises(ValueError, match="a real bug"):
     bench_encoders.main(["--quick", "--models", "bert", "--modes", "fwd"])
+
+
+# ----------------------------------------------------------------------------- matmul floor
+
+
+def _mlp_grad_args(b=4, d=5, h=6, o=3):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  def loss(w1, w2, x):
+    return jnp.sum(jnp.tanh(x @ w1) @ w2)
+
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1)))  # a nested jit is walked too
+  return grad, (jnp.ones((d, h)), jnp.ones((h, o)), jnp.ones((b, d)))
+
+
+def test_dot_general_calls_finds_every_product_of_a_gradient():
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  b, d, h, o = 4, 5, 6, 3
+  grad, args = _mlp_grad_args(b, d, h, o)
+  calls = common.dot_general_calls(grad, args)
+  # forward x·W1, h·W2; backward dW2 = hᵀg, dh = g·W2ᵀ, dW1 = xᵀ·dz (no dx: x is not
+  # differentiated)
+  assert sum(c.count for c in calls) == 5
+  # (JAX's transpose rules put the cotangent first in dW2 and second in dW1)
+  assert sorted((c.lhs.shape, c.rhs.shape) for c in calls) == sorted(
+      [((b, d), (d, h)), ((b, h), (h, o)), ((b, o), (b, h)), ((b, o), (h, o)),
+       ((b, h), (b, d))])
+  assert sum(c.count * c.gflop for c in calls) == pytest.approx((4 * b * d * h + 6 * b * h * o)
+                                                                / 1e9)
+
+
+def test_dot_call_gflop_matches_xla_cost_analysis():
+  """``DotCall.gflop`` (batch and contracting dims) against XLA's own FLOP count."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  q = jnp.ones((2, 7, 3, 5))
+  k = jnp.ones((2, 9, 3, 5))
+  fn = lambda q, k: jnp.einsum("bqhd,bkhd->bhqk", q, k)
+  (call,) = common.dot_general_calls(fn, (q, k))
+  xla = common.compiled_gflop(jax.jit(fn).lower(q, k).compile())
+  assert call.count == 1 and call.gflop == pytest.approx(2 * 2 * 3 * 7 * 9 * 5 / 1e9)
+  assert call.gflop == pytest.approx(xla)
+
+
+def test_dot_general_calls_counts_a_scan_body_length_times_and_refuses_while():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  w = jnp.ones((3, 3))
+  scanned = lambda w: jax.lax.scan(lambda c, _: (c @ w, None), w, None, length=7)[0]
+  (call,) = common.dot_general_calls(scanned, (w,))
+  assert call.count == 7
+  looped = lambda w: jax.lax.while_loop(lambda c: c[0, 0] < 10.0, lambda c: c @ w, w)
+  with pytest.raises(ValueError, match="while"):
+    common.dot_general_calls(looped, (w,))
+  branched = lambda w: jax.lax.cond(w[0, 0] > 0, lambda c: c @ c, lambda c: c, w)
+  with pytest.raises(ValueError, match="cond"):
+    common.dot_general_calls(branched, (w,))
+
+
+def test_dot_floor_sums_each_product_times_its_count_less_dispatch(monkeypatch):
+  """With a fake clock (a product whose left operand has s elements 'takes' 1 + s µs per
+  call, so the 1×1 dispatch product 2 µs), the floor is the sum over the five products of
+  s − 1 µs, and max_frac_of_peak follows."""
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  b, d, h, o = 4, 5, 6, 3
+  grad, args = _mlp_grad_args(b, d, h, o)
+
+  def fake_time_fn(fn, fargs, warmup=3, iters=20):
+    del fn, warmup, iters
+    return {"min_ms": 10 * (1 + fargs[0].size) * 1e-3}  # 10 back-to-back calls
+
+  monkeypatch.setattr(common, "time_fn", fake_time_fn)
+  floor = common.dot_floor(grad, args, repeat=10)
+  lhs_sizes = [b * d, b * h, b * o, b * o, b * h]  # the five left operands
+  assert floor["dot_calls"] == 5
+  assert floor["dot_dispatch_ms"] == pytest.approx(2e-3)
+  floor_ms = (sum(lhs_sizes) - 5) * 1e-3
+  assert floor["dot_floor_ms"] == pytest.approx(floor_ms)
+  rec = common.add_dot_floor({"gflop": 2.0}, grad, args, peak_gflops=50.0)
+  assert rec["max_frac_of_peak"] == pytest.approx(2.0 / (floor_ms * 1e-3) / 50.0, rel=1e-3)
