@@ -14,6 +14,11 @@ step could reach if all its other work and every gap between ops took no time.
 
     python -m benchmarks.bench_dmf_layer            # paper sizes (slow on a laptop)
     python -m benchmarks.bench_dmf_layer --quick    # tiny sizes, a smoke check
+    python -m benchmarks.bench_dmf_layer --dtype bfloat16   # bf16 compute, f32 params/memory
+
+With ``--dtype bfloat16`` the layer computes in bf16 (``DualMemoryFusion(dtype=...)``; params,
+memory and the loss stay float32) and the roofline is the same run's matmul peak *in that
+dtype* (``bf16 @ bf16 -> bf16``, what the layer's dense layers run).
 """
 import os
 import sys
@@ -27,6 +32,8 @@ import optax  # noqa: E402
 from benchmarks import common  # noqa: E402
 from mbaf_jax.fusion.dual_memory import DualMemoryFusion  # noqa: E402
 from mbaf_jax.fusion.naive import NaiveFusion  # noqa: E402
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def matmul_gflop(b, n, d, dim, ff, tokens):
@@ -50,15 +57,18 @@ def main(argv=None):
   p.add_argument("--slots", type=int, default=120)
   p.add_argument("--d", type=int, default=768)
   p.add_argument("--cbp_dim", type=int, default=2048)
+  p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                 help="compute dtype of the layer (params, memory and loss stay float32)")
   args = p.parse_args(argv)
+  dtype = DTYPES[args.dtype]
   warmup, iters = common.iterations(args)
   b, n, d, dim = args.batch, args.slots, args.d, args.cbp_dim
   cfg = {}
   if args.quick:
     b, n, d, dim = 4, 8, 32, 64
     cfg = dict(attention_tokens=4, num_heads=2, writer_ff_dim=64)
-  layer = DualMemoryFusion(slots=n, cbp_dim=dim, **cfg)
-  peak = common.matmul_peak_gflops(quick=args.quick)
+  layer = DualMemoryFusion(slots=n, cbp_dim=dim, dtype=dtype, **cfg)
+  peak = common.matmul_peak_gflops(dtype=dtype, quick=args.quick)
   ka, kt, kw, kl = jax.random.split(jax.random.key(0), 4)
   x_a = jax.random.normal(ka, (b, d), jnp.float32)
   x_t = jax.random.normal(kt, (b, d), jnp.float32)
@@ -88,7 +98,7 @@ def main(argv=None):
   def train_step(params, state, opt_state, x_a, x_t, key):
     def loss_fn(params):
       fused, sim, new = forward_train(params, state, x_a, x_t, key)
-      logp = jax.nn.log_softmax(fused @ w_out)
+      logp = jax.nn.log_softmax(fused.astype(jnp.float32) @ w_out)
       ce = -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
       return ce + sim, new
     (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -100,7 +110,7 @@ def main(argv=None):
           ("dmf_forward_train", forward_train, (params, state, x_a, x_t, key), mm),
           ("dmf_train_step", train_step, (params, state, opt_state, x_a, x_t, key), 3 * mm)]
   for name, fn, fargs, mm_gflop in runs:
-    rec = common.measure(name, fn, fargs, items=b, shape=shape, dtype="float32",
+    rec = common.measure(name, fn, fargs, items=b, shape=shape, dtype=args.dtype,
                          peak_gflops=peak, warmup=warmup, iters=iters,
                          extra={"matmul_gflop_analytic": round(mm_gflop, 6)})
     common.emit(common.add_dot_floor(rec, fn, fargs, peak, warmup=warmup, iters=iters))
