@@ -42,8 +42,10 @@ if [[ $# -ge 2 ]]; then  # OUT_DIR NAME ARGS...: just that one run
 fi
 
 run mbaf_param_count
+run bench_matmul
 run bench_cbp
 run bench_dmf_layer
+run bench_dmf_layer --dtype bfloat16
 run bench_mbaf_layer --iters 5 --warmup 1
 # Wav2Vec2 split per mode/batch so that one out-of-memory (fwd_bwd at batch 32 needs a
 # 26.6 GB buffer: more than a 24 GiB host) does not stop the others. bench_encoders also records

@@ -221,3 +221,67 @@ def test_dot_floor_sums_each_product_times_its_count_less_dispatch(monkeypatch):
   assert floor["dot_floor_ms"] == pytest.approx(floor_ms)
   rec = common.add_dot_floor({"gflop": 2.0}, grad, args, peak_gflops=50.0)
   assert rec["max_frac_of_peak"] == pytest.approx(2.0 / (floor_ms * 1e-3) / 50.0, rel=1e-3)
+
+
+def test_bench_dmf_layer_dtype_flag_sets_the_compute_dtype_and_its_roofline(monkeypatch, capsys):
+  """``--dtype bfloat16``: the timed layer computes in bf16 (fused output bf16) while the params,
+  the carried memory and the loss stay float32, the roofline is measured in bf16, and every
+  DMF record says so. Timing is faked; the functions themselves are run once."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from benchmarks import bench_dmf_layer  # pylint: disable=g-import-not-at-top
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  peaks, runs = [], {}
+  monkeypatch.setattr(common, "matmul_peak_gflops",
+                      lambda dtype=jnp.float32, quick=False: peaks.append(dtype) or 1.0)
+
+  def fake_measure(name, fn, fargs, dtype, **kw):
+    del kw
+    runs[name] = jax.jit(fn)(*fargs)
+    return {"bench": name, "dtype": dtype}
+
+  monkeypatch.setattr(common, "measure", fake_measure)
+  monkeypatch.setattr(common, "add_dot_floor", lambda rec, *a, **k: rec)
+  bench_dmf_layer.main(["--quick", "--dtype", "bfloat16"])
+  recs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert peaks == [jnp.bfloat16]
+  assert {r["bench"]: r["dtype"] for r in recs if r["bench"].startswith("dmf")} == {
+      "dmf_forward_eval": "bfloat16", "dmf_forward_train": "bfloat16",
+      "dmf_train_step": "bfloat16"}
+  assert runs["dmf_forward_eval"].dtype == jnp.bfloat16
+  params, state, _, loss = runs["dmf_train_step"]
+  assert loss.dtype == jnp.float32 and bool(jnp.isfinite(loss))
+  assert {x.dtype for x in jax.tree.leaves((params, state["memory"]))} == {jnp.dtype("float32")}
+  with pytest.raises(SystemExit):
+    bench_dmf_layer.main(["--quick", "--dtype", "float16"])
+
+
+def test_bench_matmul_rows_flops_and_errors(monkeypatch, capsys):
+  """Every (shape, precision) row: XLA's FLOP count is 2·m·k·n, the f32 product matches float64
+  to f32 rounding in both layouts (a wrong transpose would be O(1) off), bf16 inputs cost
+  bf16 rounding (~2⁻⁹), and accumulating them in f32 is no less accurate than bf16 out."""
+  from benchmarks import bench_matmul  # pylint: disable=g-import-not-at-top
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(common, "matmul_peak_gflops", lambda **k: 100.0)
+  bench_matmul.main(["--quick", "--iters", "1", "--warmup", "0",
+                     "--shapes", "writer_ff1_fwd,writer_ff1_dW"])
+  recs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+  assert [(r["bench"], r["dtype"]) for r in recs] == [
+      (f"matmul_{s}", p) for s in ("writer_ff1_fwd", "writer_ff1_dW")
+      for p in ("float32", "bfloat16", "bfloat16_f32acc")]
+  err = {(r["bench"], r["dtype"]): r["max_rel_err"] for r in recs}
+  for r in recs:
+    s = r["shape"]
+    assert (s["m"], s["k"], s["n"]) == (19, 96, 256)
+    assert r["shape"]["contract_rows"] == r["bench"].endswith("_dW")
+    assert r["gflop"] == pytest.approx(2 * 19 * 96 * 256 / 1e9, rel=0.05)
+    assert r["frac_of_f32_peak"] == pytest.approx(r["gflops_per_s"] / 100.0, abs=1e-4)
+    if r["dtype"] == "float32":
+      assert r["max_rel_err"] < 1e-5
+    else:
+      assert 1e-4 < r["max_rel_err"] < 2e-2
+  for s in ("writer_ff1_fwd", "writer_ff1_dW"):
+    b = f"matmul_{s}"
+    assert err[(b, "bfloat16_f32acc")] <= err[(b, "bfloat16")]
+  with pytest.raises(SystemExit, match="unknown"):
+    bench_matmul.main(["--quick", "--shapes", "square_4096"])
