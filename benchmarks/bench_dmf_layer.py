@@ -33,8 +33,6 @@ from benchmarks import common  # noqa: E402
 from mbaf_jax.fusion.dual_memory import DualMemoryFusion  # noqa: E402
 from mbaf_jax.fusion.naive import NaiveFusion  # noqa: E402
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
 
 def matmul_gflop(b, n, d, dim, ff, tokens):
   """Analytic forward GFLOP of DMF's dense matmuls (2·m·k·n each), both modalities.
@@ -57,10 +55,10 @@ def main(argv=None):
   p.add_argument("--slots", type=int, default=120)
   p.add_argument("--d", type=int, default=768)
   p.add_argument("--cbp_dim", type=int, default=2048)
-  p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+  p.add_argument("--dtype", choices=sorted(common.DTYPES), default="float32",
                  help="compute dtype of the layer (params, memory and loss stay float32)")
   args = p.parse_args(argv)
-  dtype = DTYPES[args.dtype]
+  dtype = common.DTYPES[args.dtype]
   warmup, iters = common.iterations(args)
   b, n, d, dim = args.batch, args.slots, args.d, args.cbp_dim
   cfg = {}

@@ -31,8 +31,6 @@ from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-impor
 from mbaf_jax.encoders import (Bert, BertConfig, Wav2Vec2,  # pylint: disable=g-import-not-at-top
                                Wav2Vec2Config)
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
 
 def _csv(s, cast=str):
   return [cast(v) for v in s.split(",") if v]
@@ -79,12 +77,14 @@ def main(argv=None):
     if model_name not in ("wav2vec2", "bert"):
       raise SystemExit(f"--models: unknown model {model_name!r}; expected wav2vec2 or bert")
     for dtype_name in _csv(args.dtypes):
-      if dtype_name not in DTYPES:
-        raise SystemExit(f"--dtypes: unknown dtype {dtype_name!r}; expected {sorted(DTYPES)}")
+      if dtype_name not in common.DTYPES:
+        raise SystemExit(f"--dtypes: unknown dtype {dtype_name!r}; "
+                         f"expected {sorted(common.DTYPES)}")
       for mode in _csv(args.modes):
         if mode in ("fwd_bwd_frozen", "conv_fwd") and model_name != "wav2vec2":
           continue
-        model, cfg = build(model_name, args.quick, DTYPES[dtype_name], mode == "fwd_bwd_frozen")
+        model, cfg = build(model_name, args.quick, common.DTYPES[dtype_name],
+                           mode == "fwd_bwd_frozen")
         for batch in batches:
           sizes = {"batch": batch, "size": "tiny" if args.quick else "base"}
           sizes.update({"samples": int(round(seconds * 16000))} if model_name == "wav2vec2"

@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 
-# name: (m, k, n, contract_rows); contract_rows=True computes (k, m)ᵀ-style xᵀ g: lhs (m, k),
-# rhs (m, n), contracting axis 0 of both -> (k, n).
+# name: (m, k, n, contract_rows). contract_rows=False: (m, k) @ (k, n). contract_rows=True: the
+# weight-gradient xᵀ g, lhs x (m, k) and rhs g (m, n) contracted over their m rows -> (k, n).
 SHAPES = {
     "square_2048": (2048, 2048, 2048, False),
     "writer_qkv_fwd": (152, 768, 768, False),

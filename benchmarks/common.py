@@ -32,6 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 
+# Compute dtypes a benchmark can be asked for by name (``--dtype`` / ``--dtypes``).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
 def parser(description: str) -> argparse.ArgumentParser:
   """An argument parser with the flags every benchmark shares."""
   p = argparse.ArgumentParser(description=description)
