@@ -6,6 +6,7 @@ import ml_collections as mlc
 import numpy as np
 import pytest
 
+import flax
 import flax.linen as nn
 
 from mbaf_jax.fusion import DualMemoryFusion
@@ -291,3 +292,26 @@ def test_with_axis_name_sets_the_fusion_axis_only():
                     NaiveFusion)
   with pytest.raises(ValueError, match="no module field 'fusion'.*parallelism='jit'"):
     steps.with_axis_name(MODEL, "batch")
+
+
+
+class _FreshToy(ToyDMF):
+  """ToyDMF under another name: a model no other test initialises (its own cache entry)."""
+
+
+def test_init_variables_is_model_init_and_compiles_once_for_every_key():
+  """The key is an argument of the compiled init (folds and seeds share one program), and the
+  variables are exactly ``model.init`` with the four split streams."""
+  model, batch = _FreshToy(), _batch(0)
+  before = steps._init_static._cache_size()  # pylint: disable=protected-access
+  got = [steps.init_variables(model, batch, jax.random.key(s)) for s in (0, 1, 2)]
+  assert steps._init_static._cache_size() == before + 1  # pylint: disable=protected-access
+  k_params, k_mem, k_drop, k_gum = jax.random.split(jax.random.key(1), 4)
+  inputs = {k: v for k, v in batch.items() if k not in ("mask", "label")}
+  want = model.init({"params": k_params, "memory": k_mem, "dropout": k_drop, "gumbel": k_gum},
+                    inputs, mask=batch["mask"], train=False)
+  assert jax.tree.structure(got[1]) == jax.tree.structure(flax.core.unfreeze(want))
+  for a, b in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  kernels = [g["params"]["audio_proj"]["kernel"] for g in got]
+  assert not np.allclose(kernels[0], kernels[2])

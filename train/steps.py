@@ -11,6 +11,7 @@ under ``jax.pmap`` the step is built with ``axis_name`` (:func:`make_train_step`
 with :func:`with_axis_name`, and equals the single-device step.
 """
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax
@@ -128,6 +129,11 @@ def make_optimizer(optim_config, params, memory=None) -> optax.GradientTransform
 def init_variables(model: nn.Module, batch: dict, key: jax.Array) -> dict:
   """Initialises every variable collection from a (dummy) batch, under jit.
 
+  The key is an argument of the compiled program (not a constant baked into it), so every fold
+  and seed of one model reuses one compilation: in-process when the model is hashable (the
+  usual case; a model holding an array, e.g. a GloVe table, is traced afresh per call), and
+  through the persistent compilation cache either way.
+
   Args:
     model: the full model.
     batch: a batch dict with "mask" (shapes only matter; "label" ignored).
@@ -136,15 +142,21 @@ def init_variables(model: nn.Module, batch: dict, key: jax.Array) -> dict:
   Returns:
     A plain dict of collections.
   """
-  k_params, k_mem, k_drop, k_gum = jax.random.split(key, 4)
   inputs = {k: v for k, v in batch.items() if k not in ("mask", "label")}
+  try:
+    hash(model)
+  except TypeError:
+    return flax.core.unfreeze(jax.jit(functools.partial(_init, model))(inputs, batch["mask"], key))
+  return flax.core.unfreeze(_init_static(model, inputs, batch["mask"], key))
 
-  @jax.jit
-  def init(inputs, mask):
-    return model.init({"params": k_params, "memory": k_mem, "dropout": k_drop,
-                       "gumbel": k_gum}, inputs, mask=mask, train=False)
 
-  return flax.core.unfreeze(init(inputs, batch["mask"]))
+def _init(model: nn.Module, inputs: dict, mask, key: jax.Array):
+  k_params, k_mem, k_drop, k_gum = jax.random.split(key, 4)
+  return model.init({"params": k_params, "memory": k_mem, "dropout": k_drop, "gumbel": k_gum},
+                    inputs, mask=mask, train=False)
+
+
+_init_static = jax.jit(_init, static_argnums=0)
 
 
 def abstract_variables(model: nn.Module, batch: dict, key: jax.Array) -> dict:
