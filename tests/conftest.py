@@ -2,8 +2,14 @@
 
 * 8 fake CPU devices (``--xla_force_host_platform_device_count=8``) so multi-device
   behaviour is tested on any laptop; single-device code still runs on device 0.
+* XLA compiles with LLVM's cheap pipeline (``tests/xla_env.py``: the suite is mostly
+  compilation of tiny programs); ``MBAF_TEST_XLA_DEFAULT=1`` keeps XLA's defaults.
 * ``slow`` tests run when ``CI`` is true or ``--runslow`` is given; the default
   local run keeps to the fast set.
+* Tests run in parallel (``pytest-xdist``, ``-n auto`` in pytest.ini: the suite is mostly
+  single-threaded XLA compilation). A test marked ``exclusive`` (the multi-process runs, whose
+  gloo rendezvous and shutdown barriers have deadlines) runs alone: every test holds a shared
+  lock for its whole protocol, an exclusive test the exclusive lock (``_run_lock``).
 * One persistent XLA compilation cache per test session, in a fresh temporary directory
   (removed at exit): tests that train the same small model several times (resume, predict,
   layouts) compile it once. Nothing is reused across sessions, so a clean clone still compiles
@@ -12,15 +18,23 @@
   non-atomically and concurrent processes could read a half-written one.
 """
 import atexit
+import contextlib
 import os
 import shutil
+import sys
 import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import xla_env  # noqa: E402
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
-  os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+  _flags += " --xla_force_host_platform_device_count=8"
+if xla_env.enabled() and "xla_backend_optimization_level" not in _flags:
+  _flags += " " + xla_env.COMPILE_FAST_FLAGS
+os.environ["XLA_FLAGS"] = _flags.strip()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -47,3 +61,38 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if "slow" in item.keywords:
       item.add_marker(skip_slow)
+
+
+@contextlib.contextmanager
+def _run_lock(exclusive: bool):
+  """Reader-writer lock over the workers of one xdist run (``flock``; a no-op elsewhere).
+
+  The "gate" lock makes it fair: a worker waiting for the exclusive lock holds the gate, so the
+  other workers cannot keep taking shared locks past it.
+  """
+  uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+  try:
+    import fcntl  # pylint: disable=g-import-not-at-top
+  except ImportError:  # not POSIX: no parallel-run lock
+    fcntl = None
+  if not uid or fcntl is None:
+    yield
+    return
+  base = os.path.join(tempfile.gettempdir(), f"mbaf_jax_tests_{uid}")
+  with open(base + ".gate", "a") as gate, open(base + ".lock", "a") as lock:
+    fcntl.flock(gate, fcntl.LOCK_EX)
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    finally:
+      fcntl.flock(gate, fcntl.LOCK_UN)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+  del nextitem
+  with _run_lock(item.get_closest_marker("exclusive") is not None):
+    yield

@@ -10,14 +10,19 @@ import sys
 
 import pytest
 
+import xla_env
 from train import main as main_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run_main(args, timeout):
+def _run_main(args, timeout, fast_compile=True):
+  """``python -m train.main args`` on one device, as on a user's machine; ``fast_compile``: with
+  the suite's compile flags (``xla_env``), False for XLA's defaults (a run that trains long
+  enough for the generated code's speed to matter: the demo's 130 steps a fold ran 2.7x slower
+  with them)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)  # one device, as on a user's machine
+  env["XLA_FLAGS"] = xla_env.xla_flags() if fast_compile else ""
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
   return subprocess.run([sys.executable, "-m", "train.main", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
@@ -69,7 +74,7 @@ def test_demo_config_learns_on_two_folds(tmp_path):
   workdir = tmp_path / "demo"
   r = _run_main(["--config=configs/iemocap.py:demo", f"--workdir={workdir}",
                  "--config.data.max_folds=2", "--config.train.progress=False",
-                 "--compilation_cache_dir=none"], timeout=600)
+                 "--compilation_cache_dir=none"], timeout=600, fast_compile=False)
   assert r.returncode == 0, r.stderr[-3000:]
   m = json.loads((workdir / "metrics.json").read_text())
   # 64 test utterances per fold, 2 folds: chance (0.25) UA has std ~0.04. Measured (README run):

@@ -7,6 +7,7 @@ step of ``tests/test_distributed.py`` and saves its final state. The reference i
 single-process, single-device run over the whole batch.
 """
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +15,9 @@ import time
 
 import numpy as np
 import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import xla_env  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -69,41 +73,53 @@ def worker(port: int, process_id: int, out_path: str) -> None:
 
 def _run_processes(tmp_path, name, timeout_s, command):
   """Starts NUM_PROCESSES processes ``command(i) -> (argv, env)`` (output in
-  ``tmp_path/<name><i>.log``), waits up to ``timeout_s`` for all, kills any left, and fails
-  with the log tail of any that did not exit 0."""
+  ``tmp_path/<name><i>.log``), waits up to ``timeout_s`` for all, and fails with the log tail of
+  every process if any did not exit 0. A process still running at the deadline first gets
+  SIGABRT, which makes Python's faulthandler (``PYTHONFAULTHANDLER``) print where each of its
+  threads was (so a hang names its place in the log), then is killed."""
   procs, logs = [], []
   try:
     for i in range(NUM_PROCESSES):
       argv, env = command(i)
       log = open(tmp_path / f"{name}{i}.log", "w")
       logs.append(log)
-      procs.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT))
+      procs.append(subprocess.Popen(argv, cwd=ROOT, env=dict(env, PYTHONFAULTHANDLER="1"),
+                                    stdout=log, stderr=subprocess.STDOUT))
     deadline = time.monotonic() + timeout_s
     for p in procs:
       p.wait(timeout=max(1.0, deadline - time.monotonic()))
   except subprocess.TimeoutExpired:
     pass
   finally:
-    for p in procs:
+    for i, p in enumerate(procs):
       if p.poll() is None:
-        p.kill()
-        p.wait(10)
+        logs[i].write(f"\n[test] still running after {timeout_s} s: SIGABRT for a stack dump\n")
+        logs[i].flush()
+        p.send_signal(signal.SIGABRT)
+        try:
+          p.wait(10)
+        except subprocess.TimeoutExpired:
+          p.kill()
+          p.wait(10)
     for log in logs:
       log.close()
-  for i, p in enumerate(procs):
-    text = (tmp_path / f"{name}{i}.log").read_text()[-3000:]
-    assert p.returncode == 0, f"{name} {i} exited with {p.returncode}:\n{text}"
+  codes = [p.returncode for p in procs]
+  if any(c != 0 for c in codes):
+    tails = "\n".join(f"----- {name} {i} (exit {c}), last 4000 characters:\n"
+                      + (tmp_path / f"{name}{i}.log").read_text()[-4000:]
+                      for i, c in enumerate(codes))
+    pytest.fail(f"{name} exit codes {codes}:\n{tails}")
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive
 def test_two_processes_equal_one_process(tmp_path):
   sys.path.insert(0, HERE)
   import test_distributed as td
 
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}")
+             XLA_FLAGS=xla_env.xla_flags(LOCAL_DEVICES))
   for name in ("MBAF_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS"):
     env.pop(name, None)
   _run_processes(tmp_path, "worker", TIMEOUT_S, lambda i: (
@@ -127,6 +143,7 @@ def test_two_processes_equal_one_process(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive
 def test_trainer_two_processes_equal_one_process(tmp_path):
   """``python -m train.main`` as two processes on 127.0.0.1 (2 CPU devices each, gloo
   collectives, ``MBAF_*`` environment read by ``distributed.initialize_multihost``), sharing one
@@ -153,7 +170,7 @@ def test_trainer_two_processes_equal_one_process(tmp_path):
   _run_processes(tmp_path, "trainer", 2 * TIMEOUT_S, lambda i: (
       [sys.executable, "-m", "train.main"] + flags,
       dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-           XLA_FLAGS=f"--xla_force_host_platform_device_count={LOCAL_DEVICES}",
+           XLA_FLAGS=xla_env.xla_flags(LOCAL_DEVICES),
            MBAF_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
            MBAF_NUM_PROCESSES=str(NUM_PROCESSES), MBAF_PROCESS_ID=str(i))))
   got = json.loads((workdir / "metrics.json").read_text())

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+import xla_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOLD_DIR = os.path.join("ckpt", "dmf", "loso_s1", "latest")
@@ -30,7 +31,7 @@ def _command(workdir, data_dir):
 
 def _env():
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES="")
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  env["XLA_FLAGS"] = xla_env.xla_flags(device_count=1)
   return env
 
 
