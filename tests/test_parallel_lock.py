@@ -3,6 +3,7 @@ import fcntl
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -53,8 +54,14 @@ def test_exclusive_holder_blocks_everyone_shared_holder_blocks_only_exclusive(ex
 
 
 def test_no_lock_outside_xdist(monkeypatch, tmp_path):
-  monkeypatch.delenv("PYTEST_XDIST_TESTRUNUID", raising=False)
-  monkeypatch.setenv("TMPDIR", str(tmp_path))
+  monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where a lock file would go
+  monkeypatch.setenv("PYTEST_XDIST_TESTRUNUID", "x")
+  with conftest._run_lock(False):
+    pass
+  assert os.listdir(tmp_path)  # the check below is not vacuous: with a run id, files appear
+  for name in os.listdir(tmp_path):
+    os.remove(tmp_path / name)
+  monkeypatch.delenv("PYTEST_XDIST_TESTRUNUID")
   with conftest._run_lock(True):
     pass
   assert not os.listdir(tmp_path)

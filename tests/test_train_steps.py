@@ -294,7 +294,6 @@ def test_with_axis_name_sets_the_fusion_axis_only():
     steps.with_axis_name(MODEL, "batch")
 
 
-
 class _FreshToy(ToyDMF):
   """ToyDMF under another name: a model no other test initialises (its own cache entry)."""
 
