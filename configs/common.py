@@ -32,7 +32,7 @@ def dmf_fusion():
       writer_ff_dim=2048,  # not in paper (PyTorch TransformerEncoderLayer default)
       dropout_rate=0.0,  # not in paper
       attention_tokens=16,  # not in paper (composer self-attention tokens)
-      composer_attention="tokens",
+      composer_attention="tokens",  # not in paper: "tokens" (self-attention) | "none" (ablation)
       similarity_reduction="paper",  # DMF Eq. 4 divisor n(n-1)
       reader_logits="log_softmax",  # reading of DMF Eq. 2's log(x_tmp)
   ))
@@ -50,14 +50,19 @@ def mbaf_fusion():
 
 
 def fusion_section():
-  return mlc.ConfigDict(dict(dmf=dmf_fusion(), naive=mlc.ConfigDict(), mbaf=mbaf_fusion()))
+  """Options of every fusion kind; a run uses those of the kinds in ``config.fusions``."""
+  return mlc.ConfigDict(dict(
+      dmf=dmf_fusion(),  # DualMemoryFusion (DMF §2.2)
+      naive=mlc.ConfigDict(),  # NaiveFusion (concatenation) has no options
+      mbaf=mbaf_fusion(),  # MBAF (MBAF §3)
+  ))
 
 
 def base_config():
   """Fields shared by every experiment; experiment files fill in the rest."""
   c = mlc.ConfigDict()
-  c.name = ""
-  c.seed = 0
+  c.name = ""  # the experiment's name (metrics.json); set by each config file
+  c.seed = 0  # PRNG seed of initialisation, batch order, dropout and Gumbel noise
   c.fusions = "dmf"  # comma-separated fusion kinds, each trained on every fold ("dmf,naive")
 
   c.data = mlc.ConfigDict()
@@ -83,35 +88,35 @@ def base_config():
 
   c.model = mlc.ConfigDict()
   c.model.name = "dmf"  # "dmf" | "mbaf_iemocap" | "cebs"
-  c.model.fusion = fusion_section()
-  c.model.head_features = (1024, 512)
-  c.model.head_dropout = 0.0
+  c.model.fusion = fusion_section()  # options of each fusion kind (dmf, naive, mbaf)
+  c.model.head_features = (1024, 512)  # DMF §2.3: Dense 1024 → Dense 512 → classes
+  c.model.head_dropout = 0.0  # dropout in the head; not in paper (DMF)
   c.model.head_activation = "relu"  # not in paper
-  c.model.num_classes = 4
+  c.model.num_classes = 4  # DMF §3: ang, hap (+exc), neu, sad
   # Compute dtype: "float32" | "bfloat16" (encoders, fusion and head compute in it; parameters,
   # optimiser state, memory and the loss stay float32). --config.model.dtype=bfloat16
   c.model.dtype = "float32"
 
   c.optim = mlc.ConfigDict()
   c.optim.name = "sgd"  # "sgd" | "adam"
-  c.optim.learning_rate = 0.01
+  c.optim.learning_rate = 0.01  # DMF §3: the network (all but the memory module)
   c.optim.memory_learning_rate = 0.001  # the fusion ("memory module") parameters (SGD and Adam)
   c.optim.momentum = 0.0  # not in paper
   c.optim.freeze_encoders = True  # DMF §2.1 frozen parts (encoders.frozen_mask)
   c.optim.grad_clip_norm = 0.0  # 0: off; not in paper
 
   c.train = mlc.ConfigDict()
-  c.train.batch_size = 16
-  c.train.eval_batch_size = 32
-  c.train.epochs = 10
+  c.train.batch_size = 16  # global batch (all devices); not in paper (DMF)
+  c.train.eval_batch_size = 32  # evaluation batch (all devices); not in paper
+  c.train.epochs = 10  # passes over each fold's training set; not in paper
   c.train.max_steps = 0  # 0: epochs decide; n: stop each fold after n steps
   c.train.eval_every_epochs = 1  # validation (for best-by-UA) every n epochs
-  c.train.log_every_steps = 50
-  c.train.checkpoint_every_steps = 200
+  c.train.log_every_steps = 50  # TensorBoard training scalars every n steps
+  c.train.checkpoint_every_steps = 200  # "latest" checkpoint every n steps (resume point)
   c.train.keep_checkpoints = 2  # keep-N
   c.train.num_devices = 0  # 0: all local devices; n: the first n (data parallel mesh)
   c.train.parallelism = "jit"  # "jit": sharded device mesh | "pmap": jax.pmap (docs/SCALING.md)
-  c.train.progress = True  # tqdm progress bar (steps/s and ETA)
+  c.train.progress = True  # progress with steps/s and ETA: a tqdm bar on a terminal, else lines
   c.train.interrupt_after_steps = 0  # testing: stop (checkpointed) after n steps of this call
   return c
 

@@ -29,7 +29,11 @@ _CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir", "",
     "Persistent XLA compilation cache ('' : $XDG_CACHE_HOME/mbaf_jax/xla or "
     "~/.cache/mbaf_jax/xla; 'none': off). JAX_COMPILATION_CACHE_DIR, if set, wins over ''.")
+flags.DEFINE_bool("help_config", False,
+                  "Print the config files with their variants and every config field with its "
+                  "default and meaning, then exit (also part of --help).")
 flags.mark_flags_as_required(["config", "workdir"])
+_HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "--helpfull", "-?")
 
 
 def default_cache_dir() -> str:
@@ -91,8 +95,25 @@ def exit_status(fn) -> int:
   return 0
 
 
+def config_help() -> str:
+  """The configs' help (files, variants, fields), generated from the config files."""
+  from train import config_help as help_lib  # pylint: disable=g-import-not-at-top
+  return help_lib.render()
+
+
 def _parse_flags(argv):
-  """absl flag parsing with a one-paragraph message for a bad ``--config...`` flag."""
+  """absl flag parsing with a one-paragraph message for a bad ``--config...`` flag.
+
+  ``--help_config`` prints :func:`config_help` and exits (0) before the required flags are
+  checked; ``--help`` shows it after this module's docstring (absl prints the docstring of
+  ``__main__``).
+  """
+  if any(a.lower() in ("--help_config", "--help_config=true", "--help_config=1") for a in argv[1:]):
+    print(config_help())
+    sys.exit(0)
+  if set(argv[1:]) & set(_HELP_FLAGS):
+    main_module = sys.modules["__main__"]
+    main_module.__doc__ = ((main_module.__doc__ or "") + "\n" + config_help()).replace("%", "%%")
   try:
     return FLAGS(argv)
   except (AttributeError, KeyError, flags.Error, ValueError, TypeError) as e:
