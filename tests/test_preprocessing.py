@@ -1,10 +1,13 @@
 """AudioPreprocessor / TextPreprocessor against hand-computed expectations."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from mbaf_jax.encoders import AudioPreprocessor, TextPreprocessor
+from mbaf_jax.encoders import preprocessing
 
 
 def test_audio_defaults_normalise_truncate_pad_and_mask():
@@ -115,3 +118,25 @@ def test_text_errors(tok_dir, tmp_path):
   (tmp_path / "no_tok").mkdir()
   with pytest.raises((FileNotFoundError, OSError, ValueError), match="no_tok"):
     TextPreprocessor(str(tmp_path / "no_tok"))
+
+
+def test_transformers_pytorch_notice_is_silenced_and_real_warnings_kept():
+  """Without PyTorch, importing transformers logs "PyTorch was not found" (nothing a user can act
+  on: the project never needs PyTorch at run time); the project's imports drop that record only."""
+  no_torch = "import sys; sys.modules['torch'] = None\n"  # transformers then finds no PyTorch
+  real = ("import logging; logging.getLogger('transformers').warning('a real warning')\n"
+          "from transformers.utils import logging as hf_logging\n"
+          "hf_logging.get_logger('transformers.models.bert').warning('another real one')\n")
+
+  def stderr(code):
+    return subprocess.run([sys.executable, "-c", no_torch + code], capture_output=True,
+                          text=True, timeout=120).stderr
+
+  assert preprocessing.TORCH_NOTICE in stderr("import transformers\n")  # the notice exists
+  for project_import in ("from mbaf_jax.encoders import preprocessing as p\n"
+                         "p.AudioPreprocessor(None, max_seconds=0.1)\n",
+                         "from train import datasets\nimport tempfile\n"
+                         "datasets.build_word_vocab(['a b'], tempfile.mkdtemp())\n"):
+    err = stderr(project_import + real)
+    assert preprocessing.TORCH_NOTICE not in err, err
+    assert "a real warning" in err and "another real one" in err, err

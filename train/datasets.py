@@ -112,6 +112,8 @@ def build_word_vocab(texts, out_dir: str) -> str:
   """Writes a word-level BERT vocab (specials + every lower-cased word of ``texts``) and a
   ``BertTokenizerFast`` saved from it into ``out_dir``; returns ``out_dir``. No network."""
   from tokenizers.pre_tokenizers import BertPreTokenizer  # pylint: disable=g-import-not-at-top
+  from mbaf_jax.encoders.preprocessing import quiet_transformers  # pylint: disable=g-import-not-at-top
+  quiet_transformers()
   from transformers import BertTokenizerFast  # pylint: disable=g-import-not-at-top
   pre = BertPreTokenizer()
   words = sorted({w.lower() for t in texts for w, _ in pre.pre_tokenize_str(t)})

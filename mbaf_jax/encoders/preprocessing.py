@@ -6,10 +6,34 @@ from the beginning of the audio sample, and 30 tokens from each text sample". Bo
 load only from a LOCAL directory (no downloads) and return batched NumPy arrays of fixed shape, so
 the jitted model never recompiles.
 """
+import logging
 import os
 from typing import Optional, Sequence
 
 import numpy as np
+
+# transformers' notice at import time when PyTorch is absent: this project never needs PyTorch at
+# run time (native Flax encoders; transformers only for configs, tokenizers, feature extractors).
+TORCH_NOTICE = "PyTorch was not found"
+
+
+class _DropTorchNotice(logging.Filter):
+  """Drops transformers' "PyTorch was not found" record; every other record passes."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.getMessage()).startswith(TORCH_NOTICE)
+
+
+def quiet_transformers() -> None:
+  """Silences transformers' PyTorch-not-found notice (and nothing else) before it is imported.
+
+  The notice is logged on the ``transformers`` logger itself when the package is first imported;
+  a filter on that logger drops it, while its real warnings still reach the user. Call before
+  every ``import transformers`` of the project (idempotent).
+  """
+  logger = logging.getLogger("transformers")
+  if not any(isinstance(f, _DropTorchNotice) for f in logger.filters):
+    logger.addFilter(_DropTorchNotice())
 
 
 def _check_dir(path, what):
@@ -36,6 +60,7 @@ class AudioPreprocessor:
       max_seconds: audio kept from the beginning of each utterance (DMF: 5 s).
       sampling_rate: expected sampling rate of the waveforms (DMF: 16 kHz).
     """
+    quiet_transformers()
     from transformers import Wav2Vec2FeatureExtractor  # pylint: disable=g-import-not-at-top
 
     if not max_seconds > 0:
@@ -102,6 +127,7 @@ class TextPreprocessor:
       path: local directory with the tokenizer files (``tokenizer.json`` / ``vocab.txt``).
       max_length: tokens per text, including special tokens.
     """
+    quiet_transformers()
     from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
 
     _check_dir(path, "TextPreprocessor")
