@@ -32,5 +32,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        # PyTorch peer of benchmarks/bench_vs_torch.py and tests/test_torch_reference.py
+        # (both skip without it); not needed by the library.
+        "bench": ["torch==2.13.0"],
     },
 )
