@@ -7,7 +7,8 @@
 * :class:`MaskedBatchNorm` — batch normalisation whose statistics exclude padded rows,
   also when synchronised over a ``pmap``/``shard_map`` axis (count-weighted, so it
   equals the single-device result even when devices hold different numbers of real rows);
-* :func:`gather_batch` — all-gather a batch and its mask over an axis (the global batch).
+* :func:`gather_batch` — all-gather a batch and its mask over an axis (the global batch), or
+  reshard it to replicated under a mesh with Explicit axes (:func:`is_local_batch`).
 """
 from typing import Any, Sequence
 
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbaf_jax import ops
-from mbaf_jax.ops import validation
+from mbaf_jax.ops import sharding, validation
 
 SKETCH_CONSTANTS = ("hashes_x", "signs_x", "hashes_y", "signs_y")
 
@@ -208,18 +209,33 @@ class MaskedBatchNorm(nn.Module):
 def gather_batch(x, mask, axis_name: str | None):
   """All-gathers a per-device batch and its mask over ``axis_name`` (the global batch).
 
+  With ``axis_name=None`` the inputs already are the global batch; if their type is sharded
+  over an Explicit mesh axis (``jax.make_mesh`` + ``jax.set_mesh``) they are resharded to
+  replicated (``jax.sharding.reshard``: the all-gather of global-view code), so the writer's
+  concatenation with the replicated memory and its scan over rows are well typed. Otherwise
+  (no mesh, Auto axes) the inputs are returned unchanged.
+
   Args:
     x: ``(B_local, ...)`` array.
     mask: ``(B_local,)`` mask.
-    axis_name: the ``pmap``/``shard_map`` axis, or ``None`` (returns the inputs).
+    axis_name: the ``pmap``/``shard_map`` axis, or ``None``.
 
   Returns:
     ``(x_global (B_local·P, ...), mask_global (B_local·P,))`` in device order.
   """
   if axis_name is None:
-    return x, mask
+    return sharding.replicate(x), sharding.replicate(mask)
   return (jax.lax.all_gather(x, axis_name, tiled=True),
           jax.lax.all_gather(mask, axis_name, tiled=True))
+
+
+def is_local_batch(x, axis_name: str | None) -> bool:
+  """True when ``x`` is not the whole batch on every device, so a writer must gather it.
+
+  That is a per-device batch (``axis_name`` set: ``pmap``/``shard_map``) or a global batch
+  whose type is sharded over an Explicit mesh axis (:func:`gather_batch` reshards it).
+  """
+  return axis_name is not None or sharding.is_explicitly_sharded(x)
 
 
 def local_slice(x_global, local_size: int, axis_name: str | None):

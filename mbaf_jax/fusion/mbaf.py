@@ -30,7 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mbaf_jax.fusion.common import FusionOutput, batch_mask, check_modes, gather_batch, local_slice
+from mbaf_jax.fusion.common import (FusionOutput, batch_mask, check_modes, gather_batch,
+                                    is_local_batch, local_slice)
 from mbaf_jax.ops import validation
 
 WRITE_MODES = ("scan", "batched")
@@ -332,14 +333,15 @@ class MBAF(nn.Module):
       x_c = x_t
 
     write = train and not self.is_initializing()
-    if write and self.axis_name is not None:  # the writer sees the global batch
+    gather = write and is_local_batch(x_t, self.axis_name)
+    if gather:  # the writer sees the global batch (pmap/shard_map, or an explicit sharding)
       x_all, m_all = gather_batch(jnp.concatenate([x_t, x_c], -1), m, self.axis_name)
       x_all_t, x_all_c = x_all[:, :s["l"]], x_all[:, s["l"]:]
     else:
       x_all_t, x_all_c, m_all = x_t, x_c, m
     h, new_memory = _run(p, memory, x_all_t, x_all_c, m_all, len(s["mlp"]), self.attention,
                          self.write if write else None, self.read_projection, self.write_max)
-    if write and self.axis_name is not None:
+    if gather:
       h = local_slice(h, bsz, self.axis_name)
     if write and self.is_mutable_collection("memory"):
       mem_var.value = new_memory.astype(mem_var.value.dtype)

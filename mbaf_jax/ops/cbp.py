@@ -24,8 +24,9 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
-from mbaf_jax.ops import validation
+from mbaf_jax.ops import sharding, validation
 
 SKETCH_METHODS = ("segment_sum", "scatter", "dense")
 
@@ -131,14 +132,20 @@ def count_sketch(x, hashes, signs, dim: int, method: str = "segment_sum") -> jax
       raise ValueError(f"hashes has values in [{lo}, {hi}] but must lie in [0, dim={dim}); "
                        f"was the sketch made with a different dim?")
   xs = x * signs.astype(x.dtype)
+  # Under explicit sharding a scatter cannot infer its output's sharding: the sketch keeps the
+  # batch axes' sharding of x and replicates its last (bucket) axis. None elsewhere.
+  spec = sharding.explicit_spec(x)
+  batch_spec = None if spec is None else tuple(spec)[:-1]
   if method == "segment_sum":
     moved = jnp.moveaxis(xs, -1, 0)  # (d, ...)
+    kw = {} if spec is None else {"out_sharding": P(None, *batch_spec)}
     out = jax.ops.segment_sum(moved, hashes, num_segments=dim,
-                              indices_are_sorted=False)
+                              indices_are_sorted=False, **kw)
     return jnp.moveaxis(out, 0, -1)
   if method == "scatter":
-    out = jnp.zeros(x.shape[:-1] + (dim,), x.dtype)
-    return out.at[..., hashes].add(xs, mode="drop")
+    kw = {} if spec is None else {"out_sharding": P(*batch_spec, None)}
+    out = jnp.zeros(x.shape[:-1] + (dim,), x.dtype, **kw)
+    return out.at[..., hashes].add(xs, mode="drop", **kw)
   matrix = jax.nn.one_hot(hashes, dim, dtype=x.dtype)  # (d, D)
   return jnp.einsum("...d,dk->...k", xs, matrix,
                     precision=jax.lax.Precision.HIGHEST)

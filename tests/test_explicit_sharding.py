@@ -1,0 +1,254 @@
+"""Explicit sharding: every fusion layer and the full models under a mesh with Explicit axes.
+
+``jax.make_mesh`` makes Explicit axes by default in current JAX: inside ``jax.set_mesh`` the
+sharding of an array is part of its type (``float32[16@data, 8]``) and ops that cannot infer an
+output sharding raise ``ShardingTypeError``. Each case runs one layer (or a full model) three
+ways on the same variables and batch, and compares with the single-device run:
+
+* ``single``: ``jax.jit`` on one device, no mesh (the reference);
+* ``explicit``: ``jax.jit`` inside ``jax.set_mesh(jax.make_mesh((8,), ("data",)))``, batch
+  sharded over ``data`` (``jax.device_put(x, P("data"))``), variables replicated;
+* ``shard_map``: per-device code, ``jax.shard_map`` over the same mesh with the layer's
+  ``axis_name="data"`` (the writer all-gathers the global batch, batch norm syncs).
+
+Each run does init, an evaluation apply and a train step (``jax.value_and_grad`` of a loss on the
+rows plus the layer's aux terms, memory written); the memory must come back replicated and equal
+to the single-device one. 8 fake CPU devices from ``tests/conftest.py``.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from mbaf_jax import ops
+from mbaf_jax.fusion import MBAF, DualMemoryFusion, NaiveFusion
+from mbaf_jax.fusion.mbaf_blocks import fusion_block
+from mbaf_jax.ops import sharding
+from train import steps
+
+AXIS = "data"
+N_DEV = 8
+BATCH = 16
+ATOL = 1e-5
+
+
+def explicit_mesh():
+  """The 8-device 1-D mesh ``jax.make_mesh`` builds (Explicit axes by default)."""
+  mesh = jax.make_mesh((N_DEV,), (AXIS,), devices=jax.devices()[:N_DEV])
+  assert mesh.axis_types == (jax.sharding.AxisType.Explicit,)
+  return mesh
+
+
+@dataclasses.dataclass
+class Case:
+  """One module and its inputs: a fusion layer on ``modes``, or a full model on ``batch``."""
+  module: object  # the module (fusion layer or full model)
+  inputs: object  # tuple of (B, d_i) modes (layer) or a batch dict (model)
+  is_model: bool = False  # full model: called as module(batch, mask=...), output log_probs
+
+  def call(self, module, variables, inputs, mask, train, **kw):
+    """Returns ``(rows (B, F), aux dict, new collections)``."""
+    args = (inputs,) if self.is_model else tuple(inputs)
+    result = module.apply(variables, *args, mask=mask, train=train, **kw)
+    out, new = result if "mutable" in kw else (result, {})
+    rows = out.log_probs if self.is_model else out.fused
+    return rows, dict(out.aux), new
+
+  def with_axis(self, axis_name):
+    """The per-device module for ``shard_map`` over ``axis_name``."""
+    if self.is_model:
+      return steps.with_axis_name(self.module, axis_name)
+    return _clone_axis(self.module, axis_name)
+
+
+def _clone_axis(module, axis_name):
+  if hasattr(module, "axis_name"):
+    return module.clone(axis_name=axis_name)
+  if getattr(module, "fusion", None) == "mbaf":  # FusionBlock: MBAF options as a dict
+    return module.clone(mbaf_kwargs={**(module.mbaf_kwargs or {}), "axis_name": axis_name})
+  return module
+
+
+def _mask(n_pad=3):
+  m = np.ones((BATCH,), np.float32)
+  m[BATCH - n_pad:] = 0
+  return m
+
+
+def _modes(*dims, seed=0):
+  rng = np.random.default_rng(seed)
+  return tuple(rng.normal(size=(BATCH, d)).astype(np.float32) for d in dims)
+
+
+def _keys():
+  return {"params": jax.random.key(0), "memory": jax.random.key(1)}
+
+
+def _rngs():
+  return {"gumbel": jax.random.key(2), "dropout": jax.random.key(3)}
+
+
+def _init(case, module, inputs, mask):
+  args = (inputs,) if case.is_model else tuple(inputs)
+  return module.init(_keys(), *args, mask=mask, train=False)
+
+
+def _loss_weights(width):
+  return jnp.asarray(np.random.default_rng(9).normal(size=(BATCH, width)).astype(np.float32))
+
+
+def _train(case, module, variables, inputs, mask, call=None):
+  """value_and_grad of ``Σ mask·w·rows + Σ aux`` w.r.t. params; returns loss, grads, new vars."""
+  call = call or (lambda p: case.call(module, {**variables, "params": p}, inputs, mask, True,
+                                      rngs=_rngs(), mutable=["memory", "batch_stats"]))
+
+  def loss_fn(params):
+    rows, aux, new = call(params)
+    w = _loss_weights(rows.shape[-1])
+    loss = jnp.sum(mask[:, None] * w * rows) + sum(aux.values(), jnp.zeros(()))
+    return loss, new
+
+  (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(variables.get("params", {}))
+  return {"loss": loss, "grads": grads, "new": new}
+
+
+def run_single(case):
+  """The reference: one device, no mesh."""
+  mask = jnp.asarray(_mask())
+  dev = jax.devices()[0]
+  inputs = jax.device_put(case.inputs, dev)
+  variables = jax.jit(lambda i, m: _init(case, case.module, i, m))(inputs, mask)
+  rows = jax.jit(lambda v, i, m: case.call(case.module, v, i, m, False))(variables, inputs, mask)[0]
+  train = jax.jit(lambda v, i, m: _train(case, case.module, v, i, m))(variables, inputs, mask)
+  return variables, rows, train
+
+
+def run_explicit(case, axis_type=jax.sharding.AxisType.Explicit):
+  """jit under ``jax.set_mesh`` of an Explicit (or Auto) mesh, the batch sharded over ``data``."""
+  mesh = jax.make_mesh((N_DEV,), (AXIS,), axis_types=(axis_type,),
+                       devices=jax.devices()[:N_DEV])
+  with jax.set_mesh(mesh):
+    batch = jax.NamedSharding(mesh, P(AXIS))
+    mask = jax.device_put(_mask(), batch)
+    inputs = jax.device_put(case.inputs, batch)
+    variables = jax.jit(lambda i, m: _init(case, case.module, i, m))(inputs, mask)
+    rows = jax.jit(lambda v, i, m: case.call(case.module, v, i, m, False))(variables, inputs,
+                                                                            mask)[0]
+    if axis_type == jax.sharding.AxisType.Explicit:
+      assert jax.typeof(rows).sharding.spec[0] == AXIS  # rows stay sharded
+    train = jax.jit(lambda v, i, m: _train(case, case.module, v, i, m))(variables, inputs, mask)
+  return variables, rows, train
+
+
+def run_shard_map(case):
+  """Per-device code: ``jax.shard_map`` with the module's ``axis_name``."""
+  mesh = explicit_mesh()
+  module = case.with_axis(AXIS)
+  batch_specs = jax.tree.map(lambda _: P(AXIS), case.inputs)
+  with jax.set_mesh(mesh):
+    mask = jax.device_put(_mask(), P(AXIS))
+    inputs = jax.device_put(case.inputs, P(AXIS))
+
+    def init(i, m):
+      return _init(case, module, i, m)
+
+    variables = jax.jit(jax.shard_map(init, in_specs=(batch_specs, P(AXIS)), out_specs=P(),
+                                      check_vma=False))(inputs, mask)
+
+    def evaluate(v, i, m):
+      return case.call(module, v, i, m, False)[0]
+
+    rows = jax.jit(jax.shard_map(evaluate, in_specs=(P(), batch_specs, P(AXIS)),
+                                 out_specs=P(AXIS), check_vma=False))(variables, inputs, mask)
+
+    def forward(v, i, m):
+      return case.call(module, v, i, m, True, rngs=_rngs(), mutable=["memory", "batch_stats"])
+
+    sharded_forward = jax.shard_map(forward, in_specs=(P(), batch_specs, P(AXIS)),
+                                    out_specs=(P(AXIS), P(), P()), check_vma=False)
+
+    def train(v, i, m):
+      return _train(case, module, v, i, m,
+                    call=lambda p: sharded_forward({**v, "params": p}, i, m))
+
+    train = jax.jit(train)(variables, inputs, mask)
+  return variables, rows, train
+
+
+def assert_trees_close(got, want, atol=ATOL, what=""):
+  assert jax.tree.structure(got) == jax.tree.structure(want), what
+  jax.tree_util.tree_map_with_path(
+      lambda p, g, w: np.testing.assert_allclose(
+          np.asarray(g), np.asarray(w), rtol=atol, atol=atol,
+          err_msg=f"{what}{jax.tree_util.keystr(p)}"), got, want)
+
+
+def check_equal(case, layout):
+  """``layout`` ("explicit" | "shard_map") equals the single-device run."""
+  want_vars, want_rows, want_train = run_single(case)
+  runs = {"explicit": run_explicit, "shard_map": run_shard_map,
+          "auto": lambda c: run_explicit(c, jax.sharding.AxisType.Auto)}
+  got_vars, got_rows, got_train = runs[layout](case)
+  assert_trees_close(got_vars, want_vars, what="init ")
+  assert_trees_close(got_rows, want_rows, what="eval rows ")
+  np.testing.assert_allclose(got_train["loss"], want_train["loss"], rtol=ATOL, atol=ATOL)
+  assert_trees_close(got_train["grads"], want_train["grads"], what="grads ")
+  assert_trees_close(got_train["new"], want_train["new"], what="new vars ")
+  memory = got_train["new"].get("memory", {})
+  for leaf in jax.tree.leaves(memory):  # replicated, one value on every device
+    assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == N_DEV
+    shards = [np.asarray(s.data) for s in leaf.addressable_shards]
+    for s in shards[1:]:
+      np.testing.assert_array_equal(s, shards[0])
+  if memory:  # the step wrote the memory: equality is not vacuous
+    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
+                         want_train["new"]["memory"], want_vars["memory"])
+    assert max(jax.tree.leaves(moved)) > 1e-4
+
+
+TINY_DMF = dict(slots=4, cbp_dim=16, num_heads=2, attention_tokens=4, writer_ff_dim=8,
+                tau_min=0.5)
+
+LAYERS = {
+    "naive": lambda: Case(NaiveFusion(), _modes(6, 10)),
+    "dmf": lambda: Case(DualMemoryFusion(**TINY_DMF), _modes(8, 8)),
+    "mbaf_scan": lambda: Case(MBAF(slots=4, write="scan", write_max=6.0), _modes(6, 10)),
+    "mbaf_batched": lambda: Case(MBAF(slots=4, write="batched", read="cross"), _modes(6, 10)),
+    "mbaf_ii": lambda: Case(fusion_block("MBAF-II", slots=4), _modes(6, 10)),
+    "mbaf_iii": lambda: Case(fusion_block("MBAF-III", slots=4, write="batched"), _modes(6, 10)),
+    "nf_iii": lambda: Case(fusion_block("NF-III"), _modes(6, 10)),
+}
+
+
+@pytest.mark.parametrize("layout", ["explicit", "shard_map", "auto"])
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_fusion_layer_equals_one_device(layer, layout):
+  check_equal(LAYERS[layer](), layout)
+
+
+@pytest.mark.parametrize("method", ops.cbp.SKETCH_METHODS)
+def test_count_sketch_keeps_the_batch_sharding(method):
+  sk = ops.make_count_sketch(jax.random.key(0), in_dims=(6, 5), dim=8)
+  x, y = _modes(6, 5)
+  want = ops.compact_bilinear_pooling(x, y, sk, method=method)
+  with jax.set_mesh(explicit_mesh()):
+    xs, ys = jax.device_put((x, y), P(AXIS))
+    got = jax.jit(lambda a, b: ops.compact_bilinear_pooling(a, b, sk, method=method))(xs, ys)
+    assert jax.typeof(got).sharding.spec == P(AXIS, None)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_sharding_helpers_are_the_identity_off_explicit_meshes():
+  x = jnp.ones((16, 3))
+  assert sharding.explicit_spec(x) is None and sharding.replicate(x) is x
+  auto = jax.make_mesh((N_DEV,), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+  with jax.set_mesh(auto):
+    xa = jax.device_put(x, jax.NamedSharding(auto, P(AXIS)))
+    assert jax.jit(lambda a: jnp.asarray(sharding.explicit_spec(a) is None))(xa)
+  with jax.set_mesh(explicit_mesh()):
+    xe = jax.device_put(x, P(AXIS))
+    assert sharding.explicit_spec(xe) == P(AXIS, None)
+    assert jax.typeof(jax.jit(sharding.replicate)(xe)).sharding.spec == P(None, None)
