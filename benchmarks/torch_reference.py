@@ -16,21 +16,35 @@ The layer's options are read from the Flax module's fields; a field this file do
 or a value of it that it does not, raises ``NotImplementedError`` naming it. Float32 only.
 PyTorch is an optional dependency (``pip install -e '.[bench]'``); nothing else in the
 project imports this module.
+
+    python -m benchmarks.torch_reference     # self-check: one JSON line per layer, max deviation
 """
+import argparse
 import dataclasses
+import json
+import os
+import sys
 from typing import Any, Callable, NamedTuple
 
-import flax.linen as fnn
-import jax
-import numpy as np
-import torch
-from torch import nn
-import torch.nn.functional as F
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mbaf_jax import ops
-from mbaf_jax.fusion.dual_memory import DualMemoryFusion
-from mbaf_jax.fusion.mbaf import MBAF
-from mbaf_jax.fusion.naive import NaiveFusion
+if __name__ == "__main__":  # parse first: --help works without PyTorch
+  argparse.ArgumentParser(description="PyTorch reference of the fusion layers: self-check (max "
+                          "deviation from the Flax layers at small sizes, one JSON line each)."
+                          ).parse_args()
+
+import flax.linen as fnn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from mbaf_jax import ops  # noqa: E402
+from mbaf_jax.fusion.dual_memory import DualMemoryFusion  # noqa: E402
+from mbaf_jax.fusion.mbaf import MBAF  # noqa: E402
+from mbaf_jax.fusion.naive import NaiveFusion  # noqa: E402
 
 
 
@@ -639,3 +653,47 @@ def dmf_gumbel_noise(layer: DualMemoryFusion, rng, batch: int):
   k_a, k_t = jax.random.split(key)
   shape = (batch, layer.slots)
   return (_tensor(ops.sample_gumbel(k_a, shape)), _tensor(ops.sample_gumbel(k_t, shape)))
+
+
+# ----------------------------------------------------------------------------- self-check
+
+
+def self_check() -> list[dict]:
+  """Each layer (DMF train, MBAF scan and batched, naive) in Flax and in PyTorch on the same
+  small inputs with a padded row: the largest deviation of the output and the new memory.
+
+  Returns:
+    One record per layer.
+  """
+  rng = np.random.default_rng(0)
+  mask = np.array([1, 1, 0, 1], np.float32)
+  xs = [rng.normal(size=(4, 16)).astype(np.float32) for _ in range(2)]
+  layers = [("dmf", DualMemoryFusion(slots=6, cbp_dim=32, attention_tokens=4, num_heads=2,
+                                     writer_ff_dim=24)),
+            ("mbaf_scan", MBAF(slots=4, write="scan")),
+            ("mbaf_batched", MBAF(slots=4, write="batched")),
+            ("naive", NaiveFusion())]
+  out = []
+  for name, layer in layers:
+    variables = layer.init({"params": jax.random.key(0), "memory": jax.random.key(1)}, *xs)
+    key = jax.random.key(2)
+    train = name != "naive"
+    got, new = layer.apply(variables, *xs, mask=jnp.asarray(mask), train=train,
+                           rngs={"gumbel": key}, mutable=["memory", "batch_stats"])
+    ref = from_flax(variables, layer)
+    kw = {"noise": dmf_gumbel_noise(layer, key, 4)} if name == "dmf" else {}
+    with torch.no_grad():
+      t = ref(*map(torch.from_numpy, xs), mask=torch.from_numpy(mask), train=train, **kw)
+    rec = {"bench": "torch_reference_check", "layer": name,
+           "max_abs_dev_fused": float(np.max(np.abs(t.fused.numpy() - np.asarray(got.fused))))}
+    if "memory" in new:
+      rec["max_abs_dev_memory"] = max(
+          float(np.max(np.abs(t.memory[k].numpy() - np.asarray(v))))
+          for k, v in new["memory"].items())
+    out.append(rec)
+  return out
+
+
+if __name__ == "__main__":
+  for record in self_check():
+    print(json.dumps(record), flush=True)

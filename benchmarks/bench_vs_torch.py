@@ -1,0 +1,480 @@
+"""This library vs PyTorch side by side, in one process, in interleaved rounds.
+
+Rows (one JSON line each, ``benchmarks/common.py`` keys plus the comparison):
+
+* ``vs_torch_dmf_train_step``: DualMemoryFusion train step (forward, similarity loss, backward,
+  SGD update) at DMF's sizes (batch 32, n = 120, d = 768, D = 2048) against the PyTorch
+  reference of ``benchmarks/torch_reference.py`` (same parameters, memory and count sketch) run
+  eagerly and under ``torch.compile``. Issue 15 targets: ≥ 1.3× PyTorch eager, ≥ 1.0×
+  torch.compile.
+* ``vs_torch_mbaf_train_step``: MBAF train step (``mean(fused²)``, SGD) at bench_mbaf_layer's
+  sizes (IEMOCAP l = 6,848, 30 slots, batch 64; CEBS l = 1,024, 20 slots, batch 32), for
+  ``write="scan"`` (a Python loop over the batch in PyTorch) and ``"batched"``.
+* ``vs_torch_{wav2vec2,bert}_{fwd,fwd_bwd}``: Wav2Vec2-base (5 s of 16 kHz audio) and BERT-base
+  (30 tokens) against transformers' ``Wav2Vec2Model`` / ``BertModel``, random init, the *same*
+  weights loaded into the Flax model (``hf_loading.convert_state_dict``, no key missing).
+  ``fwd``: evaluation forward; ``fwd_bwd``: training forward (dropout, SpecAugment) + the
+  gradient of ``Σ pooled²`` w.r.t. every parameter. Layerdrop is 0 on both sides so that every
+  call runs every layer. Target: ≥ 1.2× PyTorch eager.
+
+Each round times every implementation once (``--iters`` calls, their median), in the order
+jax, torch eager, torch.compile, jax, ...; a record holds each implementation's median over the
+rounds, the per-round ratios ``torch time / jax time`` (> 1: this library is faster), their
+median and interquartile range, the machine's load average before and after, and
+``max_abs_dev`` between the two implementations' outputs on the same inputs. A
+``torch.compile`` that fails is recorded (``torch_compile_error``), not raised.
+
+    python -m benchmarks.bench_vs_torch --quick               # tiny sizes: a smoke check
+    python -m benchmarks.bench_vs_torch                        # full sizes (CPU: ~30 min)
+    python -m benchmarks.bench_vs_torch --only dmf,bert --rounds 9
+
+Needs PyTorch (``pip install -e '.[bench]'``); float32 only.
+"""
+import dataclasses
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import flax  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from mbaf_jax.encoders import Bert, BertConfig, Wav2Vec2, Wav2Vec2Config  # noqa: E402
+from mbaf_jax.encoders import hf_loading  # noqa: E402
+from mbaf_jax.fusion.dual_memory import DualMemoryFusion  # noqa: E402
+from mbaf_jax.fusion.mbaf import MBAF  # noqa: E402
+
+ALL = ("dmf", "mbaf", "wav2vec2", "bert")
+TARGETS = {"dmf": {"torch_eager": 1.3, "torch_compile": 1.0},
+           "wav2vec2": {"torch_eager": 1.2}, "bert": {"torch_eager": 1.2}}
+MBAF_FULL = [("iemocap", (2048, 4800), 30, 64), ("cebs", (512, 512), 20, 32)]
+MBAF_QUICK = [("quick", (16, 16), 4, 8)]
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def _torch():
+  import torch  # pylint: disable=g-import-not-at-top
+  return torch
+
+
+def _sync(device: str) -> None:
+  if device == "cuda":
+    _torch().cuda.synchronize()
+
+
+def interleave(fns: dict, rounds: int, iters: int) -> dict:
+  """Times each callable once per round, in the dict's order, for ``rounds`` rounds.
+
+  Args:
+    fns: name -> zero-argument callable that returns when its work is done.
+    rounds: number of rounds.
+    iters: calls per implementation per round (their median is the round's time).
+
+  Returns:
+    name -> list of per-round times in ms.
+  """
+  out = {k: [] for k in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      times = []
+      for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+      out[name].append(statistics.median(times))
+  return out
+
+
+def _quartiles(values):
+  if len(values) < 2:
+    return values[0], values[0]
+  q = statistics.quantiles(values, n=4, method="inclusive")
+  return q[0], q[2]
+
+
+def summarize(times: dict, errors: dict, first_call_s: dict, group: str) -> dict:
+  """Medians, per-round ratios ``torch / jax`` and their spread, and the targets.
+
+  Args:
+    times: implementation -> per-round ms (``"jax"`` is the reference).
+    errors: implementation -> error message of one that could not run.
+    first_call_s: implementation -> seconds of its first call (compilation, when it compiles).
+    group: ``"dmf"``, ``"mbaf"``, ``"wav2vec2"`` or ``"bert"`` (selects the targets).
+
+  Returns:
+    The comparison fields of a record.
+  """
+  jax_ms = times["jax"]
+  rec = {"jax_median_ms": round(statistics.median(jax_ms), 4), "rounds": len(jax_ms),
+         "jax_round_ms": [round(t, 3) for t in jax_ms], "first_call_s": first_call_s}
+  for name, ms in times.items():
+    if name == "jax":
+      continue
+    ratios = [t / j for t, j in zip(ms, jax_ms)]
+    q1, q3 = _quartiles(ratios)
+    rec[f"{name}_median_ms"] = round(statistics.median(ms), 4)
+    rec[f"{name}_round_ms"] = [round(t, 3) for t in ms]
+    rec[f"ratio_{name}"] = round(statistics.median(ratios), 4)
+    rec[f"ratio_{name}_q1"], rec[f"ratio_{name}_q3"] = round(q1, 4), round(q3, 4)
+    rec[f"ratio_{name}_iqr"] = round(q3 - q1, 4)
+    rec[f"ratio_of_medians_{name}"] = round(statistics.median(ms) / statistics.median(jax_ms), 4)
+    target = TARGETS.get(group, {}).get(name)
+    if target is not None:
+      rec[f"target_{name}"] = target
+      rec[f"meets_target_{name}"] = bool(statistics.median(ratios) >= target)
+  for name, err in errors.items():
+    rec[f"{name}_error"] = err
+    target = TARGETS.get(group, {}).get(name)
+    if target is not None:
+      rec[f"target_{name}"] = target
+      rec[f"meets_target_{name}"] = None
+  return rec
+
+
+def _first_line(e: BaseException) -> str:
+  text = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+  return f"{type(e).__name__}: {text}"[:400]
+
+
+def run_comparison(bench: str, group: str, impls: dict, timing: tuple, shape: dict,
+                   extra: dict) -> dict:
+  """Warms every implementation up (first call = compile), then times them interleaved.
+
+  Args:
+    bench: record name.
+    group: target group (see :func:`summarize`).
+    impls: name -> zero-argument callable, ``"jax"`` first; a callable that raises on its first
+      call is dropped and its error recorded.
+    timing: ``(rounds, iters per round, warmup calls after the first)``.
+    shape: sizes for the record.
+    extra: more keys for the record.
+
+  Returns:
+    The record.
+  """
+  rounds, iters, warmup = timing
+  load0 = os.getloadavg()
+  errors, first_call_s, ok = {}, {}, {}
+  for name, fn in impls.items():
+    t0 = time.perf_counter()
+    try:
+      fn()
+    except Exception as e:  # pylint: disable=broad-except
+      if name == "jax":
+        raise
+      errors[name] = _first_line(e)
+      continue
+    first_call_s[name] = round(time.perf_counter() - t0, 3)
+    for _ in range(warmup):
+      fn()
+    ok[name] = fn
+  times = interleave(ok, rounds, iters)
+  rec = {"bench": bench, "device": common.device_name(), "shape": shape, "dtype": "float32",
+         "iters_per_round": iters}
+  rec.update(summarize(times, errors, first_call_s, group))
+  jax_ms = rec["jax_median_ms"]
+  items = shape.get("batch", 1)
+  rec.update({"median_ms": jax_ms, "throughput": round(items / (jax_ms * 1e-3), 2),
+              "throughput_unit": "samples/s", "peak_mem_mb": round(common.peak_mem_mb(), 1),
+              "loadavg_before": [round(v, 2) for v in load0],
+              "loadavg_after": [round(v, 2) for v in os.getloadavg()]})
+  torch = _torch()
+  rec.update({"torch_version": torch.__version__, "torch_threads": torch.get_num_threads()})
+  rec.update(extra)
+  return rec
+
+
+# ----------------------------------------------------------------------------- fusion layers
+
+
+def dmf_rows(args, device):
+  """The DMF layer train step: JAX vs the PyTorch reference, eager and compiled."""
+  torch = _torch()
+  from benchmarks import torch_reference as tr  # pylint: disable=g-import-not-at-top
+  b, n, d, dim, cfg = 32, 120, 768, 2048, {}
+  if args.quick:
+    b, n, d, dim = 4, 8, 32, 64
+    cfg = dict(attention_tokens=4, num_heads=2, writer_ff_dim=64)
+  layer = DualMemoryFusion(slots=n, cbp_dim=dim, **cfg)
+  ka, kt, kw, kl = jax.random.split(jax.random.key(0), 4)
+  x_a = jax.random.normal(ka, (b, d), jnp.float32)
+  x_t = jax.random.normal(kt, (b, d), jnp.float32)
+  labels = jax.random.randint(kl, (b,), 0, 4)
+  mask = jnp.ones((b,), jnp.float32)
+  w_out = jax.random.normal(kw, (dim, 4), jnp.float32) / dim ** 0.5
+  variables = jax.jit(layer.init)({"params": jax.random.key(1)}, x_a, x_t)
+  params = variables["params"]
+  state = {k: v for k, v in variables.items() if k in ("memory", "batch_stats", "constants")}
+  tx = optax.sgd(0.01)
+  opt_state = tx.init(params)
+  key = jax.random.key(2)
+
+  def train_step(params, state, opt_state, x_a, x_t, key):
+    def loss_fn(params):
+      out, new = layer.apply({"params": params, **state}, x_a, x_t, mask=mask, train=True,
+                             rngs={"gumbel": key}, mutable=["memory", "batch_stats"])
+      logp = jax.nn.log_softmax(out.fused @ w_out)
+      ce = -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
+      return ce + out.aux["memory_similarity"], new
+    (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state)
+    state = {**state, **jax.lax.stop_gradient(new)}
+    return optax.apply_updates(params, updates), state, opt_state, loss
+
+  step = jax.jit(train_step)
+  jargs = (params, state, opt_state, x_a, x_t, key)
+  impls = {"jax": lambda: jax.block_until_ready(step(*jargs))}
+
+  t = lambda a, dt=torch.float32: torch.as_tensor(np.array(a), dtype=dt, device=device)
+  tx_a, tx_t, t_mask, t_w = t(x_a), t(x_t), t(mask), t(w_out)
+  t_labels = t(labels, torch.long)
+  # Check: the two implementations agree on the same inputs and noise (eval forward).
+  ref_check = tr.to_device(tr.from_flax(variables, layer), device)
+  with torch.no_grad():
+    t_fused = ref_check(tx_a, tx_t, mask=t_mask, train=False).fused.cpu().numpy()
+  j_fused = layer.apply(variables, x_a, x_t, mask=mask, train=False).fused
+  dev = float(np.max(np.abs(t_fused - np.asarray(j_fused))))
+
+  for name, compiled in (("torch_eager", False), ("torch_compile", True)):
+    if compiled and args.no_compile:
+      continue
+    ref = tr.to_device(tr.from_flax(variables, layer), device)
+    model = torch.compile(ref) if compiled else ref
+    opt = torch.optim.SGD(ref.parameters(), lr=0.01)
+
+    def torch_step(model=model, opt=opt):
+      u = torch.rand(2, b, n, device=device).clamp_min(1e-20)
+      g = -torch.log(-torch.log(u))  # Gumbel noise, drawn every step as the JAX step does
+      opt.zero_grad(set_to_none=True)
+      out = model(tx_a, tx_t, mask=t_mask, train=True, noise=(g[0], g[1]))
+      logp = torch.log_softmax(out.fused @ t_w, dim=-1)
+      loss = torch.nn.functional.nll_loss(logp, t_labels) + out.aux["memory_similarity"]
+      loss.backward()
+      opt.step()
+      _sync(device)
+      return loss
+    impls[name] = torch_step
+  shape = {"batch": b, "slots": n, "d": d, "cbp_dim": dim}
+  return [run_comparison("vs_torch_dmf_train_step", "dmf", impls,
+                         (args.rounds, args.iters, args.warmup), shape,
+                         {"max_abs_dev_eval_fused": dev,
+                          "layer": {k: v for k, v in tr.options(layer, tr.DMF_OPTIONS).items()
+                                    if k not in ("dtype", "param_dtype")}})]
+
+
+def mbaf_rows(args, device):
+  """The MBAF layer train step per size and write mode: JAX vs the PyTorch reference."""
+  torch = _torch()
+  from benchmarks import torch_reference as tr  # pylint: disable=g-import-not-at-top
+  rows = []
+  cases = MBAF_QUICK if args.quick else MBAF_FULL
+  if args.mbaf_cases:
+    cases = [c for c in cases if c[0] in args.mbaf_cases.split(",")]
+  for case, dims, slots, batch in cases:
+    keys = jax.random.split(jax.random.key(0), len(dims) + 2)
+    xs = [jax.random.normal(k, (batch, d), jnp.float32) for k, d in zip(keys[2:], dims)]
+    for write in ("scan", "batched"):
+      layer = MBAF(slots=slots, write=write)
+      v = jax.jit(lambda *x, layer=layer: layer.init({"params": keys[0], "memory": keys[1]},
+                                                     *x))(*xs)
+
+      def train_step(v, *x, layer=layer):
+        def loss(params):
+          out, new = layer.apply({"params": params, "memory": v["memory"]}, *x, train=True,
+                                 mutable=["memory"])
+          return jnp.mean(out.fused ** 2), new["memory"]
+        (val, mem), grads = jax.value_and_grad(loss, has_aux=True)(v["params"])
+        params = jax.tree_util.tree_map(lambda p, g: p - 1e-3 * g, v["params"], grads)
+        return val, params, jax.lax.stop_gradient(mem)
+
+      step = jax.jit(train_step)
+      impls = {"jax": lambda step=step, v=v: jax.block_until_ready(step(v, *xs))}
+      txs = [torch.as_tensor(np.array(x), device=device) for x in xs]
+      ref_check = tr.to_device(tr.from_flax(v, layer), device)
+      with torch.no_grad():
+        t_fused = ref_check(*txs, train=True).fused.cpu().numpy()
+      j_fused = jax.jit(lambda v, *x, layer=layer: layer.apply(
+          v, *x, train=True, mutable=["memory"])[0].fused)(v, *xs)
+      dev = float(np.max(np.abs(t_fused - np.asarray(j_fused))))
+      compile_here = case in args.mbaf_compile.split(",") and not args.no_compile
+      for name, compiled in (("torch_eager", False), ("torch_compile", True)):
+        if compiled and not compile_here:
+          continue
+        ref = tr.to_device(tr.from_flax(v, layer), device)
+        model = torch.compile(ref) if compiled else ref
+        opt = torch.optim.SGD(ref.parameters(), lr=1e-3)
+
+        def torch_step(model=model, opt=opt):
+          opt.zero_grad(set_to_none=True)
+          out = model(*txs, train=True)
+          loss = (out.fused ** 2).mean()
+          loss.backward()
+          opt.step()
+          _sync(device)
+          return loss
+        impls[name] = torch_step
+      shape = {"batch": batch, "dims": list(dims), "l": sum(dims), "slots": slots}
+      extra = {"case": case, "write": write, "attention": layer.attention,
+               "write_max": layer.write_max, "max_abs_dev_train_fused": dev}
+      if not compile_here:
+        extra["torch_compile_skipped"] = ("--no-compile" if args.no_compile else
+                                          "not in --mbaf-compile (PyTorch unrolls the loop over "
+                                          "the batch: long compilation)")
+      rows.append(run_comparison("vs_torch_mbaf_train_step", "mbaf", impls,
+                                 (args.rounds, 1, args.warmup), shape, extra))
+      common.emit(rows[-1])
+  return rows
+
+
+# ----------------------------------------------------------------------------- encoders
+
+
+def hf_config(model_name: str, cfg):
+  """transformers' config with the fields of the Flax config ``cfg``."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  fields = {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in ("dtype", "param_dtype", "remat", "stop_gradient_feature_encoder",
+                         "masked_group_norm")}
+  cls = transformers.Wav2Vec2Config if model_name == "wav2vec2" else transformers.BertConfig
+  return cls(**fields)
+
+
+def same_weights(model_name: str, flax_model, hf_model, inputs) -> dict:
+  """The Flax params holding ``hf_model``'s weights (every parameter loaded, none missing)."""
+  state = {k: v.detach().cpu().numpy() for k, v in hf_model.state_dict().items()}
+  shapes = jax.eval_shape(lambda: flax_model.init(jax.random.key(0), *inputs))["params"]
+  prefix = "wav2vec2." if model_name == "wav2vec2" else "bert."
+  loaded, _, _, _ = hf_loading.convert_state_dict(state, shapes, prefix)
+  flat = flax.traverse_util.flatten_dict(shapes)
+  missing = sorted("/".join(p) for p in flat if p not in loaded)
+  if missing:
+    raise ValueError(f"{model_name}: parameters missing from the PyTorch state dict: {missing}")
+  return flax.traverse_util.unflatten_dict({p: jnp.asarray(v) for p, v in loaded.items()})
+
+
+def encoder_rows(model_name: str, args, device):
+  """``fwd`` and ``fwd_bwd`` of one encoder: this library vs transformers' PyTorch model."""
+  torch = _torch()
+  import transformers  # pylint: disable=g-import-not-at-top
+  quick = args.quick
+  if model_name == "wav2vec2":
+    cfg = (Wav2Vec2Config.tiny if quick else Wav2Vec2Config.base)(layerdrop=0.0)
+    model = Wav2Vec2(cfg)
+    batch = 2 if quick else args.wav2vec2_batch
+    n = int(round((0.1 if quick else args.seconds) * 16000))
+    x = jax.random.normal(jax.random.key(0), (batch, n), jnp.float32)
+    inputs = (x, jnp.ones((batch, n), jnp.int32))
+    shape = {"batch": batch, "samples": n, "size": "tiny" if quick else "base"}
+  else:
+    cfg = (BertConfig.tiny if quick else BertConfig.base)(layerdrop=0.0)
+    model = Bert(cfg)
+    batch = 2 if quick else args.bert_batch
+    ids = jax.random.randint(jax.random.key(0), (batch, args.tokens), 1, cfg.vocab_size)
+    inputs = (ids, jnp.ones((batch, args.tokens), jnp.int32),
+              jnp.zeros((batch, args.tokens), jnp.int32))
+    shape = {"batch": batch, "tokens": args.tokens, "size": "tiny" if quick else "base"}
+  torch.manual_seed(0)
+  hf_cls = transformers.Wav2Vec2Model if model_name == "wav2vec2" else transformers.BertModel
+  hf = hf_cls(hf_config(model_name, cfg)).to(device)
+  params = same_weights(model_name, model, hf, inputs)
+  t_in = [torch.as_tensor(np.array(a), device=device) for a in inputs]
+  if model_name != "wav2vec2":
+    t_in = [a.long() for a in t_in]
+  else:
+    t_in[1] = t_in[1].long()
+
+  def hf_pooled(out):
+    if model_name == "wav2vec2":
+      return out.last_hidden_state.mean(dim=1)  # all frames real: the masked mean
+    return out.pooler_output
+
+  fwd = jax.jit(lambda p, *a: model.apply({"params": p}, *a).pooled)
+
+  def loss(p, *a):
+    out = model.apply({"params": p}, *a, train=True, rngs={"dropout": jax.random.key(2)})
+    return jnp.sum(out.pooled ** 2)
+  fwd_bwd = jax.jit(jax.grad(loss))
+
+  def t_fwd():
+    hf.eval()
+    with torch.no_grad():
+      out = hf_pooled(hf(*t_in))
+    _sync(device)
+    return out
+
+  def t_fwd_bwd():
+    hf.train()
+    hf.zero_grad(set_to_none=True)
+    (hf_pooled(hf(*t_in)) ** 2).sum().backward()
+    _sync(device)
+
+  dev = float(np.max(np.abs(t_fwd().cpu().numpy() - np.asarray(fwd(params, *inputs)))))
+  rows = []
+  for mode, jfn, tfn in (("fwd", fwd, t_fwd), ("fwd_bwd", fwd_bwd, t_fwd_bwd)):
+    impls = {"jax": lambda jfn=jfn: jax.block_until_ready(jfn(params, *inputs)),
+             "torch_eager": tfn}
+    timing = (args.encoder_rounds, 1, 0)  # the first (compiling) call is the warm-up
+    rows.append(run_comparison(f"vs_torch_{model_name}_{mode}", model_name, impls, timing, shape,
+                               {"max_abs_dev_eval_pooled": dev, "layerdrop": 0.0,
+                                "params_m": round(sum(v.size for v in jax.tree.leaves(params))
+                                                  / 1e6, 2),
+                                "transformers_version": transformers.__version__}))
+    common.emit(rows[-1])
+  return rows
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv=None):
+  """Command line (``argv``: the arguments, default ``sys.argv[1:]``)."""
+  p = common.parser(__doc__.splitlines()[0])
+  p.add_argument("--rounds", type=int, default=None,
+                 help="interleaved rounds of the layers (default 7, quick 2); --iters calls per "
+                      "round for DMF (default 3), 1 for MBAF")
+  p.add_argument("--encoder-rounds", type=int, default=None,
+                 help="interleaved rounds of the encoders, one call each (default 3, quick 2)")
+  p.add_argument("--only", default=",".join(ALL), help=f"comma list of {','.join(ALL)}")
+  p.add_argument("--mbaf-cases", default="", help="comma list of iemocap,cebs (default both)")
+  p.add_argument("--wav2vec2-batch", type=int, default=8)
+  p.add_argument("--bert-batch", type=int, default=8)
+  p.add_argument("--seconds", type=float, default=5.0, help="audio length (DMF: 5 s)")
+  p.add_argument("--tokens", type=int, default=30, help="text length (DMF: 30)")
+  p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+  p.add_argument("--mbaf-compile", default="quick,cebs",
+                 help="MBAF cases also run under torch.compile (IEMOCAP's l = 6,848 with 64 "
+                      "unrolled writes compiles for minutes)")
+  args = p.parse_args(argv)
+  args.warmup, args.iters = (args.warmup if args.warmup is not None else 1,
+                             args.iters if args.iters is not None else (1 if args.quick else 3))
+  args.rounds = args.rounds or (2 if args.quick else 7)
+  args.encoder_rounds = args.encoder_rounds or (2 if args.quick else 3)
+  only = [s for s in args.only.split(",") if s]
+  unknown = set(only) - set(ALL)
+  if unknown:
+    raise SystemExit(f"--only: unknown {sorted(unknown)}; expected a comma list of {ALL}")
+  try:
+    torch = _torch()
+  except ImportError as e:
+    raise SystemExit("bench_vs_torch needs PyTorch: pip install -e '.[bench]'") from e
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  if "dmf" in only:
+    for rec in dmf_rows(args, device):
+      common.emit(rec)
+  if "mbaf" in only:
+    mbaf_rows(args, device)
+  for model_name in ("wav2vec2", "bert"):
+    if model_name in only:
+      encoder_rows(model_name, args, device)
+
+
+if __name__ == "__main__":
+  main()
