@@ -23,9 +23,13 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from configs import cebs as cebs_config
+from configs import iemocap as dmf_config
+from configs import iemocap_mbaf as mbaf_config
 from mbaf_jax import ops
 from mbaf_jax.fusion import MBAF, DualMemoryFusion, NaiveFusion
 from mbaf_jax.fusion.mbaf_blocks import fusion_block
+from mbaf_jax.models import factory
 from mbaf_jax.ops import sharding
 from train import steps
 
@@ -65,11 +69,7 @@ class Case:
 
 
 def _clone_axis(module, axis_name):
-  if hasattr(module, "axis_name"):
-    return module.clone(axis_name=axis_name)
-  if getattr(module, "fusion", None) == "mbaf":  # FusionBlock: MBAF options as a dict
-    return module.clone(mbaf_kwargs={**(module.mbaf_kwargs or {}), "axis_name": axis_name})
-  return module
+  return module.clone(axis_name=axis_name) if hasattr(module, "axis_name") else module
 
 
 def _mask(n_pad=3):
@@ -252,3 +252,53 @@ def test_sharding_helpers_are_the_identity_off_explicit_meshes():
     xe = jax.device_put(x, P(AXIS))
     assert sharding.explicit_spec(xe) == P(AXIS, None)
     assert jax.typeof(jax.jit(sharding.replicate)(xe)).sharding.spec == P(None, None)
+
+
+VOCAB = 30
+
+
+def _random_batch(config):
+  """``factory.dummy_batch`` of ``BATCH`` rows with random audio/signals and token ids."""
+  rng = np.random.default_rng(1)
+  batch = factory.dummy_batch(config, BATCH)
+  for name in ("input_values", "waves"):
+    if name in batch:
+      batch[name] = rng.normal(size=batch[name].shape).astype(np.float32)
+  for name in ("input_ids", "token_ids"):
+    if name in batch:
+      batch[name] = rng.integers(1, VOCAB, size=batch[name].shape).astype(np.int32)
+  if "modes" in batch:
+    batch["modes"] = tuple(rng.normal(size=x.shape).astype(np.float32) for x in batch["modes"])
+  return batch
+
+
+NO_DROPOUT = {
+    "audio": dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+                  feat_proj_dropout=0.0, layerdrop=0.0),
+    "text": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, layerdrop=0.0),
+}
+
+
+def _model_case(config, kind):
+  """A full model of a ``:smoke`` config, dropout off: under ``shard_map`` each device would
+  draw its own masks (docs/SCALING.md, "Dropout and pmap")."""
+  config.model.head_dropout = 0.0
+  if config.model.name == "dmf":
+    for part, options in NO_DROPOUT.items():
+      config.model[part].overrides.update(options)
+  model, _ = factory.build_model(config.model, kind, vocab_size=VOCAB,
+                                 max_tokens=config.data.max_tokens)
+  return Case(model, _random_batch(config), is_model=True)
+
+
+MODELS = {
+    "cebs_mbaf": lambda: _model_case(cebs_config.get_config("smoke"), "mbaf"),
+    "mbaf_iemocap_iii": lambda: _model_case(mbaf_config.get_config("III,smoke"), "mbaf"),
+    "dmf": lambda: _model_case(dmf_config.get_config("smoke"), "dmf"),
+}
+
+
+@pytest.mark.parametrize("layout", ["explicit", "shard_map"])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_full_model_equals_one_device(name, layout):
+  check_equal(MODELS[name](), layout)

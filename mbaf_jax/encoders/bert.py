@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from mbaf_jax.encoders.outputs import (EncoderOutput, attention_bias, dot_product_attention,
                                        get_activation)
+from mbaf_jax.ops import sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +84,17 @@ def _layer_norm(cfg, name):
                       use_fast_variance=False, name=name)
 
 
+def _lookup(embed: nn.Embed, ids):
+  """``embed(ids)``; for ids sharded over an Explicit mesh axis, the same rows gathered with
+  the ids' sharding (``ops.sharding.take_rows``), which ``nn.Embed``'s ``jnp.take`` cannot infer."""
+  if not sharding.is_explicitly_sharded(ids):
+    return embed(ids)
+  table = embed.embedding
+  if embed.dtype is not None:
+    table = table.astype(embed.dtype)
+  return sharding.take_rows(table, ids)
+
+
 class Embeddings(nn.Module):
   """word + position + token-type embeddings → LayerNorm → dropout (``BertEmbeddings``)."""
   config: BertConfig  # model hyper-parameters
@@ -94,8 +106,8 @@ class Embeddings(nn.Module):
                                      param_dtype=cfg.param_dtype,
                                      embedding_init=nn.initializers.normal(0.02), name=name)
     positions = jnp.arange(input_ids.shape[-1])[None, :]
-    x = (embed(cfg.vocab_size, "word_embeddings")(input_ids)
-         + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids)
+    x = (_lookup(embed(cfg.vocab_size, "word_embeddings"), input_ids)
+         + _lookup(embed(cfg.type_vocab_size, "token_type_embeddings"), token_type_ids)
          + embed(cfg.max_position_embeddings, "position_embeddings")(positions))
     x = _layer_norm(cfg, "LayerNorm")(x)
     return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=not train)

@@ -29,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mbaf_jax.ops import sharding
+
 Dtype = Any
 
 CELLS = ("lstm", "gru")
@@ -133,7 +135,7 @@ class RecurrentLayer(nn.Module):
     xw = jnp.einsum("btf,fg->btg", x.astype(dtype), w) + b  # hot path: one matmul for all steps
     xw, m = jnp.swapaxes(xw, 0, 1), jnp.swapaxes(m, 0, 1)   # time-major for scan
     batch = x.shape[0]
-    h0 = jnp.zeros((batch, self.hidden), dtype)
+    h0 = sharding.zeros_like_rows(x, (batch, self.hidden), dtype)  # sharded like x's rows
     if self.cell == "lstm":
       step = lambda c, inp: _lstm_step(c, inp[0], inp[1], u)
       carry0 = (h0, h0)

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbaf_jax.encoders.lstm import BidirectionalRNN
+from mbaf_jax.ops import sharding
 
 Dtype = Any
 
@@ -206,7 +207,7 @@ class CnnRnnTextEncoder(nn.Module):
                        (self.vocab_size, self.embed_dim), self.param_dtype)
     if not self.train_embedding:
       table = jax.lax.stop_gradient(table)
-    emb = jnp.take(table, ids, axis=0).astype(dtype)
+    emb = sharding.take_rows(table, ids).astype(dtype)
     emb = jnp.where(mask[..., None], emb, 0)
     emb = nn.Dropout(self.dropout, deterministic=not train)(emb)
     emb = jnp.where(mask[..., None], emb, 0)

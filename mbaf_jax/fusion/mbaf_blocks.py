@@ -60,6 +60,7 @@ class FusionBlock(nn.Module):
   fusion: str = "mbaf"  # "mbaf" | "naive"
   mbaf_kwargs: Any = None  # dict of MBAF fields (slots, write, read, ...) when fusion="mbaf"
   gate: str = "softmax"  # VectorSelfAttention gate
+  axis_name: str | None = None  # pmap/shard_map batch axis, passed to MBAF (global writer batch)
   dtype: Any = None  # computation dtype passed to the submodules
   param_dtype: Any = jnp.float32  # parameter dtype passed to the submodules
 
@@ -72,6 +73,8 @@ class FusionBlock(nn.Module):
     kw = dict(self.mbaf_kwargs or {})
     kw.setdefault("dtype", self.dtype)
     kw.setdefault("param_dtype", self.param_dtype)
+    if self.axis_name is not None:
+      kw["axis_name"] = self.axis_name
     return MBAF(name="fusion", **kw)
 
   def output_dim(self, *in_dims: int) -> int:

@@ -9,6 +9,7 @@ over a sharded axis) raise ``ShardingTypeError``. Under Auto axes, with no mesh,
 here is then the identity, so those paths compute exactly what they computed before.
 """
 import jax
+import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 
@@ -49,3 +50,47 @@ def replicate(x):
   if not is_explicitly_sharded(x):
     return x
   return jax.sharding.reshard(x, PartitionSpec())
+
+
+def zeros_like_rows(x, shape, dtype, axis: int = 0):
+  """``jnp.zeros(shape, dtype)`` whose leading axis is sharded like axis ``axis`` of ``x``.
+
+  For a carry or accumulator of one row per example (e.g. an RNN's initial state ``(B, H)``):
+  under explicit sharding it must have the batch sharding of the inputs it is combined with.
+  Elsewhere this is ``jnp.zeros(shape, dtype)``.
+
+  Args:
+    x: an array whose axis ``axis`` is the batch.
+    shape: the shape of the zeros; ``shape[0]`` is the batch.
+    dtype: their dtype.
+    axis: the batch axis of ``x``.
+
+  Returns:
+    The zeros.
+  """
+  spec = explicit_spec(x)
+  if spec is None:
+    return jnp.zeros(shape, dtype)
+  rest = (None,) * (len(shape) - 1)
+  return jnp.zeros(shape, dtype, out_sharding=PartitionSpec(tuple(spec)[axis], *rest))
+
+
+def take_rows(table, ids):
+  """``jnp.take(table, ids, axis=0)``: rows of a (replicated) table, e.g. an embedding lookup.
+
+  Under explicit sharding the gather cannot infer its output sharding from sharded ``ids``:
+  the output ``ids.shape + table.shape[1:]`` keeps the sharding of ``ids`` and replicates the
+  table's feature axes (``.at[ids].get(out_sharding=...)``).
+
+  Args:
+    table: ``(V, ...)`` array.
+    ids: integer array of row indices.
+
+  Returns:
+    ``ids.shape + table.shape[1:]`` array.
+  """
+  spec = explicit_spec(ids)
+  if spec is None:
+    return jnp.take(table, ids, axis=0)
+  out = PartitionSpec(*spec, *((None,) * (table.ndim - 1)))
+  return table.at[ids].get(out_sharding=out, mode="fill")  # jnp.take's default mode
