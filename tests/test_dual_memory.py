@@ -232,8 +232,11 @@ def test_writer_gets_gradients_through_similarity_loss_memory_gets_none(setup):
   for writer in ("writer_a", "writer_t"):
     leaves = jax.tree_util.tree_leaves_with_path(g_params[writer])
     assert leaves and all(np.all(np.isfinite(g)) for _, g in leaves)
-    assert np.abs(g_params[writer]["projection"]).max() > 0
     assert np.abs(g_params[writer]["encoder"]["ff2"]["kernel"]).max() > 0
+    # gPool's projection p only scales the kept rows (sigmoid gate > 0), and cosine
+    # similarity ignores positive scales: Eq. 4 gives p no gradient (float round-off only).
+    enc = np.linalg.norm(g_params[writer]["encoder"]["ff1"]["kernel"])
+    assert np.linalg.norm(g_params[writer]["projection"]) < 1e-6 * enc
   # the memory is state: the carried memory gets exactly zero gradient
   for g in jax.tree_util.tree_leaves(g_memory):
     np.testing.assert_array_equal(g, 0.0)
@@ -412,3 +415,93 @@ def test_self_attention_matches_numpy_and_flax_parameter_tree():
     out[:, head] = w @ v[:, head]
   want = out.reshape(n, d) @ p["out"]["kernel"].reshape(d, d) + p["out"]["bias"]
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- Eq. 4 options, diagnostics
+def _aux_grads(layer, variables, x_a, x_t):
+  def aux(params, x_a, x_t):
+    out, _ = train_call(layer, {**variables, "params": params}, x_a, x_t)
+    return out.aux["memory_similarity"]
+  return jax.grad(aux, argnums=(0, 1, 2))(variables["params"], x_a, x_t)
+
+
+def test_similarity_grad_writer_stops_eq4_at_the_writer_inputs(setup):
+  layer, variables, x_a, x_t = setup
+  assert layer.similarity_grad == "writer"  # the default
+  g_p, g_a, g_t = _aux_grads(layer, variables, x_a, x_t)
+  np.testing.assert_array_equal(g_a, 0.0)
+  np.testing.assert_array_equal(g_t, 0.0)
+  assert np.abs(g_p["writer_a"]["encoder"]["ff1"]["kernel"]).max() > 1e-4
+  g_p_all, g_a_all, g_t_all = _aux_grads(layer.clone(similarity_grad="all"), variables, x_a, x_t)
+  assert np.abs(g_a_all).max() > 1e-4 and np.abs(g_t_all).max() > 1e-4
+  # the writer's own gradient is the same either way
+  np.testing.assert_allclose(g_p_all["writer_t"]["encoder"]["ff1"]["kernel"],
+                             g_p["writer_t"]["encoder"]["ff1"]["kernel"], atol=1e-6)
+
+
+def test_similarity_weight_scales_eq4_and_zero_turns_it_off(setup):
+  layer, variables, x_a, x_t = setup
+  full, new_full = train_call(layer, variables, x_a, x_t)
+  half, new_half = train_call(layer.clone(similarity_weight=0.5), variables, x_a, x_t)
+  off, new_off = train_call(layer.clone(similarity_weight=0.0), variables, x_a, x_t)
+  ref = np_dmf_eval(variables, np.asarray(x_a, np.float64), np.asarray(x_t, np.float64))[3]
+  np.testing.assert_allclose(float(full.aux["memory_similarity"]), ref, rtol=1e-4)
+  np.testing.assert_allclose(float(half.aux["memory_similarity"]), 0.5 * ref, rtol=1e-4)
+  assert float(off.aux["memory_similarity"]) == 0.0
+  # the write itself does not depend on the weight
+  np.testing.assert_allclose(new_off["memory"]["M_a"], new_full["memory"]["M_a"], atol=1e-6)
+
+
+def test_uniform_read_ablation_reads_the_slot_mean(setup):
+  layer, variables, x_a, x_t = setup
+  uniform = layer.clone(read_mode="uniform")
+  out1, _ = train_call(uniform, variables, x_a, x_t, key=3)
+  out2, _ = train_call(uniform, variables, x_a, x_t, key=4)  # Gumbel noise no longer matters
+  np.testing.assert_allclose(out1.fused, out2.fused, atol=1e-6)
+  _, diag = uniform.apply(variables, x_a, x_t, train=False, mutable=["diagnostics"])
+  assert float(diag["diagnostics"]["read_spread_a"][0]) < 1e-6
+  with pytest.raises(ValueError, match="read_mode"):
+    layer.clone(read_mode="zeros").apply(variables, x_a, x_t)
+  with pytest.raises(ValueError, match="similarity_grad"):
+    layer.clone(similarity_grad="encoders").apply(variables, x_a, x_t)
+
+
+def test_read_diagnostics_against_explicit_formulas():
+  from mbaf_jax.fusion.dual_memory import read_diagnostics
+  n = 4
+  w = np.array([[0.25] * 4, [1.0, 0, 0, 0], [0.5, 0.5, 0, 0]], np.float32)
+  reads = np.array([[1.0, 0.0], [3.0, 0.0], [100.0, 100.0]], np.float32)
+  mask = np.array([1, 1, 0], np.float32)  # the third row is padding
+  d = read_diagnostics(w, np.array([[2.0], [4.0], [9.0]]), reads, mask)
+  np.testing.assert_allclose(float(d["read_entropy"]), (1.0 + 0.0) / 2, atol=1e-6)
+  # reads 1 and 3 around mean 2: RMS distance 1, |mean| 2
+  np.testing.assert_allclose(float(d["read_spread"]), 0.5, atol=1e-6)
+  np.testing.assert_allclose(float(d["tau"]), 3.0, atol=1e-6)
+  half = read_diagnostics(w[2:], np.ones((1, 1)), reads[2:], np.ones(1))
+  np.testing.assert_allclose(float(half["read_entropy"]), np.log(2) / np.log(n), atol=1e-6)
+
+
+def test_memory_diagnostics_against_explicit_formulas():
+  from mbaf_jax.fusion.dual_memory import memory_diagnostics
+  old = np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)
+  new = np.array([[3.0, 0.0], [0.0, 4.0]], np.float32)
+  d = memory_diagnostics(old, new)
+  np.testing.assert_allclose(float(d["slot_similarity"]), 0.0, atol=1e-6)
+  np.testing.assert_allclose(float(d["slot_norm"]), 3.5, atol=1e-6)
+  np.testing.assert_allclose(float(d["mean_shift"]), np.hypot(0.5, 2.0), atol=1e-6)
+
+
+def test_diagnostics_are_collected_only_when_asked_and_never_at_init(setup):
+  layer, variables, x_a, x_t = setup
+  assert "diagnostics" not in variables
+  out, new = layer.apply(variables, x_a, x_t, train=True, rngs={"gumbel": jax.random.key(3)},
+                         mutable=["memory", "batch_stats", "diagnostics"])
+  diag = new["diagnostics"]
+  names = {"read_entropy_a", "read_spread_a", "tau_a", "slot_similarity_a", "slot_norm_a",
+           "mean_shift_a"}
+  assert names <= set(diag) and set(diag["writer_a"]) == {"from_batch"}
+  for name in names:
+    assert np.isfinite(float(diag[name][0]))
+  assert 0.0 <= float(diag["writer_a"]["from_batch"][0]) <= 1.0
+  plain, _ = train_call(layer, variables, x_a, x_t)
+  np.testing.assert_array_equal(out.fused, plain.fused)

@@ -34,6 +34,9 @@ from mbaf_jax.ops import validation
 
 READER_LOGITS = ("log_softmax", "log_clamp", "log_softplus")
 COMPOSER_ATTENTION = ("tokens", "none")
+SIMILARITY_GRAD = ("writer", "all")
+READ_MODES = ("gumbel", "uniform")
+DIAGNOSTICS = "diagnostics"  # variable collection of the training-dynamics scalars (sow)
 
 
 def reader_logits(scores, mode: str = "log_softmax", eps: float = 1e-6):
@@ -100,6 +103,56 @@ class MemoryReader(nn.Module):
     weights = ops.gumbel_softmax(logits, tau.astype(logits.dtype))
     read = jnp.einsum("bn,nd->bd", weights, memory.astype(weights.dtype))
     return read, weights, tau
+
+
+def read_diagnostics(weights, tau, read, mask) -> dict:
+  """Scalars that say whether a read depends on the sample (training-dynamics logs).
+
+  Args:
+    weights: ``(B, n)`` read weights of Eq. 2.
+    tau: ``(B, 1)`` temperatures of Eq. 1.
+    read: ``(B, d)`` the reads ``wᵀ M``.
+    mask: ``(B,)`` 1 = real row.
+
+  Returns:
+    ``read_entropy``: mean entropy of the weights over real rows, divided by ``log n``
+    (1 = uniform, 0 = one-hot); ``read_spread``: RMS distance of the reads from their
+    batch mean, divided by the mean's norm (0 = every sample reads the same vector);
+    ``tau``: mean temperature. All stop-gradient, float32.
+  """
+  f32 = jnp.float32
+  w = jax.lax.stop_gradient(weights).astype(f32)
+  r = jax.lax.stop_gradient(read).astype(f32)
+  m = mask.astype(f32)
+  count = jnp.maximum(jnp.sum(m), 1.0)
+  n = w.shape[-1]
+  entropy = -jnp.sum(w * jnp.log(jnp.maximum(w, 1e-30)), axis=-1) / np.log(n)
+  mean = jnp.sum(r * m[:, None], axis=0) / count
+  dev = jnp.sum(jnp.sum(jnp.square(r - mean), axis=-1) * m) / count
+  return {"read_entropy": jnp.sum(entropy * m) / count,
+          "read_spread": jnp.sqrt(dev) / jnp.maximum(jnp.linalg.norm(mean), 1e-12),
+          "tau": jnp.sum(jax.lax.stop_gradient(tau).astype(f32)[:, 0] * m) / count}
+
+
+def memory_diagnostics(old, new) -> dict:
+  """Scalars that say whether a memory collapses or churns (training-dynamics logs).
+
+  Args:
+    old: ``(n, d)`` memory before the write.
+    new: ``(n, d)`` memory after it.
+
+  Returns:
+    ``slot_similarity``: the mean pairwise cosine of the new slots (Eq. 4's true mean; 1 = all
+    slots parallel); ``slot_norm``: their mean norm; ``mean_shift``: how far the slots' mean
+    moved, ``‖mean(new) − mean(old)‖ / ‖mean(old)‖`` (what a read that ignores the sample
+    changes by in one step). All stop-gradient, float32.
+  """
+  old = jax.lax.stop_gradient(old).astype(jnp.float32)
+  new = jax.lax.stop_gradient(new).astype(jnp.float32)
+  shift = jnp.linalg.norm(new.mean(0) - old.mean(0)) / jnp.maximum(
+      jnp.linalg.norm(old.mean(0)), 1e-12)
+  return {"slot_similarity": ops.memory_similarity_loss(new, "mean"),
+          "slot_norm": jnp.mean(jnp.linalg.norm(new, axis=-1)), "mean_shift": shift}
 
 
 def _flat_lecun_normal(in_axes: int):
@@ -251,7 +304,9 @@ class MemoryWriter(nn.Module):
                            self.param_dtype, name="encoder")(expanded, valid, train)
     p = self.param("projection", nn.initializers.normal(1.0), (d,), self.param_dtype)
     scores = (y @ p.astype(y.dtype)) * jax.lax.rsqrt(jnp.sum(jnp.square(p)).astype(y.dtype))
-    new, _ = ops.top_k_pool(y, scores, n, mask=valid > 0)
+    new, idx = ops.top_k_pool(y, scores, n, mask=valid > 0)
+    if not self.is_initializing():
+      self.sow(DIAGNOSTICS, "from_batch", jnp.mean((idx >= n).astype(jnp.float32)))
     return new
 
 
@@ -285,6 +340,12 @@ class DualMemoryFusion(nn.Module):
   gumbel_noise_in_eval: bool = False  # add Gumbel noise in evaluation too
   reader_logits: str = "log_softmax"  # reading of Eq. 2's log(x_tmp), see reader_logits
   writer_in_eval: bool = False  # also compute the (unwritten) new memory + aux in eval
+  # Where Eq. 4's gradient goes: "writer" (the writer's parameters only: its batch input is
+  # stop-gradient, DMF §2.3 "to train the writer sub-module") or "all" (also into the encoders
+  # through the writer's input rows). docs/DMF.md "Why DMF lost to concatenation".
+  similarity_grad: str = "writer"
+  similarity_weight: float = 1.0  # weight of Eq. 4's term in aux (DMF: 1; 0: ablation, off)
+  read_mode: str = "gumbel"  # "gumbel" (Eqs. 1–2) | "uniform" (ablation: read = slot mean)
   bn_momentum: float = 0.9  # composer batch-norm running-average decay (flax convention)
   axis_name: str | None = None  # pmap/shard_map batch axis: global writer batch, synced BN
   dtype: Any = None  # computation dtype (None: the inputs' dtype)
@@ -306,6 +367,8 @@ class DualMemoryFusion(nn.Module):
     validation.option(self.similarity_reduction, ("paper", "mean"), "similarity_reduction")
     validation.option(self.reader_logits, READER_LOGITS, "reader_logits")
     validation.option(self.composer_attention, COMPOSER_ATTENTION, "composer_attention")
+    validation.option(self.similarity_grad, SIMILARITY_GRAD, "similarity_grad")
+    validation.option(self.read_mode, READ_MODES, "read_mode")
     if not 0 < self.tau_min <= self.tau_max:
       raise ValueError(f"need 0 < tau_min <= tau_max, got tau_min={self.tau_min}, "
                        f"tau_max={self.tau_max}.")
@@ -397,8 +460,15 @@ class DualMemoryFusion(nn.Module):
     g_a, g_t = self._noise(b, n, n, train or self.gumbel_noise_in_eval)
     rkw = dict(tau_min=self.tau_min, tau_max=self.tau_max, logits=self.reader_logits,
                dtype=self.dtype, param_dtype=self.param_dtype)
-    x_at, _, _ = MemoryReader(**rkw, name="reader_a")(x_a, m_t, g_a)  # audio reads text
-    x_ta, _, _ = MemoryReader(**rkw, name="reader_t")(x_t, m_a, g_t)  # text reads audio
+    x_at, w_a, tau_a = MemoryReader(**rkw, name="reader_a")(x_a, m_t, g_a)  # audio reads text
+    x_ta, w_t, tau_t = MemoryReader(**rkw, name="reader_t")(x_t, m_a, g_t)  # text reads audio
+    if self.read_mode == "uniform":  # ablation: every sample reads the slot mean
+      x_at = jnp.broadcast_to(jnp.mean(m_t, axis=0), x_at.shape)
+      x_ta = jnp.broadcast_to(jnp.mean(m_a, axis=0), x_ta.shape)
+    diagnose = not self.is_initializing()  # scalars for training logs, never init variables
+    for name, w, tau, read in (("a", w_a, tau_a, x_at), ("t", w_t, tau_t, x_ta)):
+      for key, value in (read_diagnostics(w, tau, read, m).items() if diagnose else ()):
+        self.sow(DIAGNOSTICS, f"{key}_{name}", value)
 
     # Composer (Eq. 3): one shared CBP, order kept.
     cbp = CompactBilinearPooling(self.cbp_dim, name="cbp")
@@ -419,15 +489,20 @@ class DualMemoryFusion(nn.Module):
       # Writer: the global batch (all devices under pmap/shard_map).
       xa_g, m_g = gather_batch(x_a, m, self.axis_name)
       xt_g, _ = gather_batch(x_t, m, self.axis_name)
+      if self.similarity_grad == "writer":  # Eq. 4 trains the writer, not the encoders
+        xa_g, xt_g = jax.lax.stop_gradient(xa_g), jax.lax.stop_gradient(xt_g)
       wkw = dict(num_heads=self.num_heads, ff_dim=self.writer_ff_dim,
                  dropout_rate=self.dropout_rate, dtype=self.dtype,
                  param_dtype=self.param_dtype)
       new_a = MemoryWriter(**wkw, name="writer_a")(m_a, xa_g, m_g, train)
       new_t = MemoryWriter(**wkw, name="writer_t")(m_t, xt_g, m_g, train)
       f32 = jnp.float32
-      aux["memory_similarity"] = (
+      aux["memory_similarity"] = self.similarity_weight * (
           ops.memory_similarity_loss(new_a.astype(f32), self.similarity_reduction)
           + ops.memory_similarity_loss(new_t.astype(f32), self.similarity_reduction))
+      for name, old, mem in ((("a", m_a, new_a), ("t", m_t, new_t)) if diagnose else ()):
+        for key, value in memory_diagnostics(old, mem).items():
+          self.sow(DIAGNOSTICS, f"{key}_{name}", value)
       if train and not self.is_initializing() and self.is_mutable_collection("memory"):
         mem_a.value = jax.lax.stop_gradient(new_a).astype(self.param_dtype)
         mem_t.value = jax.lax.stop_gradient(new_t).astype(self.param_dtype)
