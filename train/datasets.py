@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 
 from train.errors import UserError
+from train.progress import phase
 
 IEMOCAP_CLASSES = ("ang", "hap", "neu", "sad")
 CEBS_CLASSES = ("basal", "music", "post-music")
@@ -63,8 +64,8 @@ def resolve_iemocap_root(config, workdir: str) -> str:
       return c
   if config.data.synthetic:
     from mbaf_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-    print(f"Generating the synthetic IEMOCAP-format corpus in {data_dir} ...", flush=True)
-    return synthetic.write_iemocap(data_dir, size=config.data.synthetic_size, seed=0)
+    with phase(f"Generating the synthetic IEMOCAP-format corpus in {data_dir}"):
+      return synthetic.write_iemocap(data_dir, size=config.data.synthetic_size, seed=0)
   if not os.path.exists(data_dir):
     raise UserError(f"config.data.data_dir={data_dir!r} does not exist. Point it at the "
                     "IEMOCAP_full_release directory (the one holding Session1..Session5).")
@@ -85,8 +86,8 @@ def resolve_cebs_root(config, workdir: str) -> str:
       return c
   if config.data.synthetic:
     from mbaf_jax.data import synthetic_cebs  # pylint: disable=g-import-not-at-top
-    print(f"Generating the synthetic CEBS-format corpus in {data_dir} ...", flush=True)
-    return synthetic_cebs.write_cebs(data_dir, size=config.data.synthetic_size, seed=0)
+    with phase(f"Generating the synthetic CEBS-format corpus in {data_dir}"):
+      return synthetic_cebs.write_cebs(data_dir, size=config.data.synthetic_size, seed=0)
   if not os.path.exists(data_dir):
     raise UserError(f"config.data.data_dir={data_dir!r} does not exist. Point it at the cebsdb "
                     "directory with the WFDB records.")
@@ -270,10 +271,11 @@ def _iemocap(config, workdir: str) -> Dataset:
   keep = _subset(len(corpus.utterances), corpus.labels, d.max_examples, config.seed)
   corpus = corpus.subset(keep)
   cache = d.cache_dir or os.path.join(workdir, "cache")
-  corpus, waves, lengths = iemocap.load_corpus_audio(corpus, sr=d.sample_rate,
-                                                     max_seconds=d.max_seconds, cache_dir=cache)
-  labels = corpus.labels.astype(np.int32)
-  inputs, vocab_size = audio_text_inputs(config, workdir, waves, lengths, corpus.texts)
+  with phase(f"Loading {len(corpus.utterances)} utterances (audio and text) from {root}"):
+    corpus, waves, lengths = iemocap.load_corpus_audio(corpus, sr=d.sample_rate,
+                                                       max_seconds=d.max_seconds, cache_dir=cache)
+    labels = corpus.labels.astype(np.int32)
+    inputs, vocab_size = audio_text_inputs(config, workdir, waves, lengths, corpus.texts)
   if d.protocol == "loso":
     folds = folds_lib.loso_folds(corpus.utterances, validation=d.validation, seed=config.seed)
   elif d.protocol == "8:1:1":
@@ -297,9 +299,10 @@ def _cebs(config, workdir: str) -> Dataset:
   manifest = synthetic_cebs.read_manifest(root)
   seconds = float(manifest["seconds_per_state"]) if manifest else cebs.SECONDS_PER_STATE
   try:
-    corpus = cebs.load_cebs(root, modes=cebs.MODE_PAIRS[d.mode_pair],
-                            seconds_per_state=seconds, chunks=d.chunks,
-                            chunk_samples=d.chunk_samples)
+    with phase(f"Loading the CEBS records of {d.mode_pair} from {root}"):
+      corpus = cebs.load_cebs(root, modes=cebs.MODE_PAIRS[d.mode_pair],
+                              seconds_per_state=seconds, chunks=d.chunks,
+                              chunk_samples=d.chunk_samples)
   except ValueError as e:
     raise UserError(f"cannot load CEBS from {root!r}: {e}") from e
   labels = np.asarray(corpus.labels, np.int32)
@@ -327,7 +330,8 @@ def load_dataset(config, workdir: str) -> Dataset:
     ds = _cebs(config, workdir)
   elif name == "manifest":
     from train import manifest_data  # pylint: disable=g-import-not-at-top
-    ds = manifest_data.load_manifest_dataset(config, workdir)
+    with phase(f"Loading the manifest {config.data.data_dir}"):
+      ds = manifest_data.load_manifest_dataset(config, workdir)
   else:
     raise UserError(f"config.data.dataset={name!r} is unknown; expected 'iemocap', 'cebs' or "
                     "'manifest' (a CSV/JSONL manifest of your own data).")

@@ -10,10 +10,18 @@ Workdir layout::
   tb/<fusion>/<fold>/               TensorBoard events (tensorboardX)
   ckpt/<fusion>/<fold>/{latest,best}/  orbax checkpoints (resume; best by validation UA)
 
-Per fold: a fresh model (same key), SGD/Adam steps over a seeded Batcher (padded last batch, one
-compilation for all batches and folds), validation UA every ``eval_every_epochs`` (best
-checkpoint), test metrics of the best checkpoint (the final one when there is no validation
-set). Memory is read, never written, in evaluation.
+Before the folds, every fusion kind's initialisation, train step and eval step are compiled once
+(concurrently for the kinds of a single-process run; :func:`compile_runners`), so no fold's
+progress bar or ETA counts compilation. Per fold: a fresh model (same key), SGD/Adam steps over a
+seeded Batcher (padded last batch, one compilation for all batches and folds), validation UA
+every ``eval_every_epochs`` (the best state is kept in host memory and written as the best
+checkpoint with the next "latest" checkpoint, so a resume finds both consistent), test metrics of
+the best state (the final one when there is no validation set). Memory is read, never written, in
+evaluation.
+
+What the run prints (``train.progress``): what it trains, then a line per phase (generating the
+corpus, loading it, compiling) with its time, per-fold progress (a tqdm bar on a terminal, plain
+lines otherwise), each fold's test metrics and the table.
 
 Devices (``train.distributed``, docs/SCALING.md): ``config.train.parallelism`` = "jit" (batch
 sharded over a device mesh, state replicated) or "pmap" (``jax.pmap``, gradients and batch
@@ -23,6 +31,7 @@ Multi-host: ``distributed.initialize_multihost`` (environment ``MBAF_COORDINATOR
 its own contiguous block of every global batch; only process 0 writes metrics, TensorBoard
 events, PNGs and config.json (checkpoints are written by orbax with every process taking part).
 """
+import concurrent.futures
 import json
 import os
 import time
@@ -35,6 +44,7 @@ from train import checkpoints as ckpt_lib
 from train import datasets
 from train import distributed as dist
 from train import metrics as metrics_lib
+from train import progress as progress_lib
 from train import steps
 from train.errors import NonFiniteLossError, UserError
 
@@ -144,6 +154,13 @@ def _gather(ds: datasets.Dataset, idx: np.ndarray) -> dict:
   return {k: take(v) for k, v in ds.inputs.items()}
 
 
+def _placeholder_batch(ds: datasets.Dataset, size: int, mask_value: bool) -> dict:
+  """This process's block of a global batch of ``size`` copies of row 0 (mask ``mask_value``):
+  the shapes and dtypes of a real batch, for compiling."""
+  idx = np.zeros((size,), np.int64)[_local_block(size)]
+  return dict(_gather(ds, idx), mask=np.full((len(idx),), mask_value, bool), label=ds.labels[idx])
+
+
 def evaluate(eval_fn: dist.ParallelStep, state, ds: datasets.Dataset, indices: np.ndarray,
              batch_size: int, num_classes: int) -> dict:
   """WA/UA/F1/confusion of ``state`` (device layout) on ``ds[indices]`` (padded fixed-size
@@ -198,6 +215,19 @@ class FoldRunner:
       variables["params"] = merge_pretrained(variables["params"], self.pretrained)
     return dist.fetch(steps.create_state(variables, self.tx))
 
+  def compile(self) -> None:
+    """Compiles initialisation, the train step and the eval step: runs each once on placeholder
+    batches of real shapes (results discarded), so the folds find them compiled."""
+    host = self.init_host_state(0)
+    t = self.config.train
+    key = self.train_fn.put_key(jax.random.key(self.config.seed))
+    state, _ = self.train_fn(self.train_fn.put_state(host), self.train_fn.put_batch(
+        _placeholder_batch(self.ds, t.batch_size, True)), key)
+    jax.block_until_ready(state)
+    out = self.eval_fn(self.train_fn.put_state(host), self.eval_fn.put_batch(
+        _placeholder_batch(self.ds, t.eval_batch_size, False)))
+    jax.block_until_ready(out)
+
   def init_state(self, fold_index: int):
     """The step-0 state of a fold in the device layout."""
     return self.train_fn.put_state(self.init_host_state(fold_index))
@@ -249,26 +279,37 @@ def train_fold(runner: FoldRunner, fold, fold_index: int, workdir: str) -> dict:
   last_saved = step
   interrupt_at = step + t.interrupt_after_steps if t.interrupt_after_steps else None
 
+  # The best validation state of this call, on the host: (step, saveable tree, meta, val UA).
+  # It is written as the best checkpoint only with the next "latest" one (one orbax save per
+  # improvement cost ~0.3-0.7 s), so best/ on disk always matches latest/ for a resume.
+  best, best_written = None, True
+
   def meta():
     return {"step": step, "batcher": batcher.state(), "best_val_ua": best_val_ua, "done": done,
             "fold": fold.name, "fusion": kind}
 
   def validate():
-    nonlocal best_val_ua
+    nonlocal best_val_ua, best, best_written
     if len(fold.val) == 0:
       return
     m = evaluate(runner.eval_fn, state, ds, fold.val, t.eval_batch_size, c.model.num_classes)
     logger.scalars(step, {"wa": m["wa"], "ua": m["ua"], "f1": m["f1"]}, "val")
-    if m["ua"] > best_val_ua:  # only an improvement is written (ties keep the earlier step)
+    if m["ua"] > best_val_ua:  # only an improvement counts (ties keep the earlier step)
       best_val_ua = m["ua"]
-      ckpt.save_best(step, runner.host(state).saveable(), meta(), m["ua"])
+      # A copy: the host arrays may alias device buffers that the next step donates.
+      tree = jax.tree.map(np.array, runner.host(state).saveable())
+      best, best_written = (step, tree, meta(), m["ua"]), False
 
   def save_latest():
-    nonlocal last_saved
+    nonlocal last_saved, best_written
+    if not best_written:
+      ckpt.save_best(*best)
+      best_written = True
     ckpt.save_latest(step, runner.host(state).saveable(), meta())
     last_saved = step
 
-  bar = _progress(primary and t.progress and not done, total, step, f"{kind}/{fold.name}")
+  bar = progress_lib.progress(primary and t.progress and not done, total, step,
+                              f"{kind}/{fold.name}")
   window, t0 = [], time.time()
   train_arrays = {"_row": fold.train}
   while not done and step < total:
@@ -318,10 +359,12 @@ def train_fold(runner: FoldRunner, fold, fold_index: int, workdir: str) -> dict:
     bar.close()
 
   final_state, best_step = state, step
-  best = ckpt.restore_best(target)
+  if best is None:  # no improvement in this call: the best on disk, if any (a resumed fold)
+    restored_best = ckpt.restore_best(target)
+    best = None if restored_best is None else (int(restored_best[1]["step"]), restored_best[0])
   if best is not None:
-    final_state = runner.train_fn.put_state(steps.TrainState.from_saved(best[0]))
-    best_step = int(best[1]["step"])
+    final_state = runner.train_fn.put_state(steps.TrainState.from_saved(best[1]))
+    best_step = int(best[0])
   result = evaluate(runner.eval_fn, final_state, ds, fold.test, t.eval_batch_size,
                     c.model.num_classes)
   result.update(best_step=best_step, best_val_ua=best_val_ua, sizes=fold.sizes(), steps=step)
@@ -331,11 +374,44 @@ def train_fold(runner: FoldRunner, fold, fold_index: int, workdir: str) -> dict:
   return result
 
 
-def _progress(enabled: bool, total: int, initial: int, desc: str):
-  if not enabled:
-    return None
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
+MODEL_ENCODERS = {"dmf": "Wav2Vec2 + BERT encoders", "mbaf_iemocap": "SincNet/DCNN + CNN-RNN text "
+                  "encoders", "cebs": "LSTM encoders"}  # config.model.name → what the header says
+DATASET_NAMES = {"iemocap": "IEMOCAP", "cebs": "PhysioNet CEBS", "manifest": "a manifest"}
+
+
+def run_header(config, kinds: list, num_devices: int, parallelism: str, processes: int) -> str:
+  """The run's first line: what it trains (the fusion kinds of ``config.fusions``, not the
+  config's name: ``configs/iemocap.py --config.fusions=naive`` trains naive fusion only), on
+  which data and devices.
+
+  Returns:
+    e.g. "Training dmf and naive fusion (Wav2Vec2 + BERT encoders) on a synthetic IEMOCAP-format
+    corpus, loso folds; 1 device (jit, 1 process)".
+  """
+  d = config.data
+  data = DATASET_NAMES.get(d.dataset, d.dataset)
+  if d.synthetic and not d.data_dir and d.dataset != "manifest":
+    data = f"a synthetic {data}-format corpus"
+  elif d.data_dir:
+    data = f"{data} ({d.data_dir})"
+  encoders = MODEL_ENCODERS.get(config.model.name, f"model {config.model.name}")
+  return (f"Training {' and '.join(kinds)} fusion ({encoders}) on {data}, {d.protocol} folds; "
+          f"{num_devices} device{'s' * (num_devices > 1)} ({parallelism}, {processes} "
+          f"process{'es' * (processes > 1)})")
+
+
+def compile_runners(runners: list) -> None:
+  """Compiles every runner's initialisation, train and eval steps (:meth:`FoldRunner.compile`):
+  one thread per runner in a single-process run (XLA compiles on the calling thread, so two
+  fusion kinds compile on two cores at once), one after the other with several processes
+  (their collectives must start in the same order everywhere)."""
+  if len(runners) > 1 and jax.process_count() == 1:
+    with concurrent.futures.ThreadPoolExecutor(len(runners)) as pool:
+      for future in [pool.submit(r.compile) for r in runners]:
+        future.result()
+  else:
+    for r in runners:
+      r.compile()
 
 
 def _load_dataset(config, workdir: str) -> datasets.Dataset:
@@ -368,19 +444,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if not kinds:
     raise UserError("config.fusions is empty; expected e.g. 'dmf' or 'dmf,naive'.")
   parallelism, devices = layout(config)
+  if primary:
+    print(run_header(config, kinds, len(devices), parallelism, setup.process_count), flush=True)
   ds = _load_dataset(config, workdir)
   if primary and ds.summary is not None and getattr(ds.summary, "total_skipped", 0):
     print(ds.summary.format(), flush=True)
   if primary:
-    print(f"{config.name}: {len(ds.labels)} examples, {len(ds.folds)} fold(s), fusions {kinds}, "
-          f"{len(devices)} device(s) ({parallelism}, {setup.process_count} process(es))",
-          flush=True)
+    print(f"{len(ds.labels)} examples, {len(ds.folds)} fold(s): "
+          f"{', '.join(f.name for f in ds.folds)}", flush=True)
   results = {"name": config.name, "class_names": list(ds.class_names),
              "devices": len(devices), "parallelism": parallelism,
              "processes": setup.process_count, "fusions": {}}
   write = metrics_lib.write_json if primary else (lambda *a: None)
+  with progress_lib.phase(f"Compiling the {' and '.join(kinds)} model{'s' * (len(kinds) > 1)} "
+                          "(initialisation, train step, eval step)", enabled=primary):
+    runners = {kind: FoldRunner(config, kind, ds, parallelism, devices) for kind in kinds}
+    compile_runners(list(runners.values()))
   for kind in kinds:
-    runner = FoldRunner(config, kind, ds, parallelism, devices)
+    runner = runners[kind]
     folds = {}
     for i, fold in enumerate(ds.folds):
       folds[fold.name] = train_fold(runner, fold, i, workdir)
