@@ -41,10 +41,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 PARALLELISMS = ("jit", "pmap")
 DEFAULT_AXIS = "batch"
+AXIS_TYPES = {"auto": AxisType.Auto, "explicit": AxisType.Explicit}
 
 _ENV_COORDINATOR = ("MBAF_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS")
 _ENV_NUM_PROCESSES = ("MBAF_NUM_PROCESSES", "JAX_NUM_PROCESSES")
@@ -199,17 +200,37 @@ def initialize_multihost(config=None, *, coordinator_address: str | None = None,
 
 
 # --------------------------------------------------------------------------- mesh + sharding
-def global_mesh(axis_name: str = DEFAULT_AXIS, devices=None) -> Mesh:
+def global_mesh(axis_name: str = DEFAULT_AXIS, devices=None, axis_type: str = "auto") -> Mesh:
   """A 1-D mesh over ``devices`` (default: every device of every process), axis ``axis_name``.
 
-  Devices are ordered by (process, local id), so process ``p`` holds the ``p``-th contiguous
-  block of the global batch.
+  Built with ``jax.make_mesh``; devices are ordered by (process, local id), so process ``p``
+  holds the ``p``-th contiguous block of the global batch.
+
+  Args:
+    axis_name: the batch axis.
+    devices: the devices (default: all).
+    axis_type: ``"auto"`` (the trainer's default: the step is global-view code under ``jit``
+      with in/out shardings, and XLA places the collectives) or ``"explicit"`` (the sharding
+      is part of every array's type; steps then run inside ``jax.set_mesh(mesh)``, which
+      :class:`ParallelStep` does). ``jax.make_mesh``'s own default is Explicit; the axis type is
+      stated here so a JAX upgrade cannot change the trainer's program.
+
+  Returns:
+    The mesh.
   """
   devs = list(jax.devices() if devices is None else devices)
   if not devs:
     raise ValueError("global_mesh got an empty device list.")
+  if axis_type not in AXIS_TYPES:
+    raise ValueError(f"axis_type={axis_type!r} is not one of {tuple(AXIS_TYPES)}.")
   devs = sorted(devs, key=lambda d: (d.process_index, d.id))
-  return Mesh(np.array(devs), (axis_name,))
+  return jax.make_mesh((len(devs),), (axis_name,), axis_types=(AXIS_TYPES[axis_type],),
+                       devices=devs)
+
+
+def is_explicit(mesh: Mesh | None) -> bool:
+  """True for a mesh whose axes are Explicit (steps run inside ``jax.set_mesh(mesh)``)."""
+  return mesh is not None and all(t == AxisType.Explicit for t in mesh.axis_types)
 
 
 def batch_sharding(mesh: Mesh, axis_name: str | None = None) -> NamedSharding:
@@ -387,11 +408,13 @@ class ParallelStep:
 
   def __call__(self, state, batch, key=None):
     """Runs the step; ``key=None`` for a step without a PRNG key (evaluation)."""
-    if key is None:
-      return self.step(state, batch)
-    if self.parallelism == "jit":
+    if key is not None and self.parallelism == "jit":
       key = self.put_key(key)
-    return self.step(state, batch, key)
+    args = (state, batch) if key is None else (state, batch, key)
+    if is_explicit(self.mesh):  # explicit sharding types need the mesh in context
+      with jax.set_mesh(self.mesh):
+        return self.step(*args)
+    return self.step(*args)
 
   def get_rows(self, x):
     """A batch-sharded output (e.g. eval log-probs) → host NumPy ``(B_global, ...)``.
@@ -455,7 +478,7 @@ def check_parallelism(parallelism: str) -> str:
 
 def make_parallel_train_step(build_step: Callable[[str | None], Callable], parallelism: str = "jit",
                              devices=None, axis_name: str = DEFAULT_AXIS,
-                             donate: bool = True) -> ParallelStep:
+                             donate: bool = True, axis_type: str = "auto") -> ParallelStep:
   """Builds the train step for ``config.parallelism`` from one step builder.
 
   Args:
@@ -465,6 +488,8 @@ def make_parallel_train_step(build_step: Callable[[str | None], Callable], paral
     devices: devices to use (default: all for ``jit``, all local for ``pmap``).
     axis_name: name of the batch axis.
     donate: donate the state buffers to the step.
+    axis_type: ``"jit"`` only: the mesh's axis type, ``"auto"`` or ``"explicit"``
+      (:func:`global_mesh`); the same step and numbers either way.
 
   Returns:
     :class:`ParallelStep`.
@@ -475,7 +500,7 @@ def make_parallel_train_step(build_step: Callable[[str | None], Callable], paral
     counter = TraceCounter(build_step(axis_name))
     step = make_pmap_train_step(counter, axis_name, devs, donate)
     return ParallelStep("pmap", step, None, devs, axis_name, counter)
-  mesh = global_mesh(axis_name, devices)
+  mesh = global_mesh(axis_name, devices, axis_type)
   counter = TraceCounter(build_step(None))
   step = make_jit_train_step(counter, mesh, axis_name, donate)
   return ParallelStep("jit", step, mesh, tuple(mesh.devices.flat), axis_name, counter)
@@ -490,7 +515,8 @@ def _pmap_devices(devices) -> tuple:
 
 
 def make_parallel_eval_step(build_eval: Callable[[str | None], Callable], parallelism: str = "jit",
-                            devices=None, axis_name: str = DEFAULT_AXIS) -> ParallelStep:
+                            devices=None, axis_name: str = DEFAULT_AXIS,
+                            axis_type: str = "auto") -> ParallelStep:
   """The evaluation twin of :func:`make_parallel_train_step`.
 
   Args:
@@ -498,6 +524,7 @@ def make_parallel_eval_step(build_eval: Callable[[str | None], Callable], parall
     parallelism: ``"jit"`` or ``"pmap"``; must match the train step's so the state layouts agree.
     devices: as for :func:`make_parallel_train_step`.
     axis_name: name of the batch axis.
+    axis_type: as for :func:`make_parallel_train_step`.
 
   Returns:
     :class:`ParallelStep` called as ``ps(state, batch)``; ``ps.get_rows(out)`` gives the host
@@ -510,7 +537,7 @@ def make_parallel_eval_step(build_eval: Callable[[str | None], Callable], parall
     counter = TraceCounter(build_eval(axis_name))
     step = jax.pmap(counter, axis_name=axis_name, in_axes=(0, 0), out_axes=0, devices=devs)
     return ParallelStep("pmap", step, None, devs, axis_name, counter)
-  mesh = global_mesh(axis_name, devices)
+  mesh = global_mesh(axis_name, devices, axis_type)
   counter = TraceCounter(build_eval(None))
   rep, shard = replicated_sharding(mesh), batch_sharding(mesh, axis_name)
   step = jax.jit(counter, in_shardings=(rep, shard), out_shardings=rep)

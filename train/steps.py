@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
 COLLECTIONS = ("memory", "batch_stats", "constants")
@@ -198,7 +198,7 @@ def with_axis_name(model: nn.Module, axis_name: str | None) -> nn.Module:
   """The per-device copy of a full model for ``jax.pmap`` over ``axis_name``.
 
   The full models (``mbaf_jax.models``) hold their fusion layer as the field ``fusion``; a fusion
-  layer with an ``axis_name`` field (DualMemoryFusion, MBAF) gets it, so its writer all-gathers
+  layer with an ``axis_name`` field (DualMemoryFusion, MBAF, the MBAF-I/II/III FusionBlock) gets it, so its writer all-gathers
   the batch and its batch norm syncs statistics. Layers whose rows are independent
   (NaiveFusion, encoders, heads: no batch statistics) need nothing.
 
@@ -291,14 +291,19 @@ def make_eval_step(apply_fn: Callable):
   return eval_step
 
 
-def make_mesh(num_devices: int = 0) -> Mesh:
-  """A 1-D ``('data',)`` mesh over the first ``num_devices`` local devices (0: all)."""
+def make_mesh(num_devices: int = 0, axis_type: AxisType = AxisType.Auto) -> Mesh:
+  """A 1-D ``('data',)`` mesh over the first ``num_devices`` local devices (0: all).
+
+  ``jax.make_mesh`` with the axis type stated (its own default is Explicit): Auto for the
+  ``jit`` + ``in_shardings`` steps below; the fusion layers and models also run under
+  Explicit axes (docs/SCALING.md, "Explicit sharding and shard_map").
+  """
   devices = jax.devices()
   if num_devices < 0 or num_devices > len(devices):
     raise ValueError(f"config.train.num_devices={num_devices} but {len(devices)} devices are "
                      "available; use 0 (all) or a number up to that.")
   devices = devices[: num_devices or len(devices)]
-  return Mesh(np.array(devices), (DATA_AXIS,))
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(axis_type,), devices=devices)
 
 
 class CompiledStep:
