@@ -32,7 +32,7 @@ def main():
     table3 = mbaf.mbaf_parameter_count(*dims, slots=30, attention_keys=q, **mbaf.TABLE3_LAYOUT)
     print(json.dumps({
         "bench": "mbaf_param_count", "case": case, "dims": list(dims), "l": l, "batch_q": q,
-        "code_default": default, "code_default_formula": "4l^2 + 2l",
+        "code_default": default, "code_default_formula": "4l^2 + (1 + K)l, K = attention_keys = 32",
         "code_table3_layout": table3, "table3_layout_fields": dict(mbaf.TABLE3_LAYOUT,
                                                                    attention_keys=q),
         "paper_eq10": mbaf.paper_eq10(l, q),

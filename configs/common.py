@@ -42,10 +42,13 @@ def mbaf_fusion():
   """MBAF layer options (MBAF §3); the defaults of mbaf_jax.fusion.MBAF apply to anything unset."""
   return mlc.ConfigDict(dict(
       slots=30,  # MBAF Table 4: best WA at memory size l = 30 (UA ties 20/30)
-      # Not in paper: Eq. 7's ReLU capped at 6 (a ReLU-6), so Eq. 8's convex write keeps the
-      # memory bounded; uncapped, the memory recurrence overflowed in 2 of 24 synthetic
-      # trainings (docs/PAPER_NOTES.md, "MBAF memory growth"). None = the paper's plain ReLU.
-      write_max=6.0,
+      # Reading of MBAF Eqs. 5-6: "keys" (learned attentive vectors; Table 3's parameter count;
+      # the memory stays bounded) | "feature" | "none" (both unbounded: use with write_max)
+      attention="keys",
+      attention_keys=32,  # MBAF Table 3: as many attentive vectors as the batch size q
+      # Not in paper: a cap of Eq. 7's ReLU (a ReLU-n), e.g. 6.0; None = the paper's ReLU.
+      # Needed only by the unbounded readings (docs/PAPER_NOTES.md, "MBAF memory growth").
+      write_max=None,
   ))
 
 

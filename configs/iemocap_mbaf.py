@@ -79,6 +79,7 @@ def get_config(arg=None):
   c.optim.memory_learning_rate = 1e-3  # MBAF §4.1: one rate for the whole network
   c.optim.freeze_encoders = False
   c.train.batch_size = 64  # MBAF §4.1
+  c.model.fusion.mbaf.attention_keys = 64  # MBAF Table 3: q = the batch size
   c.train.epochs = 30  # not in paper
   if "demo" in variants or "smoke" in variants:
     common.shrink_for_demo(c, smoke="smoke" in variants)

@@ -85,13 +85,20 @@ def attend(p, b, attention: str):
   As printed, ``α_i = exp(b_tᵀ b̂)/Σ_i exp(b_tᵀ b̂)`` and ``c_t = Σ_i α_i b_t`` are
   degenerate (the ``α_i`` sum to 1, so ``c_t = b_t``). Readings:
 
-  * ``"feature"`` (default; "filter uninformative features"): ``b̂ ∈ R^C`` learned,
+  * ``"keys"`` (default): ``b̂_i ∈ R^C``, ``i = 1..K`` learned attentive vectors,
+    ``α_i = softmax_i(b_tᵀ b̂_i / √C)``, ``c_t = Σ_i α_i b̂_i``. With K = batch size
+    this has the ``q·l`` parameters of Eq. 10 / Table 3. ``c_t`` is a convex mix of the
+    keys, so its size does not depend on the memory's: Eq. 8's write stays bounded
+    (``|M| ≤ max(|M_0|, max_i ‖b̂_i‖ · max_j ‖W_{:,j}‖ + max |bias|)``) without any cap.
+  * ``"feature"`` ("filter uninformative features"): ``b̂ ∈ R^C`` learned,
     ``α_i = exp(b_{t,i} b̂_i) / Σ_j exp(b_{t,j} b̂_j)`` over the C features and
     ``c_{t,i} = C · α_i b_{t,i}`` (the factor C makes uniform attention the identity).
-  * ``"keys"``: ``b̂_i ∈ R^C``, ``i = 1..K`` learned attentive vectors,
-    ``α_i = softmax_i(b_tᵀ b̂_i / √C)``, ``c_t = Σ_i α_i b̂_i``. With K = batch size
-    this has the ``q·l`` parameters of Eq. 10 / Table 3.
-  * ``"none"``: ``c_t = b_t`` (the printed equations taken literally).
+    **Unbounded**: ``c_t`` scales with ``b_t``, which contains the read ``m_r``, with a gain of
+    up to C, so the memory recurrence can grow geometrically and overflow within a few
+    batches (measured: NaN on every seed of the digits study, docs/RESULTS.md). Use it with
+    ``write_max``.
+  * ``"none"``: ``c_t = b_t`` (the printed equations taken literally). **Unbounded** for the
+    same reason (gain of the composer MLP); use it with ``write_max``.
 
   Args:
     p: parameter dict (``attention_context`` (C,) or ``attention_keys`` (K, C)).
@@ -116,10 +123,11 @@ def transform(p, c, write_max=None):
 
   With ``write_max`` the ReLU is capped, ``h_t = min(ReLU(c_t W + bias), write_max)`` (a
   ReLU-n, not in the paper): Eq. 8 writes a convex mix of ``M_{t−1}`` and ``h_t``, so then
-  every memory entry stays within ``[min(M_0, 0), max(M_0, write_max)]``. Uncapped, Eqs. 2–8
-  are a recurrence ``M ← (1 − z) M + z g(M)`` whose gain can exceed 1 (the read ``m_r``
-  feeds ``h_t``): measured, the memory grew 10 → 4e9 in two training steps and overflowed
-  (docs/PAPER_NOTES.md, "MBAF memory growth").
+  every memory entry stays within ``[min(M_0, 0), max(M_0, write_max)]``. Uncapped, the
+  "feature" and "none" readings of Eqs. 5–6 make Eqs. 2–8 a recurrence
+  ``M ← (1 − z) M + z g(M)`` whose gain can exceed 1 (the read ``m_r`` feeds ``h_t``):
+  measured, the memory grew 10 → 4e9 in two training steps and overflowed
+  (docs/PAPER_NOTES.md, "MBAF memory growth"). The default "keys" reading needs no cap.
   """
   y = c @ p["write_kernel"]
   if "write_bias" in p:
@@ -193,8 +201,8 @@ class MBAF(nn.Module):
   mlp_dims: Sequence[int] = ()  # widths of f_c^MLP's hidden layers before its output layer
   compose_dim: int | None = None  # C, width of b_t and c_t (None: H)
   read_projection: bool = True  # f_r a bias-free Dense l→H; False: identity (needs H == l)
-  attention: str = "feature"  # reading of Eqs. 5–6: "feature" | "keys" | "none"
-  attention_keys: int = 32  # K, learned attentive vectors for attention="keys"
+  attention: str = "keys"  # reading of Eqs. 5–6: "keys" (bounded) | "feature" | "none"
+  attention_keys: int = 32  # K, learned attentive vectors for attention="keys" (Table 3: q)
   write_bias: bool = False  # bias in Eq. 7's transform c_t W
   write_max: float | None = None  # cap of Eq. 7's ReLU (None: the paper); bounds the memory
   write: str = "scan"  # "scan" (sequential, faithful) | "batched" (stale reads, one write)
