@@ -16,6 +16,8 @@ rows plus the layer's aux terms, memory written); the memory must come back repl
 to the single-device one. 8 fake CPU devices from ``tests/conftest.py``.
 """
 import dataclasses
+import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -346,3 +348,21 @@ def test_parallel_train_step_on_an_explicit_mesh_equals_one_device():
   np.testing.assert_allclose(losses, want_loss, rtol=ATOL, atol=ATOL)
   for part in ("params", "memory", "batch_stats"):
     assert_trees_close(got[part], want_state[part], what=f"{part} ")
+
+
+def test_scaling_doc_example_runs_and_equals_one_device():
+  """docs/SCALING.md's "Explicit sharding and shard_map" block, as written."""
+  text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "SCALING.md").read_text()
+  heading = "## Explicit sharding and shard_map"
+  assert heading in text
+  section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+  blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+  assert len(blocks) == 1
+  ns = {}
+  exec(compile(blocks[0], "docs/SCALING.md", "exec"), ns)  # pylint: disable=exec-used
+  layer, variables = ns["layer"], ns["variables"]
+  want_fused, want_memory = jax.jit(lambda v, a, t: ns["train_call"](layer, v, a, t))(
+      variables, ns["x_a"], ns["x_t"])
+  for fused, memory in ((ns["fused"], ns["memory"]), (ns["fused_sm"], ns["memory_sm"])):
+    np.testing.assert_allclose(fused, want_fused, rtol=ATOL, atol=ATOL)
+    assert_trees_close(memory, want_memory)
