@@ -327,6 +327,7 @@ def test_trainer_meshes_state_their_axis_type():
     dist.global_mesh(axis_type="manual")
 
 
+@pytest.mark.slow  # 20-35 s on 2 loaded cores (two compilations of the toy step)
 def test_parallel_train_step_on_an_explicit_mesh_equals_one_device():
   """``train.distributed``'s jit layout with Explicit axes: the toy DMF classifier of
   tests/test_distributed.py, 3 SGD steps on 8 devices, equals its single-device reference."""
