@@ -120,6 +120,9 @@ def base_config():
   c.train.num_devices = 0  # 0: all local devices; n: the first n (data parallel mesh)
   c.train.parallelism = "jit"  # "jit": sharded device mesh | "pmap": jax.pmap (docs/SCALING.md)
   c.train.progress = True  # progress with steps/s and ETA: a tqdm bar on a terminal, else lines
+  # Train the fusion kinds of a run ("dmf,naive") at the same time, one thread each (one process
+  # only); same results as one after the other. False: one after the other.
+  c.train.concurrent_kinds = True
   c.train.interrupt_after_steps = 0  # testing: stop (checkpointed) after n steps of this call
   return c
 

@@ -2,6 +2,7 @@
 a terminal, a header naming what the run trains, compilation before any progress bar (so the ETA
 excludes it), and the best checkpoint written with the latest one."""
 import io
+import threading
 
 import jax
 import numpy as np
@@ -136,9 +137,9 @@ def test_run_output_compiles_before_progress_and_writes_best_with_latest(tmp_pat
     init(self, *args, **kwargs)
     runners.append(self)
 
-  def recording_progress(enabled, total, initial, desc, stream=None):
+  def recording_progress(enabled, total, initial, desc, stream=None, position=0):
     seen.append([(r.train_fn.traces, r.eval_fn.traces) for r in runners])
-    return make_progress(enabled, total, initial, desc, stream)
+    return make_progress(enabled, total, initial, desc, stream, position)
 
   save_best = checkpoints.FoldCheckpointer.save_best
 
@@ -191,3 +192,45 @@ def test_run_output_compiles_before_progress_and_writes_best_with_latest(tmp_pat
   again = resumed["fusions"]["naive"]["folds"]["loso_s1"]
   for k in ("wa", "ua", "f1", "best_step", "best_val_ua", "confusion"):
     assert again[k] == fold[k], k
+
+
+class _Runner:
+  """What run_kinds uses of a FoldRunner."""
+
+  def __init__(self):
+    self.stop, self.position = threading.Event(), 0
+
+
+def test_run_kinds_runs_at_once_and_stops_every_kind_when_one_fails():
+  runners = {"dmf": _Runner(), "naive": _Runner()}
+  started = threading.Barrier(2, timeout=30)
+
+  def run_kind(kind):
+    started.wait()  # both kinds run at the same time
+    if kind == "dmf":
+      raise ValueError("boom")
+    assert runners["naive"].stop.wait(30)  # asked to stop because dmf failed
+
+  with pytest.raises(ValueError, match="boom"):
+    trainer.run_kinds(run_kind, ["dmf", "naive"], runners)
+  assert runners["naive"].stop.is_set()
+  assert [r.position for r in runners.values()] == [0, 1]
+  order = []
+  trainer.run_kinds(order.append, ["dmf", "naive"], {"dmf": _Runner(), "naive": _Runner()},
+                    at_once=False)
+  assert order == ["dmf", "naive"]
+
+
+@pytest.mark.slow
+def test_kinds_trained_at_once_give_the_results_of_one_after_the_other(tmp_path):
+  from mbaf_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  data = synthetic.write_iemocap(str(tmp_path / "data"), size="tiny", seed=0)
+  out = {}
+  for at_once in (True, False):
+    c = _smoke_config(data)
+    c.train.progress = False
+    c.train.concurrent_kinds = at_once
+    out[at_once] = trainer.train_and_evaluate(c, str(tmp_path / str(at_once)))
+  assert out[True]["table"] == out[False]["table"]
+  for kind in ("dmf", "naive"):
+    assert out[True]["fusions"][kind]["folds"] == out[False]["fusions"][kind]["folds"]

@@ -107,9 +107,10 @@ class LineProgress:
       self._write()
 
 
-def progress(enabled: bool, total: int, initial: int, desc: str, stream=None):
+def progress(enabled: bool, total: int, initial: int, desc: str, stream=None, position=0):
   """A fold's progress: None when disabled, a tqdm bar when ``stream`` (default ``sys.stderr``)
-  is a terminal, else a :class:`LineProgress`."""
+  is a terminal (on line ``position``: fusion kinds trained at the same time each have one), else
+  a :class:`LineProgress`."""
   if not enabled:
     return None
   stream = stream or sys.stderr
@@ -117,5 +118,5 @@ def progress(enabled: bool, total: int, initial: int, desc: str, stream=None):
   if isatty is not None and isatty():
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
-                file=stream)
+                file=stream, position=position, leave=position == 0)
   return LineProgress(total, initial, desc, stream=stream)

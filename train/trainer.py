@@ -34,6 +34,7 @@ events, PNGs and config.json (checkpoints are written by orbax with every proces
 import concurrent.futures
 import json
 import os
+import threading
 import time
 
 import jax
@@ -205,6 +206,8 @@ class FoldRunner:
     self.eval_fn = dist.make_parallel_eval_step(
         lambda ax: steps.make_eval_step(steps.with_axis_name(model, ax).apply),
         parallelism, devices=devices)
+    self.stop = threading.Event()  # set: train_fold checkpoints and stops (Ctrl-C, another kind)
+    self.position = 0  # line of this kind's progress bar (kinds trained at the same time)
 
   def init_host_state(self, fold_index: int) -> steps.TrainState:
     """The step-0 state of a fold, on the host (identical on every process)."""
@@ -309,7 +312,7 @@ def train_fold(runner: FoldRunner, fold, fold_index: int, workdir: str) -> dict:
     last_saved = step
 
   bar = progress_lib.progress(primary and t.progress and not done, total, step,
-                              f"{kind}/{fold.name}")
+                              f"{kind}/{fold.name}", position=runner.position)
   window, t0 = [], time.time()
   train_arrays = {"_row": fold.train}
   while not done and step < total:
@@ -336,13 +339,18 @@ def train_fold(runner: FoldRunner, fold, fold_index: int, workdir: str) -> dict:
         window, t0 = [], time.time()
       if step % t.checkpoint_every_steps == 0:
         save_latest()
-      if step >= total or (interrupt_at is not None and step >= interrupt_at):
+      stop = runner.stop.is_set() or (interrupt_at is not None and step >= interrupt_at)
+      if step >= total or stop:
         break
-    if interrupt_at is not None and step >= interrupt_at and step < total:
+    if step < total and (runner.stop.is_set() or (interrupt_at is not None
+                                                  and step >= interrupt_at)):
       save_latest()
       ckpt.close()
       logger.close()
-      raise KeyboardInterrupt(f"interrupted after step {step} (config.train.interrupt_after_steps)")
+      if bar is not None:
+        bar.close()
+      raise KeyboardInterrupt(f"interrupted after step {step} of fold {fold.name} ({kind})" + (
+          "" if runner.stop.is_set() else " (config.train.interrupt_after_steps)"))
     _check_finite(state, fold.name, kind)
     epoch_done = batcher.position == 0
     if epoch_done and (batcher.epoch % t.eval_every_epochs == 0 or step >= total):
@@ -414,6 +422,36 @@ def compile_runners(runners: list) -> None:
       r.compile()
 
 
+def run_kinds(run_kind, kinds: list, runners: dict, at_once: bool = True) -> None:
+  """Calls ``run_kind(kind)`` for every fusion kind: at the same time, one thread each, when
+  ``at_once`` and the run is a single process (the kinds are independent and XLA runs a step
+  outside the GIL, so the kinds' steps share the cores); else one after the other (several
+  processes must start their collectives in the same order). Each kind computes exactly what it
+  computes alone.
+
+  A Ctrl-C (or an error in one kind) sets every runner's ``stop``: each checkpoints and stops at
+  its next step, and the first exception is raised here.
+  """
+  if not at_once or len(kinds) < 2 or jax.process_count() > 1:
+    for kind in kinds:
+      run_kind(kind)
+    return
+  for position, kind in enumerate(kinds):
+    runners[kind].position = position
+  pool = concurrent.futures.ThreadPoolExecutor(len(kinds))
+  futures = [pool.submit(run_kind, kind) for kind in kinds]
+  try:
+    for future in concurrent.futures.as_completed(futures):
+      if future.exception() is not None:
+        raise future.exception()
+  except BaseException:
+    for runner in runners.values():
+      runner.stop.set()
+    raise
+  finally:
+    pool.shutdown(wait=True)
+
+
 def _load_dataset(config, workdir: str) -> datasets.Dataset:
   """Loads the data set; with several processes, process 0 first (it may generate the synthetic
   corpus, fill the audio cache and build the vocabulary), then the others read the same."""
@@ -460,27 +498,34 @@ def train_and_evaluate(config, workdir: str) -> dict:
                           "(initialisation, train step, eval step)", enabled=primary):
     runners = {kind: FoldRunner(config, kind, ds, parallelism, devices) for kind in kinds}
     compile_runners(list(runners.values()))
-  for kind in kinds:
+  lock = threading.Lock()  # results, metrics.json, the PNGs (pyplot is not thread-safe)
+
+  def run_kind(kind):
     runner = runners[kind]
     folds = {}
     for i, fold in enumerate(ds.folds):
       folds[fold.name] = train_fold(runner, fold, i, workdir)
       f = folds[fold.name]
       if primary:
-        metrics_lib.plot_confusion(f["confusion"], ds.class_names,
-                                   os.path.join(workdir, f"confusion_{kind}_{fold.name}.png"),
-                                   f"{kind} {fold.name}")
+        with lock:
+          metrics_lib.plot_confusion(f["confusion"], ds.class_names,
+                                     os.path.join(workdir, f"confusion_{kind}_{fold.name}.png"),
+                                     f"{kind} {fold.name}")
         print(f"[{kind}/{fold.name}] test WA {100 * f['wa']:.2f} UA {100 * f['ua']:.2f} "
               f"F1 {f['f1']:.3f} (best step {f['best_step']})", flush=True)
     summary = metrics_lib.summarize_folds(list(folds.values()))
-    if primary:
-      metrics_lib.plot_confusion(summary["confusion_normalized"], ds.class_names,
-                                 os.path.join(workdir, f"confusion_{kind}_mean.png"),
-                                 f"{kind} mean over {len(folds)} fold(s)")
-    results["fusions"][kind] = {"folds": folds, "summary": summary,
-                                "train_traces": runner.train_fn.traces,
-                                "eval_traces": runner.eval_fn.traces}
-    write(os.path.join(workdir, "metrics.json"), results)
+    with lock:
+      if primary:
+        metrics_lib.plot_confusion(summary["confusion_normalized"], ds.class_names,
+                                   os.path.join(workdir, f"confusion_{kind}_mean.png"),
+                                   f"{kind} mean over {len(folds)} fold(s)")
+      results["fusions"][kind] = {"folds": folds, "summary": summary,
+                                  "train_traces": runner.train_fn.traces,
+                                  "eval_traces": runner.eval_fn.traces}
+      write(os.path.join(workdir, "metrics.json"), results)
+
+  run_kinds(run_kind, kinds, runners, at_once=config.train.get("concurrent_kinds", True))
+  results["fusions"] = {k: results["fusions"][k] for k in kinds}
   table = metrics_lib.format_table({k: v["summary"] for k, v in results["fusions"].items()})
   results["table"] = table
   write(os.path.join(workdir, "metrics.json"), results)
