@@ -35,6 +35,10 @@ def dmf_fusion():
       composer_attention="tokens",  # not in paper: "tokens" (self-attention) | "none" (ablation)
       similarity_reduction="paper",  # DMF Eq. 4 divisor n(n-1)
       reader_logits="log_softmax",  # reading of DMF Eq. 2's log(x_tmp)
+      # Where Eq. 4's gradient goes: "writer" (DMF §2.3 "to train the writer sub-module": the
+      # writer's inputs are stop-gradient) | "all" (also into the encoders through them)
+      similarity_grad="writer",
+      similarity_weight=1.0,  # DMF Eq. 4: weight of the similarity term (0: off, an ablation)
   ))
 
 
