@@ -4,7 +4,8 @@ One train-step function serves every layout. A *step builder* ``build_step(axis_
 returns ``step(state, batch, key) -> (state, metrics)``, a pure function of its arguments:
 
 * ``axis_name=None`` — the step sees the **global** batch. Under ``jax.jit`` over a device
-  mesh (``parallelism="jit"``) the batch is sharded along its leading axis, the state
+  mesh (``parallelism="jit"``; ``jax.make_mesh`` with Auto axes, or Explicit axes with
+  ``axis_type="explicit"``) the batch is sharded along its leading axis, the state
   (params, optimiser state, batch stats, constants, memory) is replicated, and XLA inserts
   the collectives; the fusion writer sees the global batch with no option.
 * ``axis_name="batch"`` — the step sees this device's slice of the batch under ``jax.pmap``

@@ -6,7 +6,10 @@
   (DMF Eqs. 1–2);
 * :func:`top_k_pool` (gPool of Graph U-Nets; DMF writer);
 * :func:`memory_similarity_loss` (DMF Eq. 4);
-* :func:`check_finite` and the argument checks in :mod:`mbaf_jax.ops.validation`.
+* :func:`check_finite` and the argument checks in :mod:`mbaf_jax.ops.validation`;
+* :mod:`mbaf_jax.ops.sharding`: what the layers need under a mesh with Explicit axes
+  (an array's explicit sharding, resharding a batch to replicated, batch-sharded zeros and
+  embedding lookups); the identity elsewhere.
 
 Bad input: shapes, ranks, dtypes, sizes (``dim``, ``k``, ``in_dims``) and option
 strings are checked at trace time (free under ``jit``) and raise

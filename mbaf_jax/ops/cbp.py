@@ -118,7 +118,8 @@ def count_sketch(x, hashes, signs, dim: int, method: str = "segment_sum") -> jax
       and small sizes only).
 
   Returns:
-    ``(..., D)`` array of ``x``'s dtype.
+    ``(..., D)`` array of ``x``'s dtype; under a mesh with Explicit axes its batch axes keep
+    ``x``'s sharding (the scatter's ``out_sharding``).
   """
   dim = validation.positive_int(dim, "dim")
   validation.option(method, SKETCH_METHODS, "method")
