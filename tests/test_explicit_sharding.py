@@ -103,7 +103,7 @@ def _loss_weights(width):
 
 
 def _train(case, module, variables, inputs, mask, call=None):
-  """value_and_grad of ``Σ mask·w·rows + Σ aux`` w.r.t. params; returns loss, grads, new vars."""
+  """value_and_grad of ``Σ mask·w·rows + Σ aux`` w.r.t. params: loss, grads, new vars."""
   call = call or (lambda p: case.call(module, {**variables, "params": p}, inputs, mask, True,
                                       rngs=_rngs(), mutable=["memory", "batch_stats"]))
 

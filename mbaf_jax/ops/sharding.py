@@ -1,12 +1,13 @@
-"""Explicit-sharding helpers: read an array's sharding type and gather a batch.
+"""Explicit-sharding helpers: an array's sharding type, a batch gathered, batch-sharded zeros.
 
 Under a mesh with **Explicit** axes (``jax.make_mesh``'s default in current JAX, active through
-``jax.set_mesh`` / ``jax.sharding.use_mesh``) the sharding of every array is part of its type
-(``jax.typeof(x).sharding.spec``, e.g. ``float32[16@data, 8]``) and ops that cannot infer the
-sharding of their output (scatters, concatenation of differently sharded operands, ``lax.scan``
-over a sharded axis) raise ``ShardingTypeError``. Under Auto axes, with no mesh, or inside
-``shard_map`` over the batch axis (a Manual axis), the type carries no sharding: every helper
-here is then the identity, so those paths compute exactly what they computed before.
+``jax.set_mesh``; ``jax.sharding.use_mesh`` in older JAX) the sharding of every array is part of
+its type (``jax.typeof(x).sharding.spec``, e.g. ``float32[16@data, 8]``) and ops that cannot
+infer the sharding of their output (scatters, gathers, concatenation of differently sharded
+operands, ``lax.scan`` over a sharded axis) raise ``ShardingTypeError``. Under Auto axes, with
+no mesh, or inside ``shard_map`` over the batch axis (a Manual axis), the type carries no
+sharding: every helper here is then the identity, so those paths compute exactly what they
+computed before.
 """
 import jax
 import jax.numpy as jnp
