@@ -367,3 +367,12 @@ def test_scaling_doc_example_runs_and_equals_one_device():
   for fused, memory in ((ns["fused"], ns["memory"]), (ns["fused_sm"], ns["memory_sm"])):
     np.testing.assert_allclose(fused, want_fused, rtol=ATOL, atol=ATOL)
     assert_trees_close(memory, want_memory)
+
+
+def test_with_axis_name_reaches_the_mbaf_of_a_fusion_block():
+  """pmap/shard_map copy of MBAF IEMOCAP: the block's MBAF gathers the global batch."""
+  config = mbaf_config.get_config("III,smoke")
+  model, _ = factory.build_model(config.model, "mbaf", vocab_size=VOCAB,
+                                 max_tokens=config.data.max_tokens)
+  assert model.fusion.axis_name is None
+  assert steps.with_axis_name(model, AXIS).fusion.axis_name == AXIS
