@@ -4,6 +4,9 @@ r"""Training entry point (flax-examples style): parses flags, calls the trainer.
   python -m train.main --config=configs/iemocap.py --workdir=runs/dmf \
       --config.data.data_dir=/data/IEMOCAP_full_release --config.model.fusion.dmf.slots=60
 
+``--help_config`` (also part of ``--help``) lists the config files with their variants and every
+config field with its default and meaning, generated from the configs (``train.config_help``).
+
 Errors the user can fix (unknown config key, missing or wrong data_dir, a checkpoint of another
 config, a workdir that is a file, a non-finite loss) are printed as one paragraph and the run exits
 with status 2, without a traceback. Rerunning with the same --workdir resumes.
