@@ -351,6 +351,7 @@ def test_parallel_train_step_on_an_explicit_mesh_equals_one_device():
     assert_trees_close(got[part], want_state[part], what=f"{part} ")
 
 
+@pytest.mark.slow  # three compilations of the DMF layer: 12 s of CPU, 20-30 s on loaded cores
 def test_scaling_doc_example_runs_and_equals_one_device():
   """docs/SCALING.md's "Explicit sharding and shard_map" block, as written."""
   text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "SCALING.md").read_text()
