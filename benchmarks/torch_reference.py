@@ -335,9 +335,11 @@ class TorchDMF(nn.Module):
       self.attention_2 = nn.MultiheadAttention(width, heads, batch_first=True)
     self.norm_scale = nn.ParameterList([nn.Parameter(torch.ones(dim)) for _ in range(2)])
     self.norm_bias = nn.ParameterList([nn.Parameter(torch.zeros(dim)) for _ in range(2)])
-    ff, drop = opts["writer_ff_dim"], opts["dropout_rate"]
-    self.writer_a = DMFWriter(d, heads, ff, drop)
-    self.writer_t = DMFWriter(d, heads, ff, drop)
+    # No dropout module: the Flax writer drops out only in training, which forward refuses for
+    # dropout_rate > 0 (its random masks cannot be mirrored); evaluation is deterministic.
+    ff = opts["writer_ff_dim"]
+    self.writer_a = DMFWriter(d, heads, ff, 0.0)
+    self.writer_t = DMFWriter(d, heads, ff, 0.0)
     self.memory = {"M_a": torch.zeros(n, d), "M_t": torch.zeros(n, d)}
     self.sketch: dict = {}
     self.batch_stats = {f"norm_{i}": {"mean": torch.zeros(dim), "var": torch.ones(dim)}

@@ -125,6 +125,7 @@ DMF_CASES = [
     ("train", {"reader_logits": "log_clamp", "read_mode": "uniform", "similarity_weight": 0.5}),
     ("eval", {}),
     ("eval", {"writer_in_eval": True, "gumbel_noise_in_eval": True}),
+    ("eval", {"writer_in_eval": True, "dropout_rate": 0.3}),  # no dropout in evaluation
 ]
 
 
