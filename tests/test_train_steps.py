@@ -104,6 +104,23 @@ def test_write_then_carry_and_loss(one_device):
   np.testing.assert_allclose(metrics["aux"], sim, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(metrics["loss"], ce + sim, rtol=1e-5)
   assert int(new_state.step) == 1 and int(metrics["count"]) == 6
+  # The fusion layer's training dynamics come back as flat metrics (TensorBoard "train/memory/…").
+  from mbaf_jax.fusion.dual_memory import memory_diagnostics  # pylint: disable=g-import-not-at-top
+  want = memory_diagnostics(state.memory["fusion"]["M_a"], new_vars["memory"]["fusion"]["M_a"])
+  np.testing.assert_allclose(metrics["memory/fusion/slot_similarity_a"],
+                             want["slot_similarity"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(metrics["memory/fusion/mean_shift_a"], want["mean_shift"],
+                             rtol=1e-5)
+  assert {"memory/fusion/read_entropy_t", "memory/fusion/writer_t/from_batch"} <= set(metrics)
+
+
+def test_diagnostic_scalars_flattens_and_averages():
+  sown = {"fusion": {"tau_a": (jnp.float32(2.0), jnp.float32(4.0)),
+                     "writer_a": {"from_batch": (jnp.float32(0.5),)}}}
+  got = steps.diagnostic_scalars(sown)
+  assert set(got) == {"memory/fusion/tau_a", "memory/fusion/writer_a/from_batch"}
+  assert float(got["memory/fusion/tau_a"]) == 3.0
+  assert steps.diagnostic_scalars({}) == {}
 
 
 def test_optimizer_groups_lr_and_frozen():

@@ -22,6 +22,8 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from mbaf_jax.fusion.dual_memory import DIAGNOSTICS
+
 DATA_AXIS = "data"
 COLLECTIONS = ("memory", "batch_stats", "constants")
 
@@ -250,7 +252,7 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
 
     def loss_fn(params):
       out, new_vars = apply_fn(state.variables(params), inputs, mask=mask, train=True,
-                               rngs=rngs, mutable=["memory", "batch_stats"])
+                               rngs=rngs, mutable=["memory", "batch_stats", DIAGNOSTICS])
       picked = jnp.take_along_axis(out.log_probs, labels[:, None].astype(jnp.int32), axis=-1)
       ce = dist.global_masked_mean(-picked[:, 0], mask, axis_name)
       aux = sum((jnp.asarray(v, jnp.float32) for v in out.aux.values()),
@@ -259,6 +261,8 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
       return ce + aux, (ce, aux, out.log_probs, new_vars)
 
     grads, (ce, aux, log_probs, new_vars) = jax.grad(loss_fn, has_aux=True)(state.params)
+    new_vars = dict(new_vars)
+    diagnostics = diagnostic_scalars(new_vars.pop(DIAGNOSTICS, {}), axis_name)
     grads = dist.sum_over_devices(grads, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -273,9 +277,24 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
         # Write-then-carry: the new memory, with no gradient path, is next step's memory.
         memory=jax.lax.stop_gradient(new_vars.get("memory", state.memory)),
         first_nonfinite=jnp.where(bad, state.step, state.first_nonfinite))
-    return new_state, {"loss": loss, "ce": ce, "aux": aux, "correct": correct, "count": count}
+    return new_state, {"loss": loss, "ce": ce, "aux": aux, "correct": correct, "count": count,
+                       **diagnostics}
 
   return train_step
+
+
+def diagnostic_scalars(sown: Any, axis_name: str | None = None) -> dict:
+  """The fusion layer's training-dynamics scalars (the ``'diagnostics'`` collection that
+  ``DualMemoryFusion`` sows: read entropy and spread, slot similarity, …) as flat metrics
+  ``"memory/<module path>/<name>"``; under pmap averaged over devices. ``{}`` for a model that
+  sows none."""
+  out = {}
+  for path, value in jax.tree_util.tree_flatten_with_path(
+      sown, is_leaf=lambda t: isinstance(t, tuple))[0]:
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    v = jnp.mean(jnp.stack([jnp.asarray(x, jnp.float32) for x in value]))
+    out["memory/" + name] = v if axis_name is None else jax.lax.pmean(v, axis_name)
+  return out
 
 
 def make_eval_step(apply_fn: Callable):

@@ -333,6 +333,8 @@ def train_fold(runner: FoldRunner, fold, fold_index: int, workdir: str) -> dict:
                 "aux": np.mean([float(x["aux"]) for x in host]),
                 "accuracy": sum(float(x["correct"]) for x in host) / n,
                 "steps_per_s": len(host) / max(time.time() - t0, 1e-9)}
+        logs.update({k: np.mean([float(x[k]) for x in host]) for k in host[-1]
+                     if k.startswith("memory/")})  # the fusion layer's dynamics (docs/DMF.md)
         logger.scalars(step, logs, "train")
         if bar is not None:
           bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['accuracy']:.2f}")
