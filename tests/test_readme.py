@@ -1,11 +1,10 @@
 """The README's set-up commands, its quick-tour code block and its demo table stay true."""
-import os
 import pathlib
 import re
-import subprocess
-import sys
 
 import pytest
+
+import first_command
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -71,22 +70,16 @@ def test_readme_says_which_numbers_depend_on_the_machine():
 
 
 @pytest.mark.slow
-def test_first_command_prints_the_readme_table(tmp_path):
+def test_first_command_prints_the_readme_table():
   """The README's first command, as a user runs it (XLA defaults, a fresh compilation cache):
   the table has the README's format, and the naive row is the README's to the digit. DMF's
   digits are not compared: XLA's CPU kernels sum in an order that depends on the CPU, and the
-  DMF memory's read-write loop amplifies the last-bit differences over its steps (README)."""
-  setup = README.split("## Set-up", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
-  command = setup.splitlines()[0].split("&&", 1)[1].split()
-  assert command[:3] == ["python", "-m", "train.main"]
-  args = [a for a in command[3:] if not a.startswith("--workdir")]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-  env.pop("JAX_COMPILATION_CACHE_DIR", None)
-  r = subprocess.run([sys.executable, "-m", "train.main", *args, f"--workdir={tmp_path / 'demo'}",
-                      f"--compilation_cache_dir={tmp_path / 'cache'}"], cwd=ROOT, env=env,
-                     capture_output=True, text=True, timeout=900)
-  assert r.returncode == 0, r.stderr[-3000:]
-  printed = [l for l in r.stdout[r.stdout.rindex("model"):].splitlines() if l.strip()][:3]
+  DMF memory's read-write loop amplifies the last-bit differences over its steps (README).
+  The run is shared with tests/test_demo.py (tests/first_command.py)."""
+  r = first_command.result()
+  assert r["returncode"] == 0, r["stderr"][-3000:]
+  stdout = r["stdout"]
+  printed = [l for l in stdout[stdout.rindex("model"):].splitlines() if l.strip()][:3]
   shown = _demo_table(README)
   assert printed[0] == shown[0] and [l.split()[0] for l in printed] == ["model", "dmf", "naive"]
   assert all(_ROW.fullmatch(l) and len(l) == len(shown[2]) for l in printed[1:]), printed

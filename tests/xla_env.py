@@ -4,7 +4,8 @@
 tests compile with LLVM's cheap pipeline (``--xla_backend_optimization_level=0``,
 ``--xla_llvm_disable_expensive_passes``): measured on the 8-device trainer test, backend compile
 72 -> 43 s; same HLO (XLA's graph passes and fusion are untouched) but slower generated code,
-which only a run that trains many steps notices (test_demo's demo-learns run keeps the defaults).
+which only a run that trains many steps notices (the README's first command,
+tests/first_command.py, keeps the defaults).
 Benchmarks and user runs keep XLA's defaults.
 ``MBAF_TEST_XLA_DEFAULT=1`` runs the suite with the defaults too.
 """
