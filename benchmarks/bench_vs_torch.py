@@ -46,7 +46,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from benchmarks import common  # noqa: E402
+from benchmarks import bench_mbaf_layer, common  # noqa: E402
 from mbaf_jax.encoders import Bert, BertConfig, Wav2Vec2, Wav2Vec2Config  # noqa: E402
 from mbaf_jax.encoders import hf_loading  # noqa: E402
 from mbaf_jax.fusion.dual_memory import DualMemoryFusion  # noqa: E402
@@ -289,17 +289,7 @@ def mbaf_rows(args, device):
       layer = MBAF(slots=slots, write=write)
       v = jax.jit(lambda *x, layer=layer: layer.init({"params": keys[0], "memory": keys[1]},
                                                      *x))(*xs)
-
-      def train_step(v, *x, layer=layer):
-        def loss(params):
-          out, new = layer.apply({"params": params, "memory": v["memory"]}, *x, train=True,
-                                 mutable=["memory"])
-          return jnp.mean(out.fused ** 2), new["memory"]
-        (val, mem), grads = jax.value_and_grad(loss, has_aux=True)(v["params"])
-        params = jax.tree_util.tree_map(lambda p, g: p - 1e-3 * g, v["params"], grads)
-        return val, params, jax.lax.stop_gradient(mem)
-
-      step = jax.jit(train_step)
+      step = jax.jit(bench_mbaf_layer.functions(layer)["train_step"])
       impls = {"jax": lambda step=step, v=v: jax.block_until_ready(step(v, *xs))}
       txs = [torch.as_tensor(np.array(x), device=device) for x in xs]
       ref_check = tr.to_device(tr.from_flax(v, layer), device)
