@@ -233,9 +233,9 @@ def test_initialize_multihost_validates_settings(monkeypatch):
 TRAINER_ATOL = 1e-5  # float32 tolerance of the end-to-end trainer comparisons
 
 
-def smoke_config(data_dir, parallelism="jit", num_devices=0, folds=1, dropout=False):
+def smoke_config(data_dir, parallelism="jit", num_devices=0, folds=1, dropout=False, layers=None):
   """configs/iemocap.py:smoke, DMF only, 3 steps a fold, batch 8, SGD, encoder dropout off unless
-  ``dropout``.
+  ``dropout``; ``layers``: the encoders' number of transformer layers (None: the smoke config's 2).
 
   SGD, not the smoke config's Adam: Adam divides by the root of the second moment, so a
   parameter with a near-zero gradient moves by about ``lr`` whatever the gradient's rounding,
@@ -260,6 +260,9 @@ def smoke_config(data_dir, parallelism="jit", num_devices=0, folds=1, dropout=Fa
   c.optim.name = "sgd"
   c.optim.learning_rate = 0.01  # DMF §3
   c.optim.memory_learning_rate = 0.001  # DMF §3
+  if layers is not None:
+    c.model.audio.overrides["num_hidden_layers"] = layers
+    c.model.text.overrides["num_hidden_layers"] = layers
   if dropout:
     return c
   for key, value in dict(hidden_dropout=0.0, attention_dropout=0.0, layerdrop=0.0,
@@ -323,12 +326,15 @@ def test_trainer_jit_and_pmap_on_8_devices_equal_1_device(tmp_path, iemocap_data
   batches (padded last batch included) and, for pmap, both folds (tests/test_demo.py covers
   jit over folds). Measured: largest difference 7e-7 (memory, scale 2). With lr 0.05 instead
   of DMF's 0.01 the differences after 3 steps reach 3e-5 (batch-norm running mean): reduction
-  order rounding amplified by training, not a layout error."""
+  order rounding amplified by training, not a layout error. Encoders of one transformer layer
+  (the smoke config's have two, the same layer twice): three layouts compile the model, each
+  compilation a third cheaper."""
   from train import trainer
   runs = {}
   for name, par, n, folds in (("one", "jit", 1, 1), ("jit8", "jit", 8, 1), ("pmap8", "pmap", 8, 2)):
     workdir = tmp_path / name
-    out = trainer.train_and_evaluate(smoke_config(iemocap_data, par, n, folds), str(workdir))
+    out = trainer.train_and_evaluate(smoke_config(iemocap_data, par, n, folds, layers=1),
+                                     str(workdir))
     assert out["devices"] == n and out["parallelism"] == par
     dmf = out["fusions"]["dmf"]
     assert dmf["train_traces"] == 1 and dmf["eval_traces"] == 1, (name, dmf["train_traces"],
@@ -356,7 +362,7 @@ def test_trainer_jit_and_pmap_on_8_devices_equal_1_device(tmp_path, iemocap_data
 def smoke_init_params(data_dir):
   """Fold 0's initial parameters (as the trainer builds them), to show training moved them."""
   from train import datasets, trainer
-  c = smoke_config(data_dir, "jit", 1, 1)
+  c = smoke_config(data_dir, "jit", 1, 1, layers=1)
   import tempfile
   with tempfile.TemporaryDirectory() as d:
     ds = datasets.load_dataset(c, d)
