@@ -291,11 +291,12 @@ NO_DROPOUT = {
 
 def _model_case(config, kind):
   """A full model of a ``:smoke`` config, dropout off: under ``shard_map`` each device would
-  draw its own masks (docs/SCALING.md, "Dropout and pmap")."""
+  draw its own masks (docs/SCALING.md, "Dropout and pmap"). DMF's encoders have one transformer
+  layer (the smoke config's two are the same layer twice; one compiles faster)."""
   config.model.head_dropout = 0.0
   if config.model.name == "dmf":
     for part, options in NO_DROPOUT.items():
-      config.model[part].overrides.update(options)
+      config.model[part].overrides.update(options, num_hidden_layers=1)
   model, _ = factory.build_model(config.model, kind, vocab_size=VOCAB,
                                  max_tokens=config.data.max_tokens)
   return Case(model, _random_batch(config), is_model=True)
