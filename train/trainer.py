@@ -155,7 +155,7 @@ def _gather(ds: datasets.Dataset, idx: np.ndarray) -> dict:
   return {k: take(v) for k, v in ds.inputs.items()}
 
 
-def _placeholder_batch(ds: datasets.Dataset, size: int, mask_value: bool) -> dict:
+def _warmup_batch(ds: datasets.Dataset, size: int, mask_value: bool) -> dict:
   """This process's block of a global batch of ``size`` copies of row 0 (mask ``mask_value``):
   the shapes and dtypes of a real batch, for compiling."""
   idx = np.zeros((size,), np.int64)[_local_block(size)]
@@ -219,16 +219,16 @@ class FoldRunner:
     return dist.fetch(steps.create_state(variables, self.tx))
 
   def compile(self) -> None:
-    """Compiles initialisation, the train step and the eval step: runs each once on placeholder
+    """Compiles initialisation, the train step and the eval step: runs each once on warm-up
     batches of real shapes (results discarded), so the folds find them compiled."""
     host = self.init_host_state(0)
     t = self.config.train
     key = self.train_fn.put_key(jax.random.key(self.config.seed))
     state, _ = self.train_fn(self.train_fn.put_state(host), self.train_fn.put_batch(
-        _placeholder_batch(self.ds, t.batch_size, True)), key)
+        _warmup_batch(self.ds, t.batch_size, True)), key)
     jax.block_until_ready(state)
     out = self.eval_fn(self.train_fn.put_state(host), self.eval_fn.put_batch(
-        _placeholder_batch(self.ds, t.eval_batch_size, False)))
+        _warmup_batch(self.ds, t.eval_batch_size, False)))
     jax.block_until_ready(out)
 
   def init_state(self, fold_index: int):
