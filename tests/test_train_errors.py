@@ -80,3 +80,17 @@ def test_bad_protocol_and_dataset(tmp_path):
   c.data.dataset = "mnist"
   with pytest.raises(UserError, match="config.data.dataset='mnist'"):
     datasets.load_dataset(c, str(tmp_path))
+
+
+def test_every_user_facing_error_derives_from_the_one_user_error_base():
+  """One family: train.main catches mbaf_jax.errors.UserError and nothing else of the project's."""
+  from mbaf_jax.data.audio import AudioFileError
+  from mbaf_jax.data.report import DataError
+  from mbaf_jax.errors import UserError
+  from train import errors
+  from train.checkpoints import CheckpointMismatchError
+  from train.predict import PredictError
+  for cls in (AudioFileError, DataError, errors.UserError, errors.NonFiniteLossError,
+              PredictError, CheckpointMismatchError):
+    assert issubclass(cls, UserError), cls
+  assert errors.UserError is UserError

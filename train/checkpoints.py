@@ -17,6 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from configs.common import fusion_kinds
+from mbaf_jax.errors import UserError
 
 
 class _QuietOrbax(logging.Filter):
@@ -56,7 +57,7 @@ def quiet_orbax_logs() -> None:
   logging.getLogger("orbax").setLevel(logging.WARNING)
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError):
   """A checkpoint in the workdir does not belong to this config."""
 
 

@@ -1,10 +1,10 @@
-"""Errors a user can cause (bad config, data or workdir): ``train.main`` prints their message as
-one paragraph and exits non-zero instead of showing a traceback."""
+"""Errors of the training pipeline. :class:`UserError` (``mbaf_jax.errors``) is the base of every
+error a user can fix; ``train.main`` prints its message as one paragraph and exits with status 2
+instead of showing a traceback."""
+from mbaf_jax.errors import UserError
+
+__all__ = ["UserError", "NonFiniteLossError"]
 
 
-class UserError(ValueError):
-  """A problem the user must fix; the message says what was expected and what to do."""
-
-
-class NonFiniteLossError(FloatingPointError):
-  """The training loss became NaN/inf; the message names the step and fold."""
+class NonFiniteLossError(UserError, FloatingPointError):
+  """The training loss became NaN/inf; the message names the step and fold and what to change."""

@@ -72,11 +72,8 @@ def enable_compilation_cache(path: str = "") -> str | None:
 
 
 def _user_errors():
-  from mbaf_jax.data.report import DataError  # pylint: disable=g-import-not-at-top
-  from train.checkpoints import CheckpointMismatchError  # pylint: disable=g-import-not-at-top
-  from train.errors import NonFiniteLossError, UserError  # pylint: disable=g-import-not-at-top
-  return (UserError, DataError, CheckpointMismatchError, NonFiniteLossError, FileNotFoundError,
-          NotADirectoryError)
+  from mbaf_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  return (UserError, FileNotFoundError, NotADirectoryError)
 
 
 def run(config, workdir: str) -> int:

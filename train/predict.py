@@ -40,10 +40,12 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
+from mbaf_jax.errors import UserError
+
 CHECKPOINT_KINDS = ("best", "latest")
 
 
-class PredictError(ValueError):
+class PredictError(UserError):
   """A problem with the workdir, checkpoint or inputs; the message says what to do."""
 
 

@@ -2,8 +2,10 @@
 import collections
 import dataclasses
 
+from mbaf_jax.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
   """A data-set problem the user must fix (bad path, corrupt file, strict-mode skip)."""
 
 
