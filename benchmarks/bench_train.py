@@ -16,9 +16,6 @@ Measures, one JSON line each (keys of benchmarks/common.py):
 import os
 import sys
 
-# Runnable as a file (python benchmarks/bench_train.py) as well as a module (python -m ...).
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 if "--scaling" in sys.argv and "xla_force_host_platform_device_count" not in os.environ.get(
     "XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -33,6 +30,7 @@ from benchmarks import common  # noqa: E402
 from mbaf_jax import encoders  # noqa: E402
 from mbaf_jax.models import factory  # noqa: E402
 from train import steps  # noqa: E402
+from train import timing  # noqa: E402
 
 
 def _model_config(quick: bool, dtype) -> mlc.ConfigDict:
@@ -56,14 +54,7 @@ def _with_dtype(cfg, dtype):
 
 
 def _batch(c, b, seed=0):
-  rng = np.random.default_rng(seed)
-  batch = factory.dummy_batch(c, b)
-  batch["input_values"] = rng.normal(size=batch["input_values"].shape).astype(np.float32)
-  batch["input_ids"] = rng.integers(5, 1000 if c.model.text.size == "base" else 100,
-                                    size=batch["input_ids"].shape).astype(np.int32)
-  batch["label"] = rng.integers(0, 4, size=(b,)).astype(np.int32)
-  batch["mask"] = np.ones((b,), bool)
-  return batch
+  return timing.random_batch(c, b, seed)
 
 
 def main(argv=None):

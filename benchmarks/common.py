@@ -12,17 +12,14 @@ frac_of_peak``. Typical use::
                          shape={"batch": 32, "d": 768, "D": 2048}, dtype="float32")
     common.emit(rec)
 
-Run scripts as modules from the repository root (``python -m benchmarks.bench_cbp``)
-or directly (``python benchmarks/bench_cbp.py``).
+Run scripts as modules from the repository root: ``python -m benchmarks.bench_cbp``.
+Timing (``time_fn``, ``device_name``) is ``train.timing``'s, shared with
+``python -m train.experiments dmf_inference``.
 """
 import argparse
 import json
-import os
-import platform
 import resource
-import statistics
 import sys
-import time
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -30,6 +27,9 @@ from jax import lax
 import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
+
+from train import timing
+from train.timing import device_name, time_fn  # noqa: F401  (part of this module's API)
 
 
 # Compute dtypes a benchmark can be asked for by name (``--dtype`` / ``--dtypes``).
@@ -52,32 +52,6 @@ def iterations(args) -> tuple[int, int]:
   if iters < 1 or warmup < 0:
     raise SystemExit(f"--iters must be >= 1 and --warmup >= 0, got {iters}, {warmup}")
   return warmup, iters
-
-
-def device_name() -> str:
-  """e.g. ``"cpu (x86_64, 2 cores) x8"`` or ``"NVIDIA H100 80GB HBM3 x1"``."""
-  devs = jax.devices()
-  kind = devs[0].device_kind
-  if devs[0].platform == "cpu":
-    kind = f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
-  return f"{kind} x{len(devs)}"
-
-
-def time_fn(fn: Callable, args: Sequence[Any], warmup: int = 3, iters: int = 20) -> dict:
-  """Wall-clock times of ``fn(*args)`` (already compiled), blocking on the result.
-
-  Returns:
-    ``{"median_ms", "min_ms", "max_ms", "iters"}``.
-  """
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append((time.perf_counter() - t0) * 1e3)
-  return {"median_ms": statistics.median(times), "min_ms": min(times),
-          "max_ms": max(times), "iters": iters}
 
 
 def _cost_dict(compiled) -> dict:
@@ -260,16 +234,14 @@ def measure(bench: str, fn: Callable, args: Sequence[Any], *, items: int, shape:
     shape: the sizes, e.g. ``{"batch": 32, "d": 768, "D": 2048}``.
     dtype: dtype name for the record.
     peak_gflops: measured matmul peak of this run (adds ``frac_of_peak``).
-    warmup, iters: see :func:`time_fn`.
+    warmup, iters: see :func:`train.timing.time_fn`.
     extra: more keys for the record.
 
   Returns:
     The record (a dict); print it with :func:`emit`.
   """
-  t0 = time.perf_counter()
-  compiled = jax.jit(fn).lower(*args).compile()
-  compile_s = time.perf_counter() - t0
-  t = time_fn(compiled, args, warmup=warmup, iters=iters)
+  compiled, t = timing.compile_and_time(fn, args, warmup=warmup, iters=iters)
+  compile_s = t["compile_s"]
   gflop = compiled_gflop(compiled)
   rec = {"bench": bench, "device": device_name(), "shape": shape, "dtype": dtype,
          "median_ms": round(t["median_ms"], 4), "min_ms": round(t["min_ms"], 4),

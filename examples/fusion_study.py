@@ -55,7 +55,7 @@ from mbaf_jax.encoders import from_pretrained
 from mbaf_jax.encoders.preprocessing import TextPreprocessor
 from mbaf_jax.fusion import MBAF, DualMemoryFusion, NaiveFusion
 from mbaf_jax.fusion.dual_memory import DIAGNOSTICS
-from train.experiments import aggregate, paired_difference
+from train.experiment_stats import aggregate, paired_difference
 
 LAYERS = {"naive": NaiveFusion, "dmf": DualMemoryFusion, "mbaf": MBAF}
 DMF_SMALL = dict(slots=16, cbp_dim=256, attention_tokens=4, num_heads=4, writer_ff_dim=128)

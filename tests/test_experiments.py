@@ -1,5 +1,6 @@
-"""train/experiments.py: statistics against hand-computed numbers, table layout, resumability
-(a fake trainer counts its calls), the command line, and one real tiny table end to end."""
+"""train/experiments.py and its tables and statistics: statistics against hand-computed numbers,
+table layout, resumability (a fake trainer counts its calls), the command line, the random timing
+batch, and one real tiny table end to end."""
 import json
 import math
 import os
@@ -7,7 +8,13 @@ import os
 import numpy as np
 import pytest
 
+from configs import iemocap
+from mbaf_jax import models
+from train import experiment_stats
+from train import experiment_tables
 from train import experiments
+from train import steps
+from train import timing
 from train.errors import UserError
 
 T_975_DF1 = 12.706204736174707  # Student t 0.975 quantiles (statistical tables)
@@ -17,15 +24,15 @@ NO_CACHE = "--compile_cache=none"  # the persistent cache is process-global: kee
 
 
 def test_t_quantile_matches_tables():
-  assert experiments.t_quantile(1) == pytest.approx(T_975_DF1, rel=1e-9)
-  assert experiments.t_quantile(2) == pytest.approx(T_975_DF2, rel=1e-9)
-  assert experiments.t_quantile(4) == pytest.approx(T_975_DF4, rel=1e-9)
+  assert experiment_stats.t_quantile(1) == pytest.approx(T_975_DF1, rel=1e-9)
+  assert experiment_stats.t_quantile(2) == pytest.approx(T_975_DF2, rel=1e-9)
+  assert experiment_stats.t_quantile(4) == pytest.approx(T_975_DF4, rel=1e-9)
 
 
 def test_aggregate_hand_computed():
   # 3 seeds x 2 folds. Seed means 75, 75, 80; all-values mean 460/6.
   v = [[70.0, 80.0], [60.0, 90.0], [75.0, 85.0]]
-  a = experiments.aggregate(v)
+  a = experiment_stats.aggregate(v)
   assert a["mean"] == pytest.approx(460 / 6)
   # Sample variance of the 6 values: sum of squared deviations / 5.
   m = 460 / 6
@@ -37,21 +44,21 @@ def test_aggregate_hand_computed():
   half = T_975_DF2 * sd_seeds / math.sqrt(3)
   assert a["ci95"] == pytest.approx([230 / 3 - half, 230 / 3 + half])
   assert a["n"] == 6
-  one = experiments.aggregate([[50.0, 70.0]])
+  one = experiment_stats.aggregate([[50.0, 70.0]])
   assert one["ci95"] is None and one["mean"] == 60.0 and one["std"] == pytest.approx(math.sqrt(200))
 
 
 def test_paired_difference_hand_computed():
   memory = [[1.0, 3.0], [2.0, 2.0]]
   naive = [[0.0, 1.0], [2.0, 3.0]]
-  d = experiments.paired_difference(memory, naive)
+  d = experiment_stats.paired_difference(memory, naive)
   assert d["seed_diffs"] == [1.5, -0.5]
   assert d["mean"] == pytest.approx(0.5)
   half = T_975_DF1 * math.sqrt(2.0) / math.sqrt(2)  # sd of (1.5, -0.5) is sqrt(2)
   assert d["ci95"] == pytest.approx([0.5 - half, 0.5 + half])
   assert d["wins"] == [2, 1, 1]  # per-pair differences 1, 2, 0, -1
   with pytest.raises(ValueError, match="shapes differ"):
-    experiments.paired_difference([[1.0]], [[1.0, 2.0]])
+    experiment_stats.paired_difference([[1.0]], [[1.0, 2.0]])
 
 
 def _fake_metrics(config):
@@ -139,14 +146,14 @@ def test_sweep_table_writes_plot_and_shares_runs(fake_trainer, tmp_path):
 
 
 def test_build_config_sizes_and_overrides(tmp_path):
-  spec = experiments.RunSpec("cebs", "F-V", (("model.fusion.mbaf.slots", 40),))
+  spec = experiment_tables.RunSpec("cebs", "F-V", (("model.fusion.mbaf.slots", 40),))
   c = experiments.build_config(spec, 3, True, "smoke", "", str(tmp_path), folds=1,
                                overrides=["train.epochs=2", "optim.learning_rate=1"])
   assert (c.seed, c.data.mode_pair, c.model.fusion.mbaf.slots) == (3, "F-V", 40)
   assert (c.train.epochs, c.optim.learning_rate, c.data.max_folds) == (2, 1.0, 1)
   assert c.data.data_dir == os.path.join(str(tmp_path), "data", "cebs")
   assert c.train.max_steps == 3  # smoke size
-  real = experiments.build_config(experiments.RunSpec("iemocap", "both"), 0, False, "",
+  real = experiments.build_config(experiment_tables.RunSpec("iemocap", "both"), 0, False, "",
                                   "/data/IEMOCAP", str(tmp_path))
   assert real.data.data_dir == "/data/IEMOCAP" and not real.data.synthetic
   assert real.model.audio.size == "base"
@@ -157,7 +164,7 @@ def test_build_config_sizes_and_overrides(tmp_path):
 
 def test_every_table_builds_its_configs(tmp_path):
   """Every run of every table names a config variant that exists (real and synthetic sizes)."""
-  for table in experiments.TABLES.values():
+  for table in experiment_tables.TABLES.values():
     for spec in {c.spec for c in table.cells}:
       for size in ("", "demo"):
         c = experiments.build_config(spec, 0, bool(size), size, "/d", str(tmp_path))
@@ -199,20 +206,21 @@ def test_real_tiny_table_end_to_end(tmp_path):
 
 def test_inference_table_math(monkeypatch, tmp_path):
   """dmf_inference: the overhead and the files, with the timing itself faked (3 vs 2 ms)."""
-  from benchmarks import bench_train, common  # pylint: disable=g-import-not-at-top
-  from train import steps  # pylint: disable=g-import-not-at-top
   built = []
-  monkeypatch.setattr(bench_train, "_batch", lambda c, b, seed=0: {"b": b})
+
+  class Model:  # what build_model returns is only used for .apply: here the fusion kind
+    def __init__(self, kind):
+      self.apply = kind
+
+  monkeypatch.setattr(models, "build_model",
+                      lambda model_cfg, kind: (built.append(kind) or Model(kind), None))
+  monkeypatch.setattr(timing, "random_batch", lambda c, b, seed=0: {"b": b})
   monkeypatch.setattr(steps, "init_variables", lambda *a: {"params": {}})
   monkeypatch.setattr(steps, "make_optimizer", lambda *a: None)
   monkeypatch.setattr(steps, "create_state", lambda *a: None)
-  monkeypatch.setattr(steps, "make_eval_step", lambda apply: None)
-  monkeypatch.setattr(common, "measure",
-                      lambda name, *a, **k: {"median_ms": 3.0 if "dmf" in name else 2.0})
-
-  class Model:  # what _build returns is only used for .apply
-    apply = None
-  monkeypatch.setattr(bench_train, "_build", lambda c, kind, dtype: built.append(kind) or Model())
+  monkeypatch.setattr(steps, "make_eval_step", lambda apply: apply)
+  monkeypatch.setattr(timing, "compile_and_time", lambda fn, args, **k: (
+      None, {"median_ms": 3.0 if fn == "dmf" else 2.0}))
   assert experiments.main(["dmf_inference", "--synthetic", f"--workdir={tmp_path}",
                            NO_CACHE]) == 0
   assert built == ["dmf", "naive"]
@@ -230,7 +238,7 @@ def test_finished_run_of_another_config_is_refused(fake_trainer, tmp_path):
   argv = ["dmf_table1", "--synthetic", "--seeds=1", f"--workdir={tmp_path}", NO_CACHE]
   assert experiments.main(argv) == 0
   run_dir = tmp_path / "iemocap_both" / "seed0"
-  c = experiments.build_config(experiments.RunSpec("iemocap", "both"), 0, True, "demo", "",
+  c = experiments.build_config(experiment_tables.RunSpec("iemocap", "both"), 0, True, "demo", "",
                                str(tmp_path))
   (run_dir / "config.json").write_text(json.dumps({"config": json.loads(c.to_json_best_effort())}))
   assert experiments.main(argv) == 0 and len(fake_trainer) == 1  # same config: read
@@ -269,3 +277,18 @@ def test_diverged_run_is_recorded_and_excluded(monkeypatch, tmp_path):
   assert "Failed run" in (tmp_path / "mbaf_table2.md").read_text()
   assert experiments.main(argv) == 0 and len(calls) == 9  # not retried
   assert experiments.main(argv + ["--retry_failed"]) == 0 and calls[9:] == [("cebs_F-V_mbaf", 1)]
+
+
+def test_random_batch_shapes_ranges_and_seed():
+  """train.timing.random_batch: dummy_batch's shapes, random values in range, same seed = same."""
+  c = iemocap.get_config("demo")
+  b = timing.random_batch(c, 3, seed=0)
+  zeros = models.dummy_batch(c, 3)
+  assert {k: v.shape for k, v in zeros.items()} == {k: b[k].shape for k in zeros}
+  assert b["label"].shape == (3,) and b["mask"].all() and b["mask"].dtype == bool
+  assert b["input_values"].dtype == np.float32 and b["input_values"].std() > 0.5
+  assert b["input_ids"].min() >= 5 and b["input_ids"].max() < 100  # tiny text encoder
+  assert 0 <= b["label"].min() and b["label"].max() < 4
+  again = timing.random_batch(c, 3, seed=0)
+  assert all(np.array_equal(b[k], again[k]) for k in b)
+  assert not np.array_equal(b["input_values"], timing.random_batch(c, 3, seed=1)["input_values"])

@@ -19,7 +19,7 @@ l = 30 in Tables 4 and 6) are trained once. Outputs: ``<workdir>/<table>.md`` (t
 paper's layout, paper rows beside ours), ``<workdir>/<table>.json`` (every value, per seed and
 fold) and, for a memory-size sweep, ``<workdir>/<table>.png``.
 
-Statistics (see ``aggregate`` / ``paired_difference``): a cell's value of one seed is the mean over
+Statistics (``train/experiment_stats.py``): a cell's value of one seed is the mean over
 the folds (the paper's cross-validation number); "mean ± std" is over all seed × fold values (std
 with ddof = 1); the 95 % CI is the t-interval over the per-seed values; a memory − naive difference
 is paired by seed (same seed, same folds, same data) and its CI is the t-interval of the per-seed
@@ -27,293 +27,30 @@ differences — an interval containing 0 is no evidence of a difference.
 """
 import argparse
 import ast
-import dataclasses
+import importlib
 import json
-import math
 import os
+import platform
 import sys
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
+from absl import logging
+import jax
 import numpy as np
 
 from configs.common import fusion_kinds
+from mbaf_jax import models
+from train import main as main_lib
+from train import metrics as metrics_lib
+from train import steps
+from train import timing
+from train import trainer
 from train.errors import NonFiniteLossError, UserError
+from train.experiment_stats import aggregate, paired_difference
+from train.experiment_tables import ALIASES, ALL_NAMES, TABLES, Cell, RunSpec, Table
 
 METRIC_NAMES = {"wa": "WA", "ua": "UA", "f1": "F1"}
-
-
-# ----------------------------------------------------------------------------- table definitions
-@dataclasses.dataclass(frozen=True)
-class RunSpec:
-  """One trained configuration (all its fusions are trained in one run).
-
-  Attributes:
-    module: config module under ``configs`` ("iemocap", "iemocap_mbaf", "cebs", "ablations").
-    arg: its ``get_config`` variant string (without demo/smoke; added for --synthetic).
-    overrides: extra ``(dotted.field, value)`` pairs applied after ``get_config``.
-  """
-  module: str
-  arg: str = ""
-  overrides: tuple = ()
-
-  @property
-  def key(self) -> str:
-    """Directory name of the run (stable: shared between tables)."""
-    parts = [self.module] + [a for a in self.arg.split(",") if a]
-    parts += [f"{k.split('.')[-1]}={v}" for k, v in self.overrides]
-    return "_".join(p.replace("=", "").replace(".", "").replace("/", "") for p in parts)
-
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-  """One number of a table: ``metric`` of fusion ``fusion`` of run ``spec``.
-
-  Attributes:
-    row: row label in the table.
-    col: column label.
-    spec: the run.
-    fusion: the fusion kind inside the run's metrics ("dmf", "naive", "mbaf").
-    metric: "wa" | "ua" | "f1".
-    paper: the paper's number (percent for WA/UA, fraction for F1), None if it gives none.
-  """
-  row: str
-  col: str
-  spec: RunSpec
-  fusion: str
-  metric: str
-  paper: Optional[float] = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Pair:
-  """A memory-vs-naive comparison: (memory row, naive row) of the same column."""
-  label: str
-  memory_row: str
-  naive_row: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Table:
-  """A table of the papers.
-
-  Attributes:
-    name: command-line name.
-    title: the paper's caption (source).
-    rows, cols: labels in the paper's order.
-    cells: every number.
-    pairs: paired memory − naive differences reported below the table.
-    sweep: x values (memory sizes) of the columns for a plot, or ().
-    note: what the table leaves out or how it was adapted.
-  """
-  name: str
-  title: str
-  rows: tuple
-  cols: tuple
-  cells: tuple
-  pairs: tuple = ()
-  sweep: tuple = ()
-  note: str = ""
-
-
-SLOTS = (10, 20, 30, 40, 50, 100)  # MBAF Tables 4-6
-
-
-def _grid(rows_specs, cols_metrics):
-  """Cells for a "model rows × metric columns" table.
-
-  Args:
-    rows_specs: [(row label, RunSpec, fusion, {metric: paper value})].
-    cols_metrics: [(col label, metric)].
-  """
-  return tuple(Cell(r, c, spec, fusion, m, paper.get(m)) for r, spec, fusion, paper in rows_specs
-               for c, m in cols_metrics)
-
-
-def _dmf_table1() -> Table:
-  both = RunSpec("iemocap", "both")
-  rows = [("DMF (memory fusion)", both, "dmf", {"wa": 76.8, "ua": 77.3, "f1": 0.77}),
-          ("naive fusion", both, "naive", {"wa": 74.3, "ua": 75.2, "f1": 0.74})]
-  cols = [("WA (%)", "wa"), ("UA (%)", "ua"), ("F1", "f1")]
-  return Table("dmf_table1", "DMF Table 1 / §3.2: memory vs naive fusion, IEMOCAP LOSO",
-               tuple(r[0] for r in rows), tuple(c[0] for c in cols), _grid(rows, cols),
-               pairs=(Pair("DMF − naive", rows[0][0], rows[1][0]),),
-               note="The naive row is the paper's §3.2 text (74.3 / 75.2 / 0.74), not Table 1.")
-
-
-def _mbaf_table1() -> Table:
-  paper = {"NF-I": (79.27, 77.85), "NF-II": (80.01, 78.98), "NF-III": (80.51, 79.22),
-           "MBAF-I": (79.75, 78.13), "MBAF-II": (80.60, 79.49), "MBAF-III": (82.20, 80.66)}
-  rows = []
-  for kind, fusion in (("NF", "naive"), ("MBAF", "mbaf")):
-    for level in ("I", "II", "III"):
-      name = f"{kind}-{level}"
-      wa, ua = paper[name]
-      rows.append((name, RunSpec("iemocap_mbaf", f"{level},both"), fusion, {"wa": wa, "ua": ua}))
-  cols = [("WA (%)", "wa"), ("UA (%)", "ua")]
-  return Table("mbaf_table1", "MBAF Table 1: recognition accuracy for IEMOCAP (8:1:1 split)",
-               tuple(r[0] for r in rows), tuple(c[0] for c in cols), _grid(rows, cols),
-               pairs=tuple(Pair(f"MBAF-{l} − NF-{l}", f"MBAF-{l}", f"NF-{l}")
-                           for l in ("I", "II", "III")),
-               note="The paper's SOTA rows (MCNN-LSTM, MDRE, MHA-2) are other systems, not rerun.")
-
-
-def _mbaf_table2() -> Table:
-  paper = {"F-IV": (35.23, 41.75), "F-V": (51.68, 53.58), "F-VI": (51.50, 53.98)}
-  modes = {"F-IV": "ECG+RS", "F-V": "ECG+SCG", "F-VI": "RS+SCG"}
-  cells, rows = [], []
-  for pair, (nf, mb) in paper.items():
-    spec = RunSpec("cebs", f"{pair},both")
-    row = f"{pair} ({modes[pair]})"
-    rows.append(row)
-    cells += [Cell(row, "UA-NF (%)", spec, "naive", "ua", nf),
-              Cell(row, "UA-MBAF (%)", spec, "mbaf", "ua", mb)]
-  # Pairs compare columns of one row here: expressed as pseudo-rows below (see _pair_cells).
-  return Table("mbaf_table2", "MBAF Table 2: UA for PhysioNet CEBS (LOGO, 4 groups)",
-               tuple(rows), ("UA-NF (%)", "UA-MBAF (%)"), tuple(cells),
-               pairs=tuple(Pair(f"{r}: MBAF − NF", f"{r}|UA-MBAF (%)", f"{r}|UA-NF (%)")
-                           for r in rows))
-
-
-def _mbaf_table4() -> Table:
-  paper = {"UA (%)": (80.07, 80.66, 80.66, 79.10, 80.07, 79.10),
-           "WA (%)": (81.27, 81.98, 82.20, 80.49, 81.03, 80.55)}
-  cells = []
-  for row, metric in (("UA (%)", "ua"), ("WA (%)", "wa")):
-    for l, p in zip(SLOTS, paper[row]):
-      cells.append(Cell(row, str(l), RunSpec("ablations", f"slots={l}"), "mbaf", metric, p))
-    cells.append(Cell(row, "NF-III", RunSpec("iemocap_mbaf", "III,nf"), "naive", metric,
-                      {"ua": 79.22, "wa": 80.51}[metric]))
-  cols = tuple(str(l) for l in SLOTS) + ("NF-III",)
-  return Table("mbaf_table4_memory_size",
-               "MBAF Table 4: MBAF-III on IEMOCAP vs memory size l (NF-III from Table 1)",
-               ("UA (%)", "WA (%)"), cols, tuple(cells),
-               pairs=tuple(Pair(f"l={l} − NF-III ({r})", f"{r}|{l}", f"{r}|NF-III")
-                           for r in ("UA (%)", "WA (%)") for l in SLOTS),
-               sweep=SLOTS)
-
-
-def _mbaf_table5() -> Table:
-  paper = {"F-IV": (39.86, 41.75, 41.61, 40.96, 40.80, 41.02),
-           "F-V": (53.58, 53.12, 52.08, 52.73, 52.68, 52.48),
-           "F-VI": (52.94, 53.98, 52.81, 52.39, 51.82, 53.07)}
-  nf = {"F-IV": 35.23, "F-V": 51.68, "F-VI": 51.50}
-  cells = []
-  for pair, values in paper.items():
-    for l, p in zip(SLOTS, values):
-      spec = RunSpec("cebs", pair, (("model.fusion.mbaf.slots", l),))
-      cells.append(Cell(pair, str(l), spec, "mbaf", "ua", p))
-    cells.append(Cell(pair, "NF", RunSpec("cebs", f"{pair},nf"), "naive", "ua", nf[pair]))
-  cols = tuple(str(l) for l in SLOTS) + ("NF",)
-  return Table("mbaf_table5_cebs_memory_size",
-               "MBAF Table 5: UA (%) for CEBS vs memory size l (NF from Table 2)",
-               tuple(paper), cols, tuple(cells),
-               pairs=tuple(Pair(f"{p} l={l} − NF", f"{p}|{l}", f"{p}|NF")
-                           for p in paper for l in SLOTS),
-               sweep=SLOTS)
-
-
-def _mbaf_table6() -> Table:
-  paper = {"UA-NA (%)": (80.07, 80.66, 80.66, 79.10, 80.07, 79.10),
-           "UA-CA (%)": (79.82, 80.27, 79.49, 78.13, 79.30, 79.88),
-           "WA-NA (%)": (81.27, 81.98, 82.20, 80.49, 81.03, 80.55),
-           "WA-CA (%)": (80.80, 81.33, 80.45, 80.22, 80.99, 80.93)}
-  cells = []
-  for row, values in paper.items():
-    metric = row[:2].lower()
-    cross = "CA" in row
-    for l, p in zip(SLOTS, values):
-      spec = RunSpec("ablations", f"cross,slots={l}" if cross else f"slots={l}")
-      cells.append(Cell(row, str(l), spec, "mbaf", metric, p))
-  return Table("mbaf_table6_read",
-               "MBAF Table 6: MBAF-III on IEMOCAP, naive-attention (NA) vs cross-attention (CA) "
-               "memory read, vs memory size l",
-               tuple(paper), tuple(str(l) for l in SLOTS), tuple(cells),
-               pairs=tuple(Pair(f"{m} l={l}: CA − NA", f"{m}-CA (%)|{l}", f"{m}-NA (%)|{l}")
-                           for m in ("UA", "WA") for l in SLOTS),
-               sweep=SLOTS,
-               note="Here the pairs are CA − NA (the paper: CA does not beat NA).")
-
-
-def _mbaf_single() -> Table:
-  rows = [("MBAF-III (both modes)", RunSpec("ablations", "slots=30"), "mbaf", {}),
-          ("memory on audio only (i=1)", RunSpec("ablations", "single=0"), "mbaf", {}),
-          ("memory on text only (i=2)", RunSpec("ablations", "single=1"), "mbaf", {}),
-          ("NF-III", RunSpec("iemocap_mbaf", "III,nf"), "naive", {})]
-  cols = [("WA (%)", "wa"), ("UA (%)", "ua")]
-  return Table("mbaf_single_mode",
-               "MBAF §6.3: memory on one mode (Eq. 13), l = 30; the paper gives only the best of "
-               "the two, UA 78.31 % / WA 80.29 %",
-               tuple(r[0] for r in rows), tuple(c[0] for c in cols), _grid(rows, cols),
-               pairs=(Pair("audio-only − NF-III", rows[1][0], "NF-III"),
-                      Pair("text-only − NF-III", rows[2][0], "NF-III"),
-                      Pair("both − NF-III", rows[0][0], "NF-III")))
-
-
-TABLES = {t.name: t for t in (_dmf_table1(), _mbaf_table1(), _mbaf_table2(), _mbaf_table4(),
-                              _mbaf_table5(), _mbaf_table6(), _mbaf_single())}
-ALIASES = {"mbaf_table4": "mbaf_table4_memory_size", "mbaf_table5": "mbaf_table5_cebs_memory_size",
-           "mbaf_table6": "mbaf_table6_read"}
-ALL_NAMES = tuple(TABLES) + ("dmf_inference",)
-
-
-# ----------------------------------------------------------------------------- statistics
-def t_quantile(df: int, q: float = 0.975) -> float:
-  """The q-quantile of Student's t with ``df`` degrees of freedom (scipy)."""
-  from scipy import stats  # pylint: disable=g-import-not-at-top
-  return float(stats.t.ppf(q, df))
-
-
-def aggregate(values: np.ndarray) -> dict:
-  """Statistics of one cell from its (seeds, folds) values.
-
-  Args:
-    values: (S, F) metric values, one row per seed, one column per fold.
-
-  Returns:
-    ``{"mean", "std", "n", "seed_means", "ci95": [lo, hi] or None, "values"}``: mean and std
-    (ddof = 1; 0 for one value) over all S·F values, the per-seed fold means and the 95 %
-    t-interval of their mean (None for one seed).
-  """
-  v = np.asarray(values, np.float64)
-  if v.ndim != 2 or v.size == 0:
-    raise ValueError(f"aggregate: expected a non-empty (seeds, folds) array, got shape {v.shape}")
-  seed_means = v.mean(axis=1)
-  flat = v.reshape(-1)
-  std = float(flat.std(ddof=1)) if flat.size > 1 else 0.0
-  return {"mean": float(flat.mean()), "std": std, "n": int(flat.size),
-          "seed_means": seed_means.tolist(), "ci95": _t_interval(seed_means),
-          "values": v.tolist()}
-
-
-def _t_interval(x: np.ndarray):
-  x = np.asarray(x, np.float64)
-  if x.size < 2:
-    return None
-  half = t_quantile(x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
-  return [float(x.mean() - half), float(x.mean() + half)]
-
-
-def paired_difference(memory: np.ndarray, naive: np.ndarray) -> dict:
-  """Memory − naive, paired by seed (and fold).
-
-  Args:
-    memory, naive: (S, F) values of the two cells (same seeds, same folds).
-
-  Returns:
-    ``{"mean", "ci95", "seed_diffs", "wins", "n_seeds"}``: the mean per-seed difference of the
-    fold means, its 95 % t-interval (None for one seed), and in how many of the S·F
-    (seed, fold) pairs memory scored higher (``wins`` = [higher, equal, lower]).
-  """
-  m, n = np.asarray(memory, np.float64), np.asarray(naive, np.float64)
-  if m.shape != n.shape:
-    raise ValueError(f"paired_difference: shapes differ {m.shape} vs {n.shape} (different seeds "
-                     "or folds); pair runs of the same seeds and folds.")
-  d = m.mean(axis=1) - n.mean(axis=1)
-  diff = (m - n).reshape(-1)
-  return {"mean": float(d.mean()), "ci95": _t_interval(d), "seed_diffs": d.tolist(),
-          "wins": [int((diff > 0).sum()), int((diff == 0).sum()), int((diff < 0).sum())],
-          "n_seeds": int(d.size)}
 
 
 # ----------------------------------------------------------------------------- running
@@ -355,7 +92,6 @@ def build_config(spec: RunSpec, seed: int, synthetic: bool, size: str, data_dir:
     folds: >0: only the first ``folds`` folds.
     overrides: user ``"dotted.field=value"`` strings, applied last.
   """
-  import importlib  # pylint: disable=g-import-not-at-top
   module = importlib.import_module(f"configs.{spec.module}")
   arg = ",".join(a for a in (spec.arg, size) if a)
   config = module.get_config(arg or None)
@@ -395,6 +131,7 @@ def run_is_complete(run_dir: str, config) -> bool:
 
 
 def _flatten(d, prefix=""):
+  """``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""
   out = {}
   for k, v in d.items():
     if isinstance(v, dict):
@@ -419,7 +156,7 @@ def config_differences(run_dir: str, config) -> list:
 
 
 def _trainer() -> Callable:
-  from train import trainer  # pylint: disable=g-import-not-at-top
+  """The function that trains one run (a seam: tests replace it with a fake trainer)."""
   return trainer.train_and_evaluate
 
 
@@ -463,7 +200,6 @@ def run_all(specs: Sequence[RunSpec], seeds: Sequence[int], args, log=print) -> 
       except NonFiniteLossError as e:
         # A diverged run is a result, not a crash of the table: recorded and excluded.
         out[(spec.key, seed)] = {"failed": f"NonFiniteLossError: {e}"}
-        from train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
         os.makedirs(run_dir, exist_ok=True)
         metrics_lib.write_json(failed_path, out[(spec.key, seed)])
         log(f"[{done}/{total}] {spec.key} seed {seed}: FAILED after {time.time() - t0:.0f} s: {e}")
@@ -529,6 +265,7 @@ def summarize(table: Table, results: dict, seeds: Sequence[int]) -> dict:
 
 
 def _fmt(x, metric, digits=None):
+  """A table number: "–" for None, 3 decimals for F1, 2 for percentages (or ``digits``)."""
   if x is None:
     return "–"
   d = digits if digits is not None else (3 if metric == "f1" else 2)
@@ -610,7 +347,7 @@ def plot_sweep(table: Table, summary: dict, path: str) -> str:
 
 
 def _machine() -> dict:
-  import platform  # pylint: disable=g-import-not-at-top
+  """The machine a table ran on (platform, Python, cores, load, JAX version and devices)."""
   info = {"platform": platform.platform(), "python": platform.python_version(),
           "cpu_count": os.cpu_count()}
   try:
@@ -618,7 +355,6 @@ def _machine() -> dict:
   except OSError:
     pass
   try:
-    import jax  # pylint: disable=g-import-not-at-top
     info["jax"] = jax.__version__
     info["devices"] = [str(d) for d in jax.devices()]
   except Exception:  # pylint: disable=broad-except
@@ -647,7 +383,6 @@ def run_table(name: str, args, log=print) -> dict:
   os.makedirs(args.workdir, exist_ok=True)
   with open(os.path.join(args.workdir, f"{name}.md"), "w") as f:
     f.write(md)
-  from train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   metrics_lib.write_json(os.path.join(args.workdir, f"{name}.json"), summary)
   if table.sweep:
     summary["plot"] = plot_sweep(table, summary, os.path.join(args.workdir, f"{name}.png"))
@@ -659,16 +394,11 @@ def run_table(name: str, args, log=print) -> dict:
 def run_inference(args, log=print) -> dict:
   """DMF §3.2: per-sample inference time (batch 1) of DMF vs naive fusion.
 
-  Reuses ``benchmarks.bench_train`` (model builder, random batch) and ``benchmarks.common``
-  (compile + median timing). Full size: Wav2Vec2-base + BERT-base (random init: the time does not
-  depend on the weights), 5 s audio, 30 tokens; ``--synthetic``: the demo config's tiny encoders.
+  Times the jitted eval step on a random batch (``train.timing``: compiled once, 3 untimed calls,
+  the median of ``--iters`` timed calls). Full size: Wav2Vec2-base + BERT-base (random init: the
+  time does not depend on the weights), 5 s audio, 30 tokens; ``--synthetic``: the demo config's
+  tiny encoders.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from benchmarks import bench_train  # pylint: disable=g-import-not-at-top
-  from benchmarks import common  # pylint: disable=g-import-not-at-top
-  from train import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from train import steps  # pylint: disable=g-import-not-at-top
   os.makedirs(args.workdir, exist_ok=True)
   path = os.path.join(args.workdir, "dmf_inference.json")
   iters = args.iters or (20 if args.synthetic else 10)
@@ -676,22 +406,22 @@ def run_inference(args, log=print) -> dict:
                    args.set)
   rows = {}
   for kind in ("dmf", "naive"):
-    model = bench_train._build(c, kind, jnp.float32)  # pylint: disable=protected-access
-    batch = bench_train._batch(c, 1)  # pylint: disable=protected-access
+    model, _ = models.build_model(c.model, kind)
+    batch = timing.random_batch(c, 1)
     variables = steps.init_variables(model, batch, jax.random.key(0))
     tx = steps.make_optimizer(c.optim, variables["params"], variables.get("memory", {}))
     state = steps.create_state(variables, tx)
-    rec = common.measure(f"infer_{kind}_b1", steps.make_eval_step(model.apply), (state, batch),
-                         items=1, shape={"batch": 1}, dtype="float32", warmup=3, iters=iters)
-    rows[kind] = rec["median_ms"]
-    log(f"{kind}: {rec['median_ms']:.2f} ms per sample (median of {iters})")
+    _, t = timing.compile_and_time(steps.make_eval_step(model.apply), (state, batch), warmup=3,
+                                   iters=iters)
+    rows[kind] = round(t["median_ms"], 4)
+    log(f"{kind}: {rows[kind]:.2f} ms per sample (median of {iters})")
   summary = {"table": "dmf_inference", "ms_per_sample": rows,
              "paper_ms_per_sample": {"dmf": 91.0, "naive": 63.0},
              "overhead_frac": (rows["dmf"] - rows["naive"]) / rows["naive"],
              "paper_overhead_frac": (91.0 - 63.0) / 63.0,
              "encoders": c.model.audio.size + "/" + c.model.text.size,
              "audio_s": c.data.max_seconds, "tokens": c.data.max_tokens,
-             "slots": c.model.fusion.dmf.slots, "device": common.device_name(),
+             "slots": c.model.fusion.dmf.slots, "device": timing.device_name(),
              "machine": _machine(), "command": " ".join(["python -m train.experiments"] + args.argv)}
   md = "\n".join([
       "### DMF §3.2: average inference time per sample (batch 1)", "",
@@ -711,6 +441,14 @@ def run_inference(args, log=print) -> dict:
 
 # ----------------------------------------------------------------------------- command line
 def parse_args(argv):
+  """The command line (see the module docstring); ``args.argv`` keeps ``argv`` for the records.
+
+  Args:
+    argv: the arguments, without the program name.
+
+  Returns:
+    The parsed ``argparse.Namespace``, with defaults resolved from ``--synthetic``.
+  """
   p = argparse.ArgumentParser(
       prog="python -m train.experiments",
       description="Reproduce a table of the DMF / MBAF papers (see docs/EXPERIMENTS.md).")
@@ -766,6 +504,7 @@ def parse_args(argv):
 
 
 def _list_tables() -> str:
+  """Every table's name, caption and run keys (``--list``)."""
   lines = []
   for t in TABLES.values():
     specs = list(dict.fromkeys(c.spec.key for c in t.cells))
@@ -779,7 +518,6 @@ def _enable_compile_cache(args) -> None:
   shares a model) then compiles its train/eval steps once."""
   if args.compile_cache == "none":
     return
-  import jax  # pylint: disable=g-import-not-at-top
   path = args.compile_cache or os.path.join(os.path.abspath(args.workdir), "jax_cache")
   os.makedirs(path, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", path)
@@ -787,15 +525,14 @@ def _enable_compile_cache(args) -> None:
 
 
 def main(argv=None) -> int:
+  """Runs the tables named on the command line; returns the process exit status."""
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
   if args.list:
     print(_list_tables())
     return 0
-  from absl import logging  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   _enable_compile_cache(args)
-  from train import main as main_lib  # pylint: disable=g-import-not-at-top
   names = ALL_NAMES if args.table == "all" else (args.table,)
 
   def run_all():
