@@ -18,16 +18,14 @@ One JSON line per measurement. Run from the repository root::
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
 import numpy as np
 import soundfile as sf
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import common  # noqa: E402  pylint: disable=g-import-not-at-top
-from mbaf_jax.data import audio  # noqa: E402  pylint: disable=g-import-not-at-top
+from benchmarks import common
+from mbaf_jax.data import audio
 
 TARGET_FROM_CACHE = 500.0  # utterances/s
 

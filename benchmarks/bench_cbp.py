@@ -10,17 +10,13 @@ outer product. One JSON line per measurement; the ``cbp_fft`` lines carry
     python -m benchmarks.bench_cbp            # d = 768, D = 2048 / 8000 / 16000, batch 32
     python -m benchmarks.bench_cbp --quick    # tiny sizes, a smoke check
 """
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from benchmarks import common  # noqa: E402
-from mbaf_jax import ops  # noqa: E402
+from benchmarks import common
+from mbaf_jax import ops
 
 
 def explicit_sketch(sk: ops.CountSketch):

@@ -20,18 +20,14 @@ With ``--dtype bfloat16`` the layer computes in bf16 (``DualMemoryFusion(dtype=.
 memory and the loss stay float32) and the roofline is the same run's matmul peak *in that
 dtype* (``bf16 @ bf16 -> bf16``, what the layer's dense layers run).
 """
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import optax
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-
-from benchmarks import common  # noqa: E402
-from mbaf_jax.fusion.dual_memory import DualMemoryFusion  # noqa: E402
-from mbaf_jax.fusion.naive import NaiveFusion  # noqa: E402
+from benchmarks import common
+from mbaf_jax.fusion.dual_memory import DualMemoryFusion
+from mbaf_jax.fusion.naive import NaiveFusion
 
 
 def matmul_gflop(b, n, d, dim, ff, tokens):

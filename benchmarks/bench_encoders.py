@@ -20,16 +20,13 @@ PyTorch model on the same sizes, device and dtype in the same run and adds ``tor
 """
 import dataclasses
 import gc
-import os
 import sys
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-from mbaf_jax.encoders import (Bert, BertConfig, Wav2Vec2,  # pylint: disable=g-import-not-at-top
-                               Wav2Vec2Config)
+from benchmarks import common
+from mbaf_jax.encoders import Bert, BertConfig, Wav2Vec2, Wav2Vec2Config
 
 
 def _csv(s, cast=str):

@@ -14,17 +14,13 @@ over the largest |exact entry|; bf16 modes round the inputs to bf16 first, as a 
     python -m benchmarks.bench_matmul
     python -m benchmarks.bench_matmul --quick    # sizes / 8, a smoke check
 """
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-from jax import lax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from benchmarks import common  # noqa: E402
+from benchmarks import common
 
 # name: (m, k, n, contract_rows). contract_rows=False: (m, k) @ (k, n). contract_rows=True: the
 # weight-gradient xᵀ g, lhs x (m, k) and rhs g (m, n) contracted over their m rows -> (k, n).

@@ -11,19 +11,15 @@ One JSON line per measurement (forward, and forward+backward of a sum-of-squares
     python -m benchmarks.bench_mbaf_encoders --quick        # tiny sizes, a smoke check
     python -m benchmarks.bench_mbaf_encoders --dtype bfloat16
 """
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from benchmarks import common  # noqa: E402
-from mbaf_jax.encoders.lstm import LSTMEncoder  # noqa: E402
-from mbaf_jax.encoders.sincnet import SincNetAudioEncoder  # noqa: E402
-from mbaf_jax.encoders.text_cnn_rnn import CnnRnnTextEncoder  # noqa: E402
+from benchmarks import common
+from mbaf_jax.encoders.lstm import LSTMEncoder
+from mbaf_jax.encoders.sincnet import SincNetAudioEncoder
+from mbaf_jax.encoders.text_cnn_rnn import CnnRnnTextEncoder
 
 
 def _cases(args):

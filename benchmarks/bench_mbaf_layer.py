@@ -9,16 +9,12 @@ records carry ``max_abs_dev_memory`` / ``max_abs_dev_out``: the deviation of
 
     python -m benchmarks.bench_mbaf_layer --quick
 """
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from benchmarks import common  # noqa: E402
-from mbaf_jax.fusion.mbaf import MBAF  # noqa: E402
+from benchmarks import common
+from mbaf_jax.fusion.mbaf import MBAF
 
 FULL = [("iemocap", (2048, 4800), 30, 64), ("cebs", (512, 512), 20, 32)]
 QUICK = [("quick", (16, 16), 4, 8)]

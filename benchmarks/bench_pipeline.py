@@ -17,18 +17,14 @@ Measured per configuration (one JSON line each):
     python -m benchmarks.bench_pipeline            # N = 1024 utterances (≈ 330 MB of audio)
     python -m benchmarks.bench_pipeline --quick    # tiny sizes, a smoke check
 """
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from benchmarks import common  # noqa: E402
-from mbaf_jax.data.pipeline import Batcher  # noqa: E402
+from benchmarks import common
+from mbaf_jax.data.pipeline import Batcher
 
 
 def run(arrays: dict, batch_size: int, epochs: int, prefetch_size: int, to_device: bool) -> dict:

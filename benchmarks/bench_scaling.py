@@ -11,9 +11,7 @@ multi-GPU/TPU host for real scaling. One JSON line per measurement.
     python -m benchmarks.bench_scaling --quick    # tiny sizes, a smoke check
 """
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if os.environ.get("JAX_PLATFORMS", "cpu").startswith("cpu") and \
     "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")

@@ -38,19 +38,17 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-import flax  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-
-from benchmarks import bench_mbaf_layer, common  # noqa: E402
-from mbaf_jax.encoders import Bert, BertConfig, Wav2Vec2, Wav2Vec2Config  # noqa: E402
-from mbaf_jax.encoders import hf_loading  # noqa: E402
-from mbaf_jax.fusion.dual_memory import DualMemoryFusion  # noqa: E402
-from mbaf_jax.fusion.mbaf import MBAF  # noqa: E402
+from benchmarks import bench_mbaf_layer, common
+from mbaf_jax.encoders import Bert, BertConfig, Wav2Vec2, Wav2Vec2Config
+from mbaf_jax.encoders import hf_loading
+from mbaf_jax.fusion.dual_memory import DualMemoryFusion
+from mbaf_jax.fusion.mbaf import MBAF
 
 ALL = ("dmf", "mbaf", "wav2vec2", "bert", "wav2vec2_conv")
 TARGETS = {"dmf": {"torch_eager": 1.3, "torch_compile": 1.0},

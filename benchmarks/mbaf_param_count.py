@@ -9,12 +9,8 @@ difference read off Table 3.
 """
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from mbaf_jax.fusion import mbaf  # noqa: E402
+from mbaf_jax.fusion import mbaf
 
 # (case, mode dims, batch q, Table 3 MBAF params, Table 3 NF params)
 CASES = [("F-IV-VI (CEBS)", (512, 512), 32, 14_628_867, 11_448_323),

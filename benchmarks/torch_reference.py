@@ -22,11 +22,7 @@ project imports this module.
 import argparse
 import dataclasses
 import json
-import os
-import sys
 from typing import Any, Callable, NamedTuple
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 if __name__ == "__main__":  # parse first: --help works without PyTorch
   argparse.ArgumentParser(description="PyTorch reference of the fusion layers: self-check (max "

@@ -1,5 +1,6 @@
-"""The benchmark scripts stay runnable (as files and as modules), and bench_encoders records an
-out-of-memory size as a JSON line and goes on with the next one. No benchmark is run here."""
+"""The benchmark scripts stay runnable as modules (``python -m benchmarks.<x>`` from the
+repository root), and bench_encoders records an out-of-memory size as a JSON line and goes on with
+the next one. No benchmark is run here."""
 import ast
 import glob
 import json
@@ -13,12 +14,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = sorted(os.path.basename(p)[:-3]
                  for p in glob.glob(os.path.join(ROOT, "benchmarks", "*.py"))
                  if os.path.basename(p) not in ("__init__.py", "common.py"))
-PROJECT_PACKAGES = ("benchmarks", "mbaf_jax", "train", "configs")
 
 
 def _env():
   env = dict(os.environ)
-  env.pop("PYTHONPATH", None)  # the scripts must find the repository by themselves
+  env.pop("PYTHONPATH", None)  # python -m from the repository root finds the packages
   env["JAX_PLATFORMS"] = "cpu"
   return env
 
@@ -27,21 +27,29 @@ def test_there_are_scripts():
   assert {"bench_cbp", "bench_train", "bench_encoders", "mbaf_param_count"} <= set(SCRIPTS)
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
-def test_script_puts_the_repository_on_sys_path_before_project_imports(name):
-  """Static check (fast): ``python benchmarks/x.py`` only works if the repository root is
-  inserted into ``sys.path`` before the first import of a project package."""
+@pytest.mark.parametrize("name", SCRIPTS + ["common"])
+def test_script_does_not_patch_sys_path(name):
+  """Static check (fast): the scripts run as modules from the repository root
+  (``python -m benchmarks.<x>``), so none of them edits ``sys.path``."""
   with open(os.path.join(ROOT, "benchmarks", f"{name}.py"), encoding="utf-8") as f:
     tree = ast.parse(f.read())
-  inserted = False
-  for node in tree.body:
-    if isinstance(node, ast.Expr) and "sys.path.insert" in ast.unparse(node):
-      inserted = True
-    if isinstance(node, (ast.Import, ast.ImportFrom)):
-      mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
-              else [node.module or ""])
-      if any(m.split(".")[0] in PROJECT_PACKAGES for m in mods):
-        assert inserted, f"benchmarks/{name}.py imports {mods} before inserting the repository root"
+  patches = [ast.unparse(n) for n in ast.walk(tree)
+             if isinstance(n, ast.Attribute) and ast.unparse(n) == "sys.path"]
+  assert not patches, f"benchmarks/{name}.py touches sys.path: run it with python -m instead"
+
+
+def test_library_and_trainer_do_not_import_benchmarks():
+  """Static check (fast): benchmarks/ builds on mbaf_jax/, train/ and configs/, never the reverse."""
+  bad = []
+  for pkg in ("mbaf_jax", "train", "configs"):
+    for path in glob.glob(os.path.join(ROOT, pkg, "**", "*.py"), recursive=True):
+      with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+      for n in ast.walk(tree):
+        mods = ([a.name for a in n.names] if isinstance(n, ast.Import) else
+                [n.module or ""] if isinstance(n, ast.ImportFrom) else [])
+        bad += [(os.path.relpath(path, ROOT), m) for m in mods if m.split(".")[0] == "benchmarks"]
+  assert not bad, bad
 
 
 def test_every_script_help_as_module():
@@ -64,51 +72,6 @@ def test_every_script_help_as_module():
   assert r.returncode == 0, r.stderr[-3000:]
   assert "BAD []" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
   assert r.stdout.count("usage:") == len(SCRIPTS)
-
-
-# Runs every script as ``python benchmarks/<x>.py --help`` would, in one process from outside the
-# repository: before each, ``sys.path[0]`` is the script's directory (what ``python file.py`` puts
-# there, the repository root absent) and the project's modules are dropped from ``sys.modules``,
-# so each script must find the repository by itself; JAX is imported once for all of them.
-_AS_FILES = (
-    "import json, os, runpy, sys\n"
-    "names, root, packages = json.loads(sys.argv[1])\n"
-    "path, out = list(sys.path), {}\n"
-    "for n in names:\n"
-    "  script = os.path.join(root, 'benchmarks', n + '.py')\n"
-    "  sys.path[:] = [os.path.dirname(script)] + path[1:]\n"
-    "  for m in [m for m in sys.modules if m.split('.')[0] in packages]:\n"
-    "    del sys.modules[m]\n"
-    "  sys.argv = [script, '--help']\n"
-    "  try:\n"
-    "    runpy.run_path(script, run_name='__main__')\n"
-    "    out[n] = 'no exit'\n"
-    "  except SystemExit as e:\n"
-    "    out[n] = e.code or 0\n"
-    "  except Exception as e:  # pylint: disable=broad-except\n"
-    "    out[n] = repr(e)\n"
-    "print('RESULT', json.dumps(out))\n")
-
-
-@pytest.fixture(scope="module")
-def help_as_files(tmp_path_factory):
-  """``{script: exit code}`` and the output of all the scripts' ``--help`` run as files."""
-  r = subprocess.run([sys.executable, "-c", _AS_FILES, json.dumps([SCRIPTS, ROOT,
-                                                                    PROJECT_PACKAGES])],
-                     cwd=tmp_path_factory.mktemp("elsewhere"), env=_env(), capture_output=True,
-                     text=True, timeout=300)
-  assert r.returncode == 0, r.stderr[-3000:]
-  codes = json.loads(r.stdout.rsplit("RESULT ", 1)[1])
-  return codes, r.stdout, r.stderr
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", SCRIPTS)
-def test_script_help_as_file_from_another_directory(name, help_as_files):
-  """``python benchmarks/<x>.py --help`` run from outside the repository (no PYTHONPATH)."""
-  codes, out, err = help_as_files
-  assert codes[name] == 0, f"{name}: {codes[name]}\n{err[-3000:]}"
-  assert f"usage: {name}.py" in out, out[-3000:]
 
 
 def test_mbaf_param_count_quick_matches_table3():
