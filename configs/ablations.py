@@ -12,31 +12,16 @@ Eqs. 11–12), single=<0|1> (memory on mode i only, Eq. 13, slots 30 as in §6.3
 demo, smoke.
 """
 from configs import common
+from mbaf_jax.errors import UserError
 from configs import iemocap
 from configs import iemocap_mbaf
 
 
 def get_config(arg=None):
   """Returns an ablation config; ``arg`` e.g. ``"cross,slots=20"``."""
-  opts, flags = {}, set()
-  for part in (arg or "").split(","):
-    part = part.strip()
-    if not part:
-      continue
-    if "=" in part:
-      k, v = part.split("=", 1)
-      if k not in ("slots", "single", "dmf_slots"):
-        raise ValueError(f"unknown ablation argument {k!r}; expected slots=, single=, dmf_slots=.")
-      try:
-        opts[k] = int(v)
-      except ValueError:
-        raise ValueError(f"ablation argument {part!r}: {k} needs an integer, e.g. "
-                         f"configs/ablations.py:{k}=30.") from None
-    elif part in ("cross", "demo", "smoke"):
-      flags.add(part)
-    else:
-      raise ValueError(f"unknown ablation variant {part!r}; see configs/ablations.py.")
-  size = ",".join(sorted(flags & {"demo", "smoke"}))
+  opts = common.parse_arg(arg, ("cross", "demo", "smoke"),
+                          {"slots": int, "single": int, "dmf_slots": int})
+  size = ",".join(sorted(opts.keys() & {"demo", "smoke"}))
   if "dmf_slots" in opts:
     c = iemocap.get_config(size or None)
     c.model.fusion.dmf.slots = opts["dmf_slots"]
@@ -46,12 +31,13 @@ def get_config(arg=None):
   m = c.model.fusion.mbaf
   m.slots = opts.get("slots", 30)  # MBAF §6.1 sweep; §6.3 uses 30
   name = [f"slots{m.slots}"]
-  if "cross" in flags:
+  if "cross" in opts:
     m.read = "cross"  # MBAF Eqs. 11–12
     name.append("cross")
   if "single" in opts:
     if opts["single"] not in (0, 1):
-      raise ValueError(f"single={opts['single']}; expected 0 (audio) or 1 (text) (MBAF Eq. 13).")
+      raise UserError(f"config variant single={opts['single']}: expected 0 (audio) or 1 (text) "
+                      "(MBAF Eq. 13).")
     m.memory_modes = (opts["single"],)  # MBAF Eq. 13: the memory fuses mode i only
     name.append(f"single{opts['single']}")
   c.name = "ablation_mbaf_" + "_".join(name)

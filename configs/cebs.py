@@ -10,14 +10,15 @@ Run:
 Variants: F-IV (ECG+RS, default), F-V (ECG+SCG), F-VI (RS+SCG), nf, both, demo, smoke.
 """
 from configs import common
+from mbaf_jax.errors import UserError
 
 
 def get_config(arg=None):
   """Returns the CEBS config; ``arg``: comma-separated variants."""
   variants = common.parse_arg(arg, ("F-IV", "F-V", "F-VI", "nf", "both", "demo", "smoke"))
-  pairs = variants & {"F-IV", "F-V", "F-VI"}
+  pairs = variants.keys() & {"F-IV", "F-V", "F-VI"}
   if len(pairs) > 1:
-    raise ValueError(f"pick one mode pair, got {sorted(pairs)}.")
+    raise UserError(f"pick one mode pair (F-IV, F-V or F-VI), got {sorted(pairs)}.")
   pair = pairs.pop() if pairs else "F-IV"
   c = common.base_config()
   c.name = f"cebs_{pair}_{'nf' if 'nf' in variants else 'mbaf'}"

@@ -5,15 +5,69 @@ Values the papers give are marked with their source; values they do not give are
 """
 import ml_collections as mlc
 
+from mbaf_jax.errors import UserError
 
-def parse_arg(arg, allowed):
-  """Splits ``"demo,naive"`` into a set of variant names, rejecting unknown ones."""
-  parts = {p.strip() for p in (arg or "").split(",") if p.strip()}
-  unknown = parts - set(allowed)
+
+# How each value type is written in a variant (``key=<this>``) and an example of it.
+_TYPE_WORDS = {int: ("an integer", "30"), float: ("a number", "0.5"), bool: ("true or false", "true"),
+               str: ("a string", "name")}
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _typed(key: str, text: str, kind: type):
+  """``text`` as a value of ``kind`` (int, float, bool or str) for variant ``key=text``.
+
+  Raises:
+    UserError: (a ValueError) when ``text`` is not a ``kind``.
+  """
+  word, example = _TYPE_WORDS[kind]
+  try:
+    if kind is bool:
+      return _BOOLS[text.lower()]
+    return kind(text)
+  except (KeyError, ValueError):
+    raise UserError(f"config variant {key}={text!r}: {key} needs {word}, e.g. "
+                    f"--config=configs/<file>.py:{key}={example}.") from None
+
+
+def parse_arg(arg, allowed, values=None) -> dict:
+  """Parses a config file's variant string, ``"demo,naive"`` or ``"cross,slots=20"``.
+
+  Every ``configs/*.py`` parses its ``:variant`` argument with this one function.
+
+  Args:
+    arg: the string after ``file.py:`` (None or "" for none): comma-separated parts, each a
+      variant name or ``key=value``; blanks around parts are ignored.
+    allowed: the variant names the config accepts (parts without ``=``).
+    values: ``{key: type}`` of the ``key=value`` parts it accepts; type is int, float, bool
+      (true/false, 1/0, yes/no) or str. None: none.
+
+  Returns:
+    ``{name: True}`` for every variant name given and ``{key: typed value}`` for every
+    ``key=value`` (a repeated key: the last one), so ``"demo" in parsed`` and
+    ``parsed.get("slots", 30)`` read it.
+
+  Raises:
+    UserError: (a ValueError) for an unknown name or key, or a value of the wrong type.
+  """
+  values = dict(values or {})
+  accepted = sorted(allowed) + [f"{k}=<{t.__name__}>" for k, t in values.items()]
+  out, unknown = {}, []
+  for part in (p.strip() for p in (arg or "").split(",")):
+    if not part:
+      continue
+    key, eq, text = part.partition("=")
+    key, text = key.strip(), text.strip()
+    if not eq and key in allowed:
+      out[key] = True
+    elif eq and key in values:
+      out[key] = _typed(key, text, values[key])
+    else:
+      unknown.append(part)
   if unknown:
-    raise ValueError(f"unknown config variant(s) {sorted(unknown)}; this config accepts "
-                     f"{sorted(allowed)} (e.g. --config=configs/iemocap.py:demo).")
-  return parts
+    raise UserError(f"unknown config variant(s) {sorted(unknown)}; this config accepts "
+                    f"{accepted} (e.g. --config=configs/iemocap.py:demo).")
+  return out
 
 
 def fusion_kinds(config) -> list:

@@ -16,6 +16,7 @@ encoder runs chunked and rematerialised (``model.audio.kwargs.window_chunk`` / `
 compiled train step needs ~9.9 GiB; numbers at WINDOW_CHUNK).
 """
 from configs import common
+from mbaf_jax.errors import UserError
 
 # Windows per scan step of the SincNet encoder at paper size (see get_config). Not in paper.
 # Compiled train step of MBAF-III at batch 64, 5 s, l = 6848 (271.5 M parameters, Adam; XLA
@@ -30,9 +31,9 @@ WINDOW_CHUNK = 512
 def get_config(arg=None):
   """Returns the MBAF IEMOCAP config; ``arg``: comma-separated variants."""
   variants = common.parse_arg(arg, ("I", "II", "III", "nf", "both", "demo", "smoke"))
-  levels = variants & {"I", "II", "III"}
+  levels = variants.keys() & {"I", "II", "III"}
   if len(levels) > 1:
-    raise ValueError(f"pick one of I, II, III, got {sorted(levels)}.")
+    raise UserError(f"pick one of the levels I, II, III, got {sorted(levels)}.")
   level = levels.pop() if levels else "III"
   c = common.base_config()
   c.name = f"iemocap_{'nf' if 'nf' in variants else 'mbaf'}_{level}"

@@ -12,6 +12,6 @@ from configs import iemocap
 def get_config(arg=None):
   """Returns ``configs/iemocap.py:naive[,<arg>]``."""
   variants = common.parse_arg(arg, ("demo", "smoke"))
-  c = iemocap.get_config(",".join(sorted(variants | {"naive"})))
+  c = iemocap.get_config(",".join(sorted(variants.keys() | {"naive"})))
   c.fusions = "naive"
   return c

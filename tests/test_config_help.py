@@ -62,9 +62,9 @@ def test_variants_are_the_ones_get_config_accepts_and_documents(path):
   variants = config_help.config_variants(path)
   assert variants and "smoke" in variants and "demo" in variants
   for v in variants:
-    assert v in mod.__doc__, f"configs/{name}.py: variant {v!r} is not in its docstring"
-    arg = f"{v}=1" if name == "ablations" and v != "cross" and v not in ("demo", "smoke") else v
-    mod.get_config(arg)  # accepted
+    key = v.split("=")[0]  # "slots=<int>": a typed key=value variant
+    assert key in mod.__doc__, f"configs/{name}.py: variant {key!r} is not in its docstring"
+    mod.get_config(v.replace("=<int>", "=1"))  # accepted
   with pytest.raises(ValueError):
     mod.get_config("no_such_variant")
 
@@ -89,4 +89,5 @@ def test_help_and_help_config_print_it():
   assert r.stdout.strip() == config_help.render().strip()
   r = _main("--help")
   assert "configs/iemocap.py" in r.stdout and "variants: naive, both, demo, smoke" in r.stdout
+  assert "variants: cross, demo, smoke, slots=<int>, single=<int>, dmf_slots=<int>" in r.stdout
   assert "data.max_tokens = 30" in r.stdout and "--[no]help_config" in r.stdout

@@ -6,6 +6,10 @@ import os
 
 import pytest
 
+from configs import common
+from mbaf_jax.errors import UserError
+from mbaf_jax.models import factory
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 VARIANTS = {
@@ -30,7 +34,6 @@ def test_every_config_file_is_listed():
 
 @pytest.mark.parametrize("name,arg", [(n, a) for n, args in VARIANTS.items() for a in args])
 def test_config_loads_and_builds(name, arg):
-  from mbaf_jax.models import factory
   mod = _module(name)
   assert "python -m train.main" in mod.__doc__
   c = mod.get_config(arg)
@@ -83,11 +86,14 @@ def test_unknown_variant_is_a_clear_error():
     _module("iemocap").get_config("demoo")
   with pytest.raises(ValueError, match="one mode pair"):
     _module("cebs").get_config("F-IV,F-V")
-  with pytest.raises(ValueError, match="unknown ablation"):
+  with pytest.raises(UserError, match=r"unknown config variant\(s\) \['size=3'\]"):
     _module("ablations").get_config("size=3")
-  with pytest.raises(ValueError,
-                     match=r"slots needs an integer, e\.g\. configs/ablations.py:slots=30"):
+  with pytest.raises(UserError, match=r"slots needs an integer, e\.g\. .*:slots=30"):
     _module("ablations").get_config("slots=L")
+  with pytest.raises(UserError, match="expected 0 \\(audio\\) or 1 \\(text\\)"):
+    _module("ablations").get_config("single=2")
+  with pytest.raises(UserError, match="one of the levels"):
+    _module("iemocap_mbaf").get_config("I,II")
 
 
 def test_entry_points_import():
@@ -97,9 +103,48 @@ def test_entry_points_import():
 
 
 def test_fusion_kinds_splits_config_fusions():
-  from configs import common
   c = common.base_config()
   c.fusions = " mbaf, naive ,"
   assert common.fusion_kinds(c) == ["mbaf", "naive"]
   c.fusions = ""
   assert common.fusion_kinds(c) == []
+
+
+def test_parse_arg_types_and_errors():
+  """configs.common.parse_arg: the one variant parser of every config file."""
+  spec = {"n": int, "lr": float, "on": bool, "tag": str}
+  assert common.parse_arg(None, ("demo",)) == {}
+  assert common.parse_arg(" demo , n=3, lr=0.5 ,on=false,tag=x", ("demo",), spec) == {
+      "demo": True, "n": 3, "lr": 0.5, "on": False, "tag": "x"}
+  assert common.parse_arg("on=Yes,on=1,n=2,n=4", (), spec) == {"on": True, "n": 4}  # last wins
+  assert type(common.parse_arg("lr=1", (), spec)["lr"]) is float
+  for bad, match in (("n=1.5", "n needs an integer"), ("lr=fast", "lr needs a number"),
+                     ("on=maybe", "on needs true or false"), ("demo=1", "unknown config variant"),
+                     ("n", "unknown config variant"), ("nope", r"accepts \['demo', 'n=<int>'")):
+    with pytest.raises(UserError, match=match):
+      common.parse_arg(bad, ("demo",), spec)
+  with pytest.raises(ValueError):  # a UserError is a ValueError (ml_collections callers)
+    common.parse_arg("x", ())
+
+
+def test_ablation_variants_give_the_same_configs_as_their_settings():
+  """Typed ablation variants set the fields the papers' tables vary, nothing else."""
+  abl, mbaf = _module("ablations"), _module("iemocap_mbaf")
+  for arg, slots, read, modes, name in (
+      (None, 30, "naive", None, "ablation_mbaf_slots30"),
+      ("slots=100", 100, "naive", None, "ablation_mbaf_slots100"),
+      ("cross, slots=20", 20, "cross", None, "ablation_mbaf_slots20_cross"),
+      ("single=1,smoke", 30, "naive", (1,), "ablation_mbaf_slots30_single1")):
+    c = abl.get_config(arg)
+    ref = mbaf.get_config("III,smoke" if arg and "smoke" in arg else "III")
+    ref.model.fusion.mbaf.slots = slots
+    if read == "cross":
+      ref.model.fusion.mbaf.read = read
+    if modes is not None:
+      ref.model.fusion.mbaf.memory_modes = modes
+    ref.name = name
+    assert c.to_dict() == ref.to_dict(), arg
+  c = abl.get_config("dmf_slots=60")
+  ref = _module("iemocap").get_config()
+  ref.model.fusion.dmf.slots, ref.name = 60, "ablation_dmf_slots60"
+  assert c.to_dict() == ref.to_dict()

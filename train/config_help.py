@@ -2,9 +2,8 @@
 the config files themselves (so it cannot drift from them; ``tests/test_config_help.py``).
 
 * The config files: every ``configs/*.py`` but ``common.py``, with the first line of its docstring,
-  its variants (the names its ``get_config`` accepts: the ``allowed`` tuple of its
-  ``common.parse_arg(arg, allowed)`` call, or the string tuples its argument parser compares
-  against) and what its docstring says of them.
+  its variants (what its ``get_config`` accepts: the ``allowed`` names and ``values`` keys of its
+  ``common.parse_arg(arg, allowed, values)`` call) and what its docstring says of them.
 * The fields: every leaf of ``configs.common.base_config()`` with its default and its meaning, read
   from the comments beside (or just above) the line that sets it in ``configs/common.py``.
 """
@@ -14,6 +13,8 @@ import io
 import os
 import textwrap
 import tokenize
+
+from configs import common
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 _NOT_CONFIGS = ("__init__.py", "common.py")
@@ -140,34 +141,32 @@ def config_leaves(config, prefix: str = "") -> dict:
   return out
 
 
-def _string_tuples(node: ast.AST):
-  """The all-string tuple/set literals under ``node``."""
-  for n in ast.walk(node):
-    if isinstance(n, (ast.Tuple, ast.Set)) and n.elts and all(
-        isinstance(e, ast.Constant) and isinstance(e.value, str) for e in n.elts):
-      yield tuple(e.value for e in n.elts)
-
-
 def config_variants(path: str) -> list:
-  """The variant names a config file's ``get_config`` accepts, in source order.
+  """The variants a config file's ``get_config`` accepts, in source order.
 
-  The ``allowed`` argument of its ``common.parse_arg(arg, allowed)`` call; a file that parses its
-  argument itself (``ablations.py``): the string tuples its parser compares parts against
-  (``k not in ("slots", ...)``, ``part in ("cross", ...)``).
+  Read from its ``common.parse_arg(arg, allowed, values)`` call: the names in ``allowed``, then
+  ``key=<type>`` for each entry of ``values`` (e.g. ``slots=<int>``).
+
+  Args:
+    path: the config file.
+
+  Returns:
+    The variant names and ``key=<type>`` strings ([] if the file has no ``parse_arg`` call).
   """
   with open(path, encoding="utf-8") as f:
     tree = ast.parse(f.read())
   fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "get_config")
   for call in ast.walk(fn):
     if (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
-        and call.func.attr == "parse_arg" and len(call.args) == 2):
-      return list(ast.literal_eval(call.args[1]))
-  names = []
-  for cmp in ast.walk(fn):
-    if isinstance(cmp, ast.Compare) and any(isinstance(o, (ast.In, ast.NotIn)) for o in cmp.ops):
-      for values in _string_tuples(cmp):
-        names += [v for v in values if v not in names]
-  return names
+        and call.func.attr == "parse_arg" and len(call.args) >= 2):
+      names = list(ast.literal_eval(call.args[1]))
+      values = call.args[2] if len(call.args) > 2 else next(
+          (k.value for k in call.keywords if k.arg == "values"), None)
+      if isinstance(values, ast.Dict):
+        names += [f"{ast.literal_eval(k)}=<{ast.unparse(v)}>"
+                  for k, v in zip(values.keys, values.values)]
+      return names
+  return []
 
 
 def config_files() -> list:
@@ -210,7 +209,6 @@ def describe_configs(width: int = 100) -> str:
 
 def describe_fields(width: int = 100) -> str:
   """Every field of ``configs.common.base_config()``: ``--config.<path>``, default, meaning."""
-  from configs import common  # pylint: disable=g-import-not-at-top
   meanings = field_meanings()
   leaves = config_leaves(common.base_config())
   out = [textwrap.fill("Config fields and their defaults in configs/common.py (set with "

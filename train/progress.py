@@ -11,11 +11,13 @@ import contextlib
 import sys
 import time
 
+import jax
+from tqdm import tqdm
+
 LINE_SECONDS = 30.0  # non-terminal progress: at most one line per 30 s (and one at the end)
 
 
 def _is_primary() -> bool:
-  import jax  # pylint: disable=g-import-not-at-top
   return jax.process_index() == 0
 
 
@@ -116,7 +118,6 @@ def progress(enabled: bool, total: int, initial: int, desc: str, stream=None, po
   stream = stream or sys.stderr
   isatty = getattr(stream, "isatty", None)
   if isatty is not None and isatty():
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
     return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
                 file=stream, position=position, leave=position == 0)
   return LineProgress(total, initial, desc, stream=stream)
