@@ -21,12 +21,15 @@ PyTorch model on the same sizes, device and dtype in the same run and adds ``tor
 import dataclasses
 import gc
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from benchmarks import common
 from mbaf_jax.encoders import Bert, BertConfig, Wav2Vec2, Wav2Vec2Config
+from mbaf_jax.encoders.wav2vec2 import FeatureEncoder
 
 
 def _csv(s, cast=str):
@@ -112,7 +115,6 @@ def measure_one(model_name, mode, model, cfg, batch, seconds, args, dtype_name, 
   if mode == "fwd":
     fn = lambda p, *a: model.apply({"params": p}, *a).pooled
   elif mode == "conv_fwd":
-    from mbaf_jax.encoders.wav2vec2 import FeatureEncoder  # pylint: disable=g-import-not-at-top
     enc = FeatureEncoder(cfg)
     fn = lambda p, *a: enc.apply({"params": p["feature_extractor"]}, a[0])
   elif mode in ("fwd_bwd", "fwd_bwd_frozen"):
@@ -139,8 +141,6 @@ def measure_one(model_name, mode, model, cfg, batch, seconds, args, dtype_name, 
 
 def torch_time(model_name, cfg, x, dtype_name, warmup, iters):
   """Median ms of transformers' PyTorch model (random init, same sizes) on the best device."""
-  import time  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
 

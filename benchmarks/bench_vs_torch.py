@@ -47,6 +47,7 @@ import optax
 from benchmarks import bench_mbaf_layer, common
 from mbaf_jax.encoders import Bert, BertConfig, Wav2Vec2, Wav2Vec2Config
 from mbaf_jax.encoders import hf_loading
+from mbaf_jax.encoders.wav2vec2 import FeatureEncoder
 from mbaf_jax.fusion.dual_memory import DualMemoryFusion
 from mbaf_jax.fusion.mbaf import MBAF
 
@@ -428,7 +429,6 @@ def conv_rows(args, device):
   the full model's forward+backward on a CPU (its strided convolutions' backward)."""
   torch = _torch()
   import transformers  # pylint: disable=g-import-not-at-top
-  from mbaf_jax.encoders.wav2vec2 import FeatureEncoder  # pylint: disable=g-import-not-at-top
   cfg = (Wav2Vec2Config.tiny if args.quick else Wav2Vec2Config.base)(layerdrop=0.0)
   batch = 2 if args.quick else args.wav2vec2_batch
   n = int(round((0.1 if args.quick else args.seconds) * 16000))

@@ -8,7 +8,14 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
+
+from benchmarks import bench_dmf_layer
+from benchmarks import bench_encoders
+from benchmarks import bench_matmul
+from benchmarks import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = sorted(os.path.basename(p)[:-3]
@@ -90,7 +97,6 @@ def test_mbaf_param_count_quick_matches_table3():
 
 
 def test_is_oom():
-  from benchmarks import common  # pylint: disable=g-import-not-at-top
   assert common.is_oom(RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 26577199360 "
                                     "bytes."))
   assert common.is_oom(MemoryError())
@@ -103,8 +109,6 @@ def test_is_oom():
 
 
 def test_bench_encoders_records_oom_and_continues(monkeypatch, capsys):
-  from benchmarks import bench_encoders  # pylint: disable=g-import-not-at-top
-  from benchmarks import common  # pylint: disable=g-import-not-at-top
   seen = []
 
   def fake_measure_one(model_name, mode, model, cfg, batch, *a):
@@ -126,8 +130,6 @@ def test_bench_encoders_records_oom_and_continues(monkeypatch, capsys):
 
 
 def test_bench_encoders_other_errors_still_fail(monkeypatch):
-  from benchmarks import bench_encoders  # pylint: disable=g-import-not-at-top
-  from benchmarks import common  # pylint: disable=g-import-not-at-top
 
   def broken(*a):
     raise ValueError("a real bug")
@@ -142,8 +144,6 @@ def test_bench_encoders_other_errors_still_fail(monkeypatch):
 
 
 def _mlp_grad_args(b=4, d=5, h=6, o=3):
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   def loss(w1, w2, x):
     return jnp.sum(jnp.tanh(x @ w1) @ w2)
@@ -153,7 +153,6 @@ def _mlp_grad_args(b=4, d=5, h=6, o=3):
 
 
 def test_dot_general_calls_finds_every_product_of_a_gradient():
-  from benchmarks import common  # pylint: disable=g-import-not-at-top
   b, d, h, o = 4, 5, 6, 3
   grad, args = _mlp_grad_args(b, d, h, o)
   calls = common.dot_general_calls(grad, args)
@@ -170,9 +169,6 @@ def test_dot_general_calls_finds_every_product_of_a_gradient():
 
 def test_dot_call_gflop_matches_xla_cost_analysis():
   """``DotCall.gflop`` (batch and contracting dims) against XLA's own FLOP count."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from benchmarks import common  # pylint: disable=g-import-not-at-top
   q = jnp.ones((2, 7, 3, 5))
   k = jnp.ones((2, 9, 3, 5))
   fn = lambda q, k: jnp.einsum("bqhd,bkhd->bhqk", q, k)
@@ -183,9 +179,6 @@ def test_dot_call_gflop_matches_xla_cost_analysis():
 
 
 def test_dot_general_calls_counts_a_scan_body_length_times_and_refuses_while():
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from benchmarks import common  # pylint: disable=g-import-not-at-top
   w = jnp.ones((3, 3))
   scanned = lambda w: jax.lax.scan(lambda c, _: (c @ w, None), w, None, length=7)[0]
   (call,) = common.dot_general_calls(scanned, (w,))
@@ -202,7 +195,6 @@ def test_dot_floor_sums_each_product_times_its_count_less_dispatch(monkeypatch):
   """With a fake clock (a product whose left operand has s elements 'takes' 1 + s µs per
   call, so the 1×1 dispatch product 2 µs), the floor is the sum over the five products of
   s − 1 µs, and max_frac_of_peak follows."""
-  from benchmarks import common  # pylint: disable=g-import-not-at-top
   b, d, h, o = 4, 5, 6, 3
   grad, args = _mlp_grad_args(b, d, h, o)
 
@@ -225,10 +217,6 @@ def test_bench_dmf_layer_dtype_flag_sets_the_compute_dtype_and_its_roofline(monk
   """``--dtype bfloat16``: the timed layer computes in bf16 (fused output bf16) while the params,
   the carried memory and the loss stay float32, the roofline is measured in bf16, and every
   DMF record says so. Timing is faked; the functions themselves are run once."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from benchmarks import bench_dmf_layer  # pylint: disable=g-import-not-at-top
-  from benchmarks import common  # pylint: disable=g-import-not-at-top
   peaks, runs = [], {}
   monkeypatch.setattr(common, "matmul_peak_gflops",
                       lambda dtype=jnp.float32, quick=False: peaks.append(dtype) or 1.0)
@@ -258,8 +246,6 @@ def test_bench_matmul_rows_flops_and_errors(monkeypatch, capsys):
   """Every (shape, precision) row: XLA's FLOP count is 2·m·k·n, the f32 product matches float64
   to f32 rounding in both layouts (a wrong transpose would be O(1) off), bf16 inputs cost
   bf16 rounding (~2⁻⁹), and accumulating them in f32 is no less accurate than bf16 out."""
-  from benchmarks import bench_matmul  # pylint: disable=g-import-not-at-top
-  from benchmarks import common  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(common, "matmul_peak_gflops", lambda **k: 100.0)
   bench_matmul.main(["--quick", "--iters", "1", "--warmup", "0",
                      "--shapes", "writer_ff1_fwd,writer_ff1_dW"])

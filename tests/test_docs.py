@@ -8,7 +8,12 @@ import os
 import re
 import sys
 
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
 import pytest
+
+from train import experiments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
@@ -203,7 +208,6 @@ def test_experiment_tables_exist(doc):
   tables = experiment_tables(_read(doc))
   if not tables:
     return
-  from train import experiments  # pylint: disable=g-import-not-at-top
   known = set(experiments.ALL_NAMES) | set(experiments.ALIASES)
   assert tables <= known, f"{doc}: unknown tables {sorted(tables - known)}; known: {sorted(known)}"
 
@@ -261,10 +265,6 @@ def _edges(trace, parent):
 def test_data_flow_on_a_known_graph():
   """A hand-made model whose graph is known: a → b unchanged (solid), c gets 2·x (dashed), the
   output b + c (dashed from both), and a module that writes a memory state."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
   class Writer(nn.Module):
     @nn.compact
     def __call__(self, x, train):

@@ -15,7 +15,7 @@ from train import experiment_tables
 from train import experiments
 from train import steps
 from train import timing
-from train.errors import UserError
+from train.errors import NonFiniteLossError, UserError
 
 T_975_DF1 = 12.706204736174707  # Student t 0.975 quantiles (statistical tables)
 T_975_DF2 = 4.302652729220313
@@ -253,7 +253,6 @@ def test_finished_run_of_another_config_is_refused(fake_trainer, tmp_path):
 def test_diverged_run_is_recorded_and_excluded(monkeypatch, tmp_path):
   """A run that stops on a non-finite loss is recorded (failed.json), excluded from its cells and
   pairs, not retried on rerun unless --retry_failed."""
-  from train.errors import NonFiniteLossError  # pylint: disable=g-import-not-at-top
   calls = []
 
   def train(config, workdir):

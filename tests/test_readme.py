@@ -2,9 +2,11 @@
 import pathlib
 import re
 
+import jax
 import pytest
 
 import first_command
+from train import metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -29,7 +31,6 @@ def test_quick_tour_block_runs():
   namespace = {}
   exec(compile(block, "README.md:quick-tour", "exec"), namespace)
   # Padding rows never write: the memory after the write equals a write of the 6 real rows only.
-  import jax
   fusion, variables = namespace["fusion"], namespace["variables"]
   x1, x2 = namespace["x1"][:6], namespace["x2"][:6]
   _, real_only = fusion.apply(variables, x1, x2, train=True, mutable=["memory"])
@@ -53,7 +54,6 @@ _ROW = re.compile(r"\w+ +( *\d+\.\d\d ± +\d+\.\d\d){2} +\d\.\d{3} ± \d\.\d{3}"
 def test_demo_table_has_the_printed_format():
   """The README's demo table is what ``metrics.format_table`` prints for dmf and naive (same
   header, same columns); its values are checked by the slow test below."""
-  from train import metrics  # pylint: disable=g-import-not-at-top
   summary = {k: {"mean": 0.5, "std": 0.05} for k in ("wa", "ua", "f1")}
   printed = metrics.format_table({"dmf": summary, "naive": summary}).splitlines()
   shown = _demo_table(README)
