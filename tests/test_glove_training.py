@@ -116,10 +116,10 @@ def test_build_model_checks_the_matrix_and_merge_replaces_one_leaf():
     factory.build_model(c.model, "mbaf", vocab_size=8, max_tokens=16,
                         text_embedding=np.zeros((8, 300)))
   model, pretrained = factory.build_model(c.model, "mbaf", vocab_size=8, max_tokens=16)
-  assert pretrained == {} and model.text_kwargs.get("warn_random_embedding", True)
+  assert pretrained == {} and model.text.warn_random_embedding
   c.model.text.glove = "/some/glove.txt"  # inference: no matrix, but no warning either
   model, pretrained = factory.build_model(c.model, "mbaf", vocab_size=8, max_tokens=16)
-  assert pretrained == {} and model.text_kwargs["warn_random_embedding"] is False
+  assert pretrained == {} and model.text.warn_random_embedding is False
   params = {"text": {"embedding": np.zeros((3, 2)), "dense": {"kernel": np.ones((2, 2))}},
             "head": {"bias": np.ones(2)}}
   new = np.arange(6.0).reshape(3, 2)

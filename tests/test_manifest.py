@@ -14,6 +14,7 @@ import soundfile as sf
 
 from configs import manifest as manifest_config
 from mbaf_jax.data.report import DataError
+from train import datasets
 from train import manifest_data
 from train.errors import UserError
 
@@ -60,9 +61,9 @@ def _config(manifest, variant="smoke", **data):
 
 def test_csv_and_jsonl_load_the_corpus(corpus, tmp_path):
   base, rows = corpus
-  csv_ds = manifest_data.load_manifest_dataset(
+  csv_ds = datasets.manifest_dataset(
       _config(_write_csv(os.path.join(base, "m.csv"), rows)), str(tmp_path / "w1"))
-  json_ds = manifest_data.load_manifest_dataset(
+  json_ds = datasets.manifest_dataset(
       _config(_write_jsonl(os.path.join(base, "m.jsonl"), rows)), str(tmp_path / "w2"))
   want = np.array([CLASSES.index(r["label"]) for r in rows])
   for ds in (csv_ds, json_ds):
@@ -95,7 +96,7 @@ def test_class_names_order_and_unknown_labels_are_skipped(corpus, tmp_path):
   path = _write_csv(os.path.join(base, "order.csv"), rows)
   c = _config(path, class_names="sad,neu,hap")  # 'ang' rows are unknown → skipped
   c.model.num_classes = 3
-  ds = manifest_data.load_manifest_dataset(c, str(tmp_path))
+  ds = datasets.manifest_dataset(c, str(tmp_path))
   kept = [r for r in rows if r["label"] != "ang"]
   np.testing.assert_array_equal(ds.labels, [("sad", "neu", "hap").index(r["label"])
                                             for r in kept])
@@ -109,7 +110,7 @@ def test_bad_rows_are_counted_and_strict_raises(corpus, tmp_path):
   path = _write_jsonl(os.path.join(base, "bad.jsonl"), bad + rows[3:])
   with open(path, "a") as f:
     f.write("not json\n")
-  ds = manifest_data.load_manifest_dataset(_config(path), str(tmp_path))
+  ds = datasets.manifest_dataset(_config(path), str(tmp_path))
   assert len(ds.labels) == len(rows) - 3
   s = ds.summary
   assert s.counts[manifest_data.REASON_MISSING_FIELD] == 2
@@ -128,25 +129,25 @@ def _strict_summary():
 def test_user_errors(corpus, tmp_path):
   base, rows = corpus
   with pytest.raises(UserError, match=r"no column\(s\) \['group'\]"):
-    manifest_data.load_manifest_dataset(
+    datasets.manifest_dataset(
         _config(_write_csv(os.path.join(base, "nogroup.csv"), rows, ("audio", "text", "label"))),
         str(tmp_path))
   with pytest.raises(UserError, match="does not exist"):
-    manifest_data.load_manifest_dataset(_config(os.path.join(base, "absent.csv")), str(tmp_path))
+    datasets.manifest_dataset(_config(os.path.join(base, "absent.csv")), str(tmp_path))
   with pytest.raises(UserError, match="data_dir is empty"):
-    manifest_data.load_manifest_dataset(_config(""), str(tmp_path))
+    datasets.manifest_dataset(_config(""), str(tmp_path))
   with pytest.raises(UserError, match="extension"):
     open(os.path.join(base, "m.txt"), "w").close()
-    manifest_data.load_manifest_dataset(_config(os.path.join(base, "m.txt")), str(tmp_path))
+    datasets.manifest_dataset(_config(os.path.join(base, "m.txt")), str(tmp_path))
   path = _write_csv(os.path.join(base, "ok.csv"), rows)
   c = _config(path)
   c.model.num_classes = 3
   with pytest.raises(UserError, match="num_classes=4"):
-    manifest_data.load_manifest_dataset(c, str(tmp_path))
+    datasets.manifest_dataset(c, str(tmp_path))
   with pytest.raises(UserError, match="num_groups=99"):
-    manifest_data.load_manifest_dataset(_config(path, num_groups=99), str(tmp_path))
+    datasets.manifest_dataset(_config(path, num_groups=99), str(tmp_path))
   with pytest.raises(UserError, match="protocol"):
-    manifest_data.load_manifest_dataset(_config(path, protocol="loso"), str(tmp_path))
+    datasets.manifest_dataset(_config(path, protocol="loso"), str(tmp_path))
 
 
 def test_configs():
@@ -163,7 +164,7 @@ def test_configs():
 def test_mbaf_inputs(corpus, tmp_path):
   """The MBAF variant gets raw waves (first 0.5 s, as decoded by soundfile) and token ids."""
   base, rows = corpus
-  ds = manifest_data.load_manifest_dataset(
+  ds = datasets.manifest_dataset(
       _config(_write_csv(os.path.join(base, "mb.csv"), rows), "mbaf,smoke"), str(tmp_path))
   assert ds.inputs["waves"].shape == (len(rows), 8000)
   for i in (0, 7):

@@ -26,7 +26,8 @@ def _dmf_batch(b=3, s=800, l=6):
 
 def test_dmf_model_is_encoders_then_fusion_then_head():
   acfg, tcfg = encoders.Wav2Vec2Config.tiny(), encoders.BertConfig.tiny()
-  model = DMFModel(acfg, tcfg, NaiveFusion(), head_features=(16, 8), num_classes=4)
+  model = DMFModel(audio=encoders.Wav2Vec2(acfg), text=encoders.Bert(tcfg), fusion=NaiveFusion(),
+                   head_features=(16, 8), num_classes=4)
   batch = _dmf_batch()
   mask = np.array([1, 1, 0], bool)
   variables = model.init(jax.random.key(0), batch, mask=mask)
@@ -58,8 +59,8 @@ def test_classifier_head_matches_numpy():
 
 
 def test_cebs_model_structure_and_dropout():
-  model = CebsModel(NaiveFusion(), hidden=4, head_features=(8,), head_dropout=0.5,
-                    num_classes=3)
+  model = CebsModel(encoder=(encoders.LSTMEncoder(4), encoders.LSTMEncoder(4)),
+                    fusion=NaiveFusion(), head_features=(8,), head_dropout=0.5, num_classes=3)
   rng = np.random.default_rng(2)
   batch = {"modes": tuple(rng.normal(size=(2, 6, 10)).astype(np.float32) for _ in range(2))}
   v = model.init(jax.random.key(0), batch)
@@ -120,7 +121,9 @@ def _sa(p, x):
 def test_mbaf_iemocap_naive_is_encoders_attention_concat_head(placement):
   from mbaf_jax.fusion.mbaf_blocks import FusionBlock
   from mbaf_jax.models.mbaf_iemocap import MBAFIemocapModel
-  model = MBAFIemocapModel(FusionBlock(placement=placement, fusion="naive"), _AUDIO, _TEXT,
+  model = MBAFIemocapModel(audio=encoders.SincNetAudioEncoder(**_AUDIO),
+                           text=encoders.CnnRnnTextEncoder(**_TEXT),
+                           fusion=FusionBlock(placement=placement, fusion="naive"),
                            head_features=(7,), head_dropout=0.0)
   batch, mask = _mbaf_batch(), np.array([1, 1, 0], bool)
   v = jax.jit(model.init)(jax.random.key(0), batch, mask=mask)
@@ -202,11 +205,11 @@ def test_merge_pretrained_substitutes_or_names_the_mismatch():
 
 
 def test_pretrained_import_error_becomes_value_error(monkeypatch):
-  from mbaf_jax import encoders
+  from mbaf_jax.models import dmf
 
   def needs_torch(path):
     raise ImportError("No module named 'torch'")
 
   monkeypatch.setattr(encoders, "from_pretrained", needs_torch)
   with pytest.raises(ValueError, match=r"config.model.audio.pretrained='/m'.*needs torch"):
-    factory._pretrained("/m", "audio")  # pylint: disable=protected-access
+    dmf.load_pretrained("/m", "audio")

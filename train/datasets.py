@@ -1,16 +1,33 @@
 """Config → in-memory, fixed-shape model inputs + folds, through the real loaders.
 
 ``load_dataset(config, workdir)`` finds (or, for the demo, generates) the corpus, loads it with
-``mbaf_jax.data``, preprocesses every example once into arrays of N rows (the model inputs) and
-builds the folds of the paper's protocol. Batches are then gathered by index on the host.
+``mbaf_jax.data``, preprocesses every example once into arrays of N rows (the model inputs of
+``config.model``'s family: its ``preprocessor`` and ``make_inputs``, the same ones inference
+uses) and builds the folds of the paper's protocol. Batches are then gathered by index on the
+host.
 """
 import dataclasses
 import os
 from typing import Optional
 
+import jax
 import numpy as np
 
-from train.errors import UserError
+from mbaf_jax.data import audio as audio_lib
+from mbaf_jax.data import cebs
+from mbaf_jax.data import folds as folds_lib
+from mbaf_jax.data import iemocap
+from mbaf_jax.data import synthetic
+from mbaf_jax.data import synthetic_cebs
+from mbaf_jax.data.report import LoadSummary
+from mbaf_jax.errors import UserError
+from mbaf_jax.models import factory
+# The families' vocabulary and GloVe helpers, also importable from here.
+from mbaf_jax.models.dmf import build_word_vocab  # noqa: F401
+from mbaf_jax.models.mbaf_iemocap import GLOVE_KEY_SALT, glove_embedding  # noqa: F401
+from mbaf_jax.models.mbaf_iemocap import WORD_VOCAB_FILE  # noqa: F401
+from mbaf_jax.models.mbaf_iemocap import load_word_vocab, save_word_vocab  # noqa: F401
+from train import manifest_data
 from train.progress import phase
 
 IEMOCAP_CLASSES = ("ang", "hap", "neu", "sad")
@@ -29,8 +46,8 @@ class Dataset:
     vocab_size: text vocabulary size (None when the model has no random-init text encoder).
     summary: the loader's skip summary (printed by the run).
     text_embedding: (vocab_size, embed_dim) word embedding loaded from
-      ``config.model.text.glove`` for the run's vocabulary (``glove_embedding``), substituted
-      for the MBAF text encoder's random init; None when no GloVe file is configured.
+      ``config.model.text.glove`` for the run's vocabulary (the family's ``text_embedding``),
+      substituted for the text encoder's random init; None when no GloVe file is configured.
   """
   inputs: dict
   labels: np.ndarray
@@ -63,7 +80,6 @@ def resolve_iemocap_root(config, workdir: str) -> str:
     if _is_iemocap_root(c):
       return c
   if config.data.synthetic:
-    from mbaf_jax.data import synthetic  # pylint: disable=g-import-not-at-top
     with phase(f"Generating the synthetic IEMOCAP-format corpus in {data_dir}"):
       return synthetic.write_iemocap(data_dir, size=config.data.synthetic_size, seed=0)
   if not os.path.exists(data_dir):
@@ -85,7 +101,6 @@ def resolve_cebs_root(config, workdir: str) -> str:
     if os.path.isdir(c) and any(f.endswith(".hea") for f in os.listdir(c)):
       return c
   if config.data.synthetic:
-    from mbaf_jax.data import synthetic_cebs  # pylint: disable=g-import-not-at-top
     with phase(f"Generating the synthetic CEBS-format corpus in {data_dir}"):
       return synthetic_cebs.write_cebs(data_dir, size=config.data.synthetic_size, seed=0)
   if not os.path.exists(data_dir):
@@ -109,159 +124,34 @@ def _subset(n: int, labels: np.ndarray, k: int, seed: int) -> np.ndarray:
   return np.sort(np.concatenate(picked))
 
 
-def build_word_vocab(texts, out_dir: str) -> str:
-  """Writes a word-level BERT vocab (specials + every lower-cased word of ``texts``) and a
-  ``BertTokenizerFast`` saved from it into ``out_dir``; returns ``out_dir``. No network."""
-  from tokenizers.pre_tokenizers import BertPreTokenizer  # pylint: disable=g-import-not-at-top
-  from mbaf_jax.encoders.preprocessing import quiet_transformers  # pylint: disable=g-import-not-at-top
-  quiet_transformers()
-  from transformers import BertTokenizerFast  # pylint: disable=g-import-not-at-top
-  pre = BertPreTokenizer()
-  words = sorted({w.lower() for t in texts for w, _ in pre.pre_tokenize_str(t)})
-  os.makedirs(out_dir, exist_ok=True)
-  vocab_file = os.path.join(out_dir, "vocab.txt")
-  with open(vocab_file, "w") as f:
-    f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
-  BertTokenizerFast(vocab_file=vocab_file, do_lower_case=True).save_pretrained(out_dir)
-  return out_dir
+def model_inputs(config, workdir: str, raw) -> tuple:
+  """The model inputs of ``config.model``'s family for the training examples ``raw``.
 
-
-WORD_VOCAB_FILE = "vocab.json"  # the MBAF text encoder's word → id map, in the workdir
-
-
-def save_word_vocab(vocab: dict, workdir: str) -> str:
-  """Writes the word → id map of ``text_cnn_rnn.build_vocab`` to ``workdir/vocab.json`` (read back
-  by ``load_word_vocab`` for inference); returns the path."""
-  import json  # pylint: disable=g-import-not-at-top
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, WORD_VOCAB_FILE)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(vocab, f, ensure_ascii=False)
-  os.replace(tmp, path)
-  return path
-
-
-def load_word_vocab(workdir: str) -> dict:
-  """The word → id map a training run saved in ``workdir``.
-
-  Raises:
-    UserError: the file is missing or unreadable.
-  """
-  import json  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, WORD_VOCAB_FILE)
-  try:
-    with open(path, encoding="utf-8") as f:
-      vocab = json.load(f)
-  except FileNotFoundError:
-    raise UserError(f"{path} is missing: the training run writes the text encoder's word "
-                    "vocabulary there; rerun training into this workdir or restore the file.") \
-        from None
-  except (OSError, ValueError) as e:
-    raise UserError(f"{path} is not a readable word vocabulary ({e}); it should be the JSON "
-                    "word → id map written by training.") from None
-  if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
-    raise UserError(f"{path} is not a word → id map (expected a JSON object of integers).")
-  return vocab
-
-
-def audio_text_inputs(config, workdir: str, waves: np.ndarray, lengths: np.ndarray, texts):
-  """Model inputs of ``config.model`` for (audio, text) examples, and the text vocabulary size.
+  The family's ``preprocessor`` is fitted on ``raw`` and saved in ``workdir`` (DMF: a
+  word-level BERT vocabulary in ``workdir/tokenizer`` when no tokenizer directory is configured;
+  MBAF IEMOCAP: the word → id map ``workdir/vocab.json``), read back by inference; then its
+  ``make_inputs`` turns ``raw`` into the model-input arrays.
 
   Args:
     config: the run's config (``data`` and ``model`` sections).
-    workdir: the run's workdir (DMF: a word-level BERT vocabulary is built into
-      ``workdir/tokenizer`` when no tokenizer directory is configured; MBAF: the text encoder's
-      word → id map is saved as ``workdir/vocab.json``, for inference).
-    waves: (N, S) float32 decoded audio at ``config.data.sample_rate``, zero-padded.
-    lengths: (N,) valid samples per row.
-    texts: N transcripts.
+    workdir: the run's workdir.
+    raw: the family's raw examples (``{"waves", "lengths", "texts"}`` or ``{"modes"}``).
 
   Returns:
     ``(inputs, vocab_size)``: the model-input arrays (N rows each) and the text vocabulary size.
   """
-  from mbaf_jax import encoders  # pylint: disable=g-import-not-at-top
-  d, m = config.data, config.model
-  vocab_size = None
-  if m.name == "dmf":
-    audio = encoders.AudioPreprocessor(m.audio.pretrained or None, max_seconds=d.max_seconds,
-                                       sampling_rate=d.sample_rate)(
-        [w[:max(int(n), 1)] for w, n in zip(waves, lengths)])
-    tok_dir = d.tokenizer or m.text.pretrained
-    if not tok_dir:
-      tok_dir = build_word_vocab(texts, os.path.join(workdir, "tokenizer"))
-    text = encoders.TextPreprocessor(tok_dir, max_length=d.max_tokens)
-    vocab_size = len(text.tokenizer)
-    enc = text(texts)
-    inputs = {"input_values": audio["input_values"], "audio_mask": audio["attention_mask"],
-              "input_ids": enc["input_ids"], "text_mask": enc["attention_mask"],
-              "token_type_ids": enc["token_type_ids"]}
-  else:
-    from mbaf_jax.encoders import text_cnn_rnn  # pylint: disable=g-import-not-at-top
-    vocab = text_cnn_rnn.build_vocab(texts)
-    save_word_vocab(vocab, workdir)
-    ids, mask = text_cnn_rnn.encode_texts(texts, vocab, max_tokens=d.max_tokens)
-    vocab_size = len(vocab)
-    s = int(round(d.max_seconds * d.sample_rate))
-    inputs = {"waves": np.asarray(waves[:, :s], np.float32),
-              "lengths": np.minimum(lengths, s).astype(np.int32),
-              "token_ids": ids, "text_mask": mask}
-  return inputs, vocab_size
+  fam = factory.family(config.model.name)
+  pre = fam.preprocessor(config, workdir, raw)
+  return fam.make_inputs(config, raw, pre), pre.vocab_size
 
 
-GLOVE_KEY_SALT = 0x610E  # fold_in salt: PRNG key of the vectors of words missing from GloVe
-
-
-def glove_embedding(config, vocab: dict, verbose: bool = True) -> np.ndarray:
-  """The MBAF text encoder's initial embedding from ``config.model.text.glove`` (MBAF §4.1:
-  GloVe-300d, via its ref. [47]).
-
-  Row ``i`` is the GloVe vector of the word with id ``i`` (lowercased lookup as a fallback);
-  row 0 (``<pad>``) is zeros; words not in the file (``<unk>`` among them) get
-  N(0, σ²) vectors, σ = the standard deviation of the vectors found (0.1 if none), drawn from
-  ``fold_in(key(config.seed), GLOVE_KEY_SALT)`` — the same matrix for every fold and process
-  (not in paper).
-
-  Args:
-    config: the run's config (``model.text.glove``, ``model.text.kwargs.embed_dim``, ``seed``).
-    vocab: the run's word → id map (``text_cnn_rnn.build_vocab``, saved as ``vocab.json``).
-    verbose: print how many vocabulary words were found / missing.
-
-  Returns:
-    (len(vocab), embed_dim) float32 matrix.
-
-  Raises:
-    UserError: the file is missing, unreadable, malformed or of another dimension than
-      ``config.model.text.kwargs.embed_dim``.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  from mbaf_jax.encoders import glove  # pylint: disable=g-import-not-at-top
-  path = config.model.text.glove
-  dim = int(config.model.text.kwargs.get("embed_dim", 300))
-  key = jax.random.fold_in(jax.random.key(config.seed), GLOVE_KEY_SALT)
-  expected = (f"a GloVe text file of {dim}-d vectors (one word and {dim} numbers per line, "
-              f"e.g. glove.6B.{dim}d.txt) to match config.model.text.kwargs.embed_dim={dim}")
-  try:
-    table = glove.load_glove(path, vocab, dim=dim, key=key, padding_id=0)
-  except FileNotFoundError:
-    raise UserError(f"config.model.text.glove={path!r} does not exist; expected {expected}. "
-                    "Download glove.6B.zip from https://nlp.stanford.edu/projects/glove/, or "
-                    "set --config.model.text.glove='' to train the embedding from a random "
-                    "init.") from None
-  except (OSError, UnicodeDecodeError, ValueError) as e:
-    raise UserError(f"config.model.text.glove={path!r} cannot be used: {e} Expected {expected} "
-                    "(or set embed_dim to the file's dimension).") from None
-  if verbose:
-    words = len(vocab) - 1  # <pad> excluded
-    shown = ", ".join(table.missing[:8]) + (", ..." if table.misses > 8 else "")
-    print(f"GloVe {path}: {table.hits}/{words} vocabulary words found, {table.misses} missing "
-          f"(random N(0, sigma^2) init{': ' + shown if shown else ''})", flush=True)
-  return table.matrix
+def audio_text_inputs(config, workdir: str, waves: np.ndarray, lengths: np.ndarray, texts):
+  """``model_inputs`` of (audio, text) examples: (N, S) zero-padded waveforms at
+  ``config.data.sample_rate``, their (N,) valid samples and N transcripts."""
+  return model_inputs(config, workdir, {"waves": waves, "lengths": lengths, "texts": texts})
 
 
 def _iemocap(config, workdir: str) -> Dataset:
-  from mbaf_jax.data import folds as folds_lib  # pylint: disable=g-import-not-at-top
-  from mbaf_jax.data import iemocap  # pylint: disable=g-import-not-at-top
   d = config.data
   root = resolve_iemocap_root(config, workdir)
   corpus = iemocap.load_iemocap(root, verbose=False)
@@ -287,12 +177,10 @@ def _iemocap(config, workdir: str) -> Dataset:
 
 
 def _cebs(config, workdir: str) -> Dataset:
-  from mbaf_jax.data import cebs  # pylint: disable=g-import-not-at-top
   d = config.data
   if d.mode_pair not in cebs.MODE_PAIRS:
     raise UserError(f"config.data.mode_pair={d.mode_pair!r}; expected one of "
                     f"{sorted(cebs.MODE_PAIRS)}.")
-  from mbaf_jax.data import synthetic_cebs  # pylint: disable=g-import-not-at-top
   root = resolve_cebs_root(config, workdir)
   # Real CEBS: the first 5 minutes of every record (MBAF §4.2); a synthetic corpus states its own
   # (shorter) record length in its manifest.
@@ -314,7 +202,68 @@ def _cebs(config, workdir: str) -> Dataset:
   if d.protocol != "logo":
     raise UserError(f"config.data.protocol={d.protocol!r} does not apply to CEBS; use 'logo'.")
   folds = cebs.logo_folds(subjects, n_groups=4, seed=config.seed, val_fraction=0.1)
-  return Dataset({"modes": modes}, labels, folds, CEBS_CLASSES, None, corpus.summary)
+  inputs, vocab_size = model_inputs(config, workdir, {"modes": modes})
+  return Dataset(inputs, labels, folds, CEBS_CLASSES, vocab_size, corpus.summary)
+
+
+def manifest_dataset(config, workdir: str) -> Dataset:
+  """The Dataset of a manifest (``config.data.dataset == "manifest"``, ``train.manifest_data``).
+
+  Args:
+    config: the run's config: ``data.data_dir`` (the manifest), ``data.class_names``,
+      ``data.num_groups``, ``data.protocol`` ("group"), ``data.validation`` ("random<NN>": NN % of
+      each fold's training rows validate, "none": no validation, else 10 %), audio/text sizes.
+    workdir: the run's workdir (audio cache and tokenizer when not configured).
+
+  Returns:
+    A Dataset with grouped k-fold folds named ``group0..``.
+
+  Raises:
+    UserError: bad manifest, too few groups or classes, class count ≠ config.model.num_classes.
+  """
+  d = config.data
+  if d.protocol != "group":
+    raise UserError(f"config.data.protocol={d.protocol!r} does not apply to a manifest; use "
+                    "'group' (grouped k-fold over the manifest's group column).")
+  strict = bool(d.get("strict", False)) if hasattr(d, "get") else False
+  summary = LoadSummary(name="manifest", strict=strict)
+  path = os.path.expanduser(d.data_dir)
+  paths, texts, labels, groups, names = manifest_data.read_manifest(
+      path, manifest_data.class_names(config), summary)
+  if not paths:
+    raise UserError(f"manifest {path!r}: no usable rows. {summary.format()}")
+  keep = _subset(len(paths), labels, d.max_examples, config.seed)
+  paths = [paths[i] for i in keep]
+  texts = [texts[i] for i in keep]
+  labels, groups = labels[keep], groups[keep]
+  cache = d.cache_dir or os.path.join(workdir, "cache")
+  waves, lengths = audio_lib.load_waveforms(paths, sr=d.sample_rate, max_seconds=d.max_seconds,
+                                            cache_dir=cache, workers=2, summary=summary)
+  ok = np.flatnonzero(lengths > 0)
+  if ok.size == 0:
+    raise UserError(f"manifest {path!r}: none of the audio files could be read. "
+                    f"{summary.format()}")
+  waves, lengths = waves[ok], lengths[ok]
+  texts = [texts[i] for i in ok]
+  labels, groups = labels[ok].astype(np.int32), groups[ok]
+  if len(names) != config.model.num_classes:
+    raise UserError(f"manifest {path!r} has {len(names)} classes {list(names)} but "
+                    f"config.model.num_classes={config.model.num_classes}; pass "
+                    f"--config.model.num_classes={len(names)} (or fix the labels / set "
+                    "--config.data.class_names).")
+  n_ids = np.unique(groups).size
+  if not 2 <= d.num_groups <= n_ids:
+    raise UserError(f"config.data.num_groups={d.num_groups} but the manifest has {n_ids} distinct "
+                    "group value(s); grouped cross-validation needs 2 <= num_groups <= that "
+                    "number (set --config.data.num_groups, or use finer groups).")
+  val_fraction = manifest_data.val_fraction(d.validation)
+  folds = folds_lib.group_kfold(groups, n_groups=d.num_groups, seed=config.seed,
+                                val_fraction=val_fraction, name="group")
+  summary.info.update(rows=len(labels), groups=int(n_ids),
+                      classes=", ".join(f"{n}: {int((labels == j).sum())}"
+                                        for j, n in enumerate(names)))
+  inputs, vocab_size = audio_text_inputs(config, workdir, waves, lengths, texts)
+  return Dataset(inputs, labels, folds, tuple(names), vocab_size, summary)
 
 
 def load_dataset(config, workdir: str) -> Dataset:
@@ -329,16 +278,13 @@ def load_dataset(config, workdir: str) -> Dataset:
   elif name == "cebs":
     ds = _cebs(config, workdir)
   elif name == "manifest":
-    from train import manifest_data  # pylint: disable=g-import-not-at-top
     with phase(f"Loading the manifest {config.data.data_dir}"):
-      ds = manifest_data.load_manifest_dataset(config, workdir)
+      ds = manifest_dataset(config, workdir)
   else:
     raise UserError(f"config.data.dataset={name!r} is unknown; expected 'iemocap', 'cebs' or "
                     "'manifest' (a CSV/JSONL manifest of your own data).")
   if config.data.max_folds:
     ds.folds = ds.folds[: config.data.max_folds]
-  if config.model.name == "mbaf_iemocap" and config.model.text.get("glove", ""):
-    import jax  # pylint: disable=g-import-not-at-top
-    ds.text_embedding = glove_embedding(config, load_word_vocab(workdir),
-                                        verbose=jax.process_index() == 0)
+  ds.text_embedding = factory.family(config.model.name).text_embedding(
+      config, workdir, verbose=jax.process_index() == 0)
   return ds

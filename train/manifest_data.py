@@ -1,4 +1,5 @@
-r"""Bring your own data: a CSV / JSONL manifest of (audio, text, label, group) rows.
+r"""Bring your own data: a CSV / JSONL manifest of (audio, text, label, group) rows, read into
+parallel lists (``read_manifest``); ``train.datasets.manifest_dataset`` turns them into a Dataset.
 
   audio,text,label,group
   clips/a001.wav,"I can't believe it",angry,spk01
@@ -28,7 +29,8 @@ import os
 
 import numpy as np
 
-from train.errors import UserError
+from mbaf_jax.data.report import LoadSummary
+from mbaf_jax.errors import UserError
 
 COLUMNS = ("audio", "text", "label", "group")
 REASON_MISSING_FIELD = "row with a missing field"
@@ -92,7 +94,6 @@ def read_manifest(path: str, class_names=(), summary=None):
   Raises:
     UserError: the manifest is missing, of an unknown type, or lacks a column.
   """
-  from mbaf_jax.data.report import LoadSummary  # pylint: disable=g-import-not-at-top
   summary = summary if summary is not None else LoadSummary(name="manifest")
   if not path:
     raise UserError("config.data.data_dir is empty; for dataset='manifest' set "
@@ -139,14 +140,15 @@ def read_manifest(path: str, class_names=(), summary=None):
   return paths, texts, labels, groups, names
 
 
-def _class_names(config) -> tuple:
+def class_names(config) -> tuple:
+  """``config.data.class_names`` ("a,b,c" or a list) as a tuple; () = the sorted labels."""
   raw = config.data.class_names
   if isinstance(raw, (list, tuple)):
     return tuple(str(x).strip() for x in raw if str(x).strip())
   return tuple(x.strip() for x in str(raw or "").split(",") if x.strip())
 
 
-def _val_fraction(validation: str) -> float:
+def val_fraction(validation: str) -> float:
   """"none" → 0, "random<NN>" → NN / 100, anything else (e.g. the LOSO "speaker") → 0.1."""
   v = str(validation)
   if v == "none":
@@ -154,66 +156,3 @@ def _val_fraction(validation: str) -> float:
   if v.startswith("random") and v[6:].isdigit() and 0 <= int(v[6:]) < 100:
     return int(v[6:]) / 100
   return 0.1  # not in paper
-
-
-def load_manifest_dataset(config, workdir: str):
-  """The ``train.datasets.Dataset`` of a manifest (``config.data.dataset == "manifest"``).
-
-  Args:
-    config: the run's config: ``data.data_dir`` (the manifest), ``data.class_names``,
-      ``data.num_groups``, ``data.protocol`` ("group"), ``data.validation`` ("random<NN>": NN % of
-      each fold's training rows validate, "none": no validation, else 10 %), audio/text sizes.
-    workdir: the run's workdir (audio cache and tokenizer when not configured).
-
-  Returns:
-    ``train.datasets.Dataset`` with grouped k-fold folds named ``group0..``.
-
-  Raises:
-    UserError: bad manifest, too few groups or classes, class count ≠ config.model.num_classes.
-  """
-  from mbaf_jax.data import audio as audio_lib  # pylint: disable=g-import-not-at-top
-  from mbaf_jax.data import folds as folds_lib  # pylint: disable=g-import-not-at-top
-  from mbaf_jax.data.report import LoadSummary  # pylint: disable=g-import-not-at-top
-  from train import datasets  # pylint: disable=g-import-not-at-top
-  d = config.data
-  if d.protocol != "group":
-    raise UserError(f"config.data.protocol={d.protocol!r} does not apply to a manifest; use "
-                    "'group' (grouped k-fold over the manifest's group column).")
-  strict = bool(d.get("strict", False)) if hasattr(d, "get") else False
-  summary = LoadSummary(name="manifest", strict=strict)
-  path = os.path.expanduser(d.data_dir)
-  paths, texts, labels, groups, names = read_manifest(path, _class_names(config), summary)
-  if not paths:
-    raise UserError(f"manifest {path!r}: no usable rows. {summary.format()}")
-  keep = datasets._subset(len(paths), labels, d.max_examples, config.seed)  # pylint: disable=protected-access
-  paths = [paths[i] for i in keep]
-  texts = [texts[i] for i in keep]
-  labels, groups = labels[keep], groups[keep]
-  cache = d.cache_dir or os.path.join(workdir, "cache")
-  waves, lengths = audio_lib.load_waveforms(paths, sr=d.sample_rate, max_seconds=d.max_seconds,
-                                            cache_dir=cache, workers=2, summary=summary)
-  ok = np.flatnonzero(lengths > 0)
-  if ok.size == 0:
-    raise UserError(f"manifest {path!r}: none of the audio files could be read. "
-                    f"{summary.format()}")
-  waves, lengths = waves[ok], lengths[ok]
-  texts = [texts[i] for i in ok]
-  labels, groups = labels[ok].astype(np.int32), groups[ok]
-  if len(names) != config.model.num_classes:
-    raise UserError(f"manifest {path!r} has {len(names)} classes {list(names)} but "
-                    f"config.model.num_classes={config.model.num_classes}; pass "
-                    f"--config.model.num_classes={len(names)} (or fix the labels / set "
-                    "--config.data.class_names).")
-  n_ids = np.unique(groups).size
-  if not 2 <= d.num_groups <= n_ids:
-    raise UserError(f"config.data.num_groups={d.num_groups} but the manifest has {n_ids} distinct "
-                    "group value(s); grouped cross-validation needs 2 <= num_groups <= that "
-                    "number (set --config.data.num_groups, or use finer groups).")
-  val_fraction = _val_fraction(d.validation)
-  folds = folds_lib.group_kfold(groups, n_groups=d.num_groups, seed=config.seed,
-                                val_fraction=val_fraction, name="group")
-  summary.info.update(rows=len(labels), groups=int(n_ids),
-                      classes=", ".join(f"{n}: {int((labels == j).sum())}"
-                                        for j, n in enumerate(names)))
-  inputs, vocab_size = datasets.audio_text_inputs(config, workdir, waves, lengths, texts)
-  return datasets.Dataset(inputs, labels, folds, tuple(names), vocab_size, summary)

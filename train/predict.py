@@ -40,7 +40,10 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
+from mbaf_jax.data import cebs as cebs_data
 from mbaf_jax.errors import UserError
+from mbaf_jax.models import factory
+from train import datasets
 
 CHECKPOINT_KINDS = ("best", "latest")
 
@@ -262,63 +265,15 @@ def _class_names(workdir: str, config) -> tuple:
       return tuple(names)
   except (OSError, ValueError):
     pass
-  from train.datasets import CEBS_CLASSES, IEMOCAP_CLASSES  # pylint: disable=g-import-not-at-top
-  return IEMOCAP_CLASSES if config.data.dataset == "iemocap" else CEBS_CLASSES
+  return datasets.IEMOCAP_CLASSES if config.data.dataset == "iemocap" else datasets.CEBS_CLASSES
 
 
-def _dmf_preparer(workdir: str, config):
-  """(waves, texts) → the DMF model's batch, as ``train.datasets`` builds it for training."""
-  from mbaf_jax import encoders  # pylint: disable=g-import-not-at-top
-  d, m = config.data, config.model
-  tok_dir = d.tokenizer or m.text.pretrained or os.path.join(workdir, "tokenizer")
-  if not os.path.isdir(tok_dir):
-    raise PredictError(f"the text tokenizer {tok_dir!r} is missing (the training run writes "
-                       f"<workdir>/tokenizer when it builds its own vocabulary); restore it or set "
-                       f"config.data.tokenizer in {os.path.join(workdir, 'config.json')}.")
-  audio = encoders.AudioPreprocessor(m.audio.pretrained or None, max_seconds=d.max_seconds,
-                                     sampling_rate=d.sample_rate)
-  text = encoders.TextPreprocessor(tok_dir, max_length=d.max_tokens)
-
-  def prepare(waves, texts):
-    a = audio(list(waves))
-    t = text([str(x) for x in texts])
-    return {"input_values": a["input_values"], "audio_mask": a["attention_mask"],
-            "input_ids": t["input_ids"], "text_mask": t["attention_mask"],
-            "token_type_ids": t["token_type_ids"]}
-
-  return prepare, len(text.tokenizer)
-
-
-def _mbaf_preparer(workdir: str, config):
-  """(waves, texts) → the MBAF IEMOCAP model's batch, as ``train.datasets`` builds it: raw audio
-  cut to ``max_seconds`` and zero-padded, word ids from the run's ``vocab.json``."""
-  from mbaf_jax.encoders import text_cnn_rnn  # pylint: disable=g-import-not-at-top
-  from train import datasets  # pylint: disable=g-import-not-at-top
-  from train.errors import UserError  # pylint: disable=g-import-not-at-top
-  d = config.data
-  try:
-    vocab = datasets.load_word_vocab(workdir)
-  except UserError as e:
-    raise PredictError(str(e)) from None
-  s = int(round(d.max_seconds * d.sample_rate))
-
-  def prepare(waves, texts):
-    x = np.zeros((len(waves), s), np.float32)
-    lengths = np.zeros((len(waves),), np.int32)
-    for i, w in enumerate(waves):
-      w = np.asarray(w, np.float32).reshape(-1)[:s]
-      x[i, :w.size], lengths[i] = w, w.size
-    ids, mask = text_cnn_rnn.encode_texts(list(texts), vocab, max_tokens=int(d.max_tokens))
-    return {"waves": x, "lengths": lengths, "token_ids": ids, "text_mask": mask}
-
-  return prepare, len(vocab)
-
-
-def _cebs_preparer(config):
-  """(mode_1 windows, mode_2 windows) → the CEBS model's batch."""
-  def prepare(*modes):
-    return {"modes": tuple(np.stack(m).astype(np.float32) for m in modes)}
-  return prepare
+def _preparer(config, family, pre, input_kind: str):
+  """Per-example argument columns → the model's batch: the family's ``make_inputs`` with the
+  preprocessing training saved (``pre``), exactly as training builds its inputs."""
+  if input_kind == "modes":
+    return lambda *modes: family.make_inputs(config, {"modes": modes}, pre)
+  return lambda waves, texts: family.make_inputs(config, {"waves": waves, "texts": texts}, pre)
 
 
 def load(workdir: str, fusion: str | None = None, fold: str | None = None,
@@ -339,31 +294,30 @@ def load(workdir: str, fusion: str | None = None, fold: str | None = None,
   Raises:
     PredictError: missing/invalid workdir, config, checkpoint, tokenizer or vocabulary.
   """
-  from mbaf_jax import models  # pylint: disable=g-import-not-at-top
   if not (isinstance(batch_size, int) and batch_size >= 1):
     raise PredictError(f"batch_size={batch_size!r} must be a positive integer.")
   config, fingerprint = _read_config(workdir)
   name = config.model.get("name")
-  if name not in models.factory.MODEL_NAMES:
-    raise PredictError(f"the workdir's model is {name!r}; inference supports "
-                       f"{models.factory.MODEL_NAMES}.")
+  try:
+    family = factory.family(name)
+  except UserError as e:
+    raise PredictError(f"the workdir's model cannot be loaded: {e}") from None
   manager_dir, step, fusion, fold = find_checkpoint(workdir, fusion, fold, checkpoint)
   state = _restore(manager_dir, step, fingerprint)
   extra = {}
   d = config.data
   rate = int(d.sample_rate)
-  if name == "dmf":
-    prepare, vocab_size = _dmf_preparer(workdir, config)
-  elif name == "mbaf_iemocap":
-    prepare, vocab_size = _mbaf_preparer(workdir, config)
-  else:
-    from mbaf_jax.data import cebs  # pylint: disable=g-import-not-at-top
-    prepare, vocab_size = _cebs_preparer(config), None
-    extra = dict(input_kind="modes", mode_names=tuple(cebs.MODE_PAIRS[d.mode_pair]),
+  if name == "cebs":
+    extra = dict(input_kind="modes", mode_names=tuple(cebs_data.MODE_PAIRS[d.mode_pair]),
                  window_shape=(int(d.chunks), int(d.chunk_samples)))
-    rate = int(cebs.FS)
-  model, _ = models.build_model(config.model, fusion, vocab_size=vocab_size,
-                                max_tokens=d.max_tokens)
+    rate = int(cebs_data.FS)
+  try:
+    pre = family.preprocessor(config, workdir)  # loads the saved tokenizer / vocabulary
+  except UserError as e:
+    raise PredictError(str(e)) from None
+  prepare = _preparer(config, family, pre, extra.get("input_kind", "audio_text"))
+  model, _ = family.build(config.model, fusion, vocab_size=pre.vocab_size,
+                          max_tokens=d.max_tokens)
   variables = {"params": state["params"]}
   for coll in ("memory", "batch_stats", "constants"):
     if state.get(coll):

@@ -1,10 +1,18 @@
-"""CEBS model (MBAF §4.2, Fig. 3): per-mode LSTM(512) → LSTM(512) → fusion → Dense 1024 + dropout
-0.5 → 3 classes."""
+"""CEBS family (MBAF §4.2, Fig. 3): per-mode LSTM(512) → LSTM(512) → fusion → Dense 1024 + dropout
+0.5 → 3 classes, with its input schema (one window array per mode of ``config.data.mode_pair``).
+The family contract is in ``models.factory``."""
 from typing import Any, Sequence
 
 import flax.linen as nn
+import numpy as np
 
+from mbaf_jax import encoders
+from mbaf_jax.data import cebs as cebs_data
+from mbaf_jax.models import factory
 from mbaf_jax.models.heads import ClassifierHead, ModelOutput
+
+DATA_FIELDS = ("chunks", "chunk_samples", "mode_pair")  # config.data fields of the shapes
+NUM_MODES = 2  # every mode pair of MBAF §4.2 (F-IV, F-V, F-VI) has two modes
 
 
 class CebsModel(nn.Module):
@@ -13,23 +21,77 @@ class CebsModel(nn.Module):
   Batch: ``modes`` = tuple of ``(B, T, F)`` arrays in the order of the mode pair (F-IV ECG+RS, ...).
   Parameter tree: ``encoder_<i>``, ``fusion``, ``head``.
   """
+  encoder: Sequence[nn.Module]  # one encoders.LSTMEncoder per mode (unbound; named 'encoder_<i>')
   fusion: nn.Module  # MBAF | NaiveFusion (unbound; named 'fusion')
-  hidden: int = 512  # LSTM units (MBAF §4.2)
-  num_layers: int = 2  # LSTM-1 (sequences) → LSTM-2 (last state)
   head_features: Sequence[int] = (1024,)  # MBAF §4.2
   head_dropout: float = 0.5  # MBAF §4.2
   head_activation: str = "relu"  # not stated in MBAF
   num_classes: int = 3  # basal, music, post-music
-  dtype: Any = None  # compute dtype of the encoders and the head (None: from the inputs)
+  dtype: Any = None  # head compute dtype (None: from the inputs)
 
   @nn.compact
   def __call__(self, batch, mask=None, train: bool = False) -> ModelOutput:
     """Returns ``ModelOutput(log_probs (B, 3), aux)``."""
-    from mbaf_jax.encoders import LSTMEncoder  # pylint: disable=g-import-not-at-top
-    feats = [LSTMEncoder(self.hidden, self.num_layers, dtype=self.dtype, name=f"encoder_{i}")(
-        x, train=train) for i, x in enumerate(batch["modes"])]
+    if len(batch["modes"]) != len(self.encoder):
+      raise ValueError(f"the batch has {len(batch['modes'])} modes but the model has "
+                       f"{len(self.encoder)} encoders.")
+    feats = [enc(x, train=train) for enc, x in zip(self.encoder, batch["modes"])]
     out = self.fusion(*feats, mask=mask, train=train)
     log_probs = ClassifierHead(self.head_features, self.num_classes, self.head_dropout,
                                self.head_activation, dtype=self.dtype,
                                name="head")(out.fused, train)
     return ModelOutput(log_probs=log_probs, aux=dict(out.aux))
+
+
+def build(model_config, fusion_kind: str, *, vocab_size: int | None = None,
+          max_tokens: int | None = None, text_embedding=None):
+  """The CEBS model of ``config.model``: ``NUM_MODES`` LSTM encoders of ``model_config.hidden``
+  units and ``num_layers`` layers (``factory.build_model``); no pretrained weights.
+
+  Raises:
+    ValueError: unknown fusion / dtype, bad options.
+  """
+  del vocab_size, max_tokens, text_embedding  # no text
+  dtype = factory.compute_dtype(model_config)
+  fusion = factory.make_fusion(fusion_kind, model_config.fusion, dtype)
+  head = factory.head_kwargs(model_config, dtype)
+  encoder = tuple(encoders.LSTMEncoder(model_config.hidden, model_config.num_layers, dtype=dtype)
+                  for _ in range(NUM_MODES))
+  return CebsModel(encoder=encoder, fusion=fusion, **head), {}
+
+
+def input_spec(config) -> dict:
+  """The batch schema: one (chunks, chunk_samples) window per mode of ``config.data.mode_pair``."""
+  d = config.data
+  n = len(cebs_data.MODE_PAIRS.get(d.mode_pair, ())) or NUM_MODES
+  window = factory.Field((int(d.chunks), int(d.chunk_samples)), np.float32)
+  return {"modes": (window,) * n}
+
+
+def preprocessor(config, workdir: str, raw=None) -> factory.Preprocessing:
+  """Nothing to fit or load: the windows come cut and normalised (``mbaf_jax.data.cebs``)."""
+  del config, workdir, raw
+  return factory.Preprocessing()
+
+
+def make_inputs(config, raw, pre: factory.Preprocessing = None) -> dict:
+  """Raw windows → the CEBS batch (``input_spec``).
+
+  Args:
+    config: the run's config.
+    raw: ``{"modes": (mode_1, mode_2)}``, each N windows of (chunks, chunk_samples) (an array
+      or a list of arrays), normalised as ``mbaf_jax.data.cebs.load_cebs`` does.
+    pre: unused (``preprocessor``).
+
+  Returns:
+    The batch dict of N rows.
+  """
+  del pre
+  return factory.conform(input_spec(config),
+                         {"modes": tuple(np.asarray(m, np.float32) for m in raw["modes"])})
+
+
+def text_embedding(config, workdir: str, verbose: bool = True):
+  """None: no text."""
+  del config, workdir, verbose
+  return None

@@ -1,17 +1,94 @@
-"""Config → model. ``build_model(model_config, fusion_kind)`` is the one place the training
-pipeline turns an ``ml_collections`` model config into a linen module (+ pretrained weights)."""
+"""What the model families share: picking a family by name, the declared input schema, the
+fusion layer, the compute dtype and the substitution of pretrained weights.
+
+A model family is a module ``mbaf_jax/models/<name>.py`` (``config.model.name`` = ``<name>``; a
+dotted name is a full module path, for families outside the package). It owns its whole contract:
+
+  DATA_FIELDS                               config.data fields that fix the input shapes
+  input_spec(config)                        {key: Field} — the batch schema (nested in tuples)
+  build(model_config, fusion_kind, *, vocab_size=None, max_tokens=None, text_embedding=None)
+                                            → (model, pretrained)
+  preprocessor(config, workdir, raw=None)   → Preprocessing: fitted on the training examples
+                                            ``raw`` and saved in ``workdir``, or (raw None)
+                                            loaded from what training saved
+  make_inputs(config, raw, pre)             raw examples → the model's batch (training and
+                                            predict), checked against ``input_spec``
+  text_embedding(config, workdir, verbose)  the run's pretrained word embedding, or None
+
+``build_model`` and ``dummy_batch`` below dispatch to the family of ``config.model.name``.
+"""
 import dataclasses
+import importlib
+import os
+import pkgutil
 from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mbaf_jax import fusion
+from mbaf_jax.errors import UserError
+
 FUSION_KINDS = ("dmf", "naive", "mbaf")
-MODEL_NAMES = ("dmf", "mbaf_iemocap", "cebs")
 DTYPES = ("float32", "bfloat16")  # config.model.dtype: the compute dtype
+PACKAGE = "mbaf_jax.models"  # a plain family name is a module of this package
+CONTRACT = ("DATA_FIELDS", "input_spec", "build", "preprocessor", "make_inputs",
+            "text_embedding")  # the names every family module defines
 
 
-def _as_dict(cfg) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Field:
+  """One array of a batch, per example: ``shape`` (without the batch axis), ``dtype`` and the
+  value ``dummy_batch`` fills it with (1 for masks, the full length for lengths)."""
+  shape: tuple  # per-example shape
+  dtype: Any  # numpy dtype of the array
+  fill: Any = 0  # dummy_batch value
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+  """A family's preprocessing state (``preprocessor``): what ``make_inputs`` needs besides the
+  config — a tokenizer and feature extractor, a word → id map, or nothing."""
+  vocab_size: int | None = None  # text vocabulary size (None: no random-init text encoder)
+  state: Any = None  # family-specific (see the family's ``preprocessor``)
+
+
+def known_families() -> tuple:
+  """The family modules of this package (those defining every name of ``CONTRACT``)."""
+  names = []
+  for info in pkgutil.iter_modules([os.path.dirname(__file__)]):
+    module = importlib.import_module(f"{PACKAGE}.{info.name}")
+    if all(hasattr(module, n) for n in CONTRACT):
+      names.append(info.name)
+  return tuple(sorted(names))
+
+
+def family(name: str):
+  """The family module of ``config.model.name``: ``mbaf_jax.models.<name>``, or ``name`` itself
+  when it is a dotted module path (a family outside the package, e.g. ``my_pkg.my_family``).
+
+  Raises:
+    UserError: no such module, or it lacks a name of the family contract.
+  """
+  path = name if "." in str(name) else f"{PACKAGE}.{name}"
+  try:
+    module = importlib.import_module(path)
+  except ModuleNotFoundError as e:
+    if e.name is None or not path.startswith(e.name):
+      raise  # the family exists but one of its own imports is missing
+    raise UserError(f"config.model.name={name!r} is unknown; expected one of {known_families()} "
+                    f"(a module mbaf_jax/models/<name>.py) or the dotted path of a module "
+                    "that defines the family contract.") from None
+  missing = [n for n in CONTRACT if not hasattr(module, n)]
+  if missing:
+    raise UserError(f"config.model.name={name!r}: module {path} is not a model family; it lacks "
+                    f"{missing} (every family defines {list(CONTRACT)}).")
+  return module
+
+
+def as_dict(cfg) -> dict:
+  """A config section (ConfigDict, dict or None) as a plain dict, lists as tuples."""
   if cfg is None:
     return {}
   if hasattr(cfg, "to_dict"):
@@ -35,6 +112,14 @@ def compute_dtype(model_config):
   return None if name == "float32" else jnp.bfloat16
 
 
+def head_kwargs(model_config, dtype) -> dict:
+  """The classification head's fields of a full model, from ``config.model``."""
+  return dict(head_features=tuple(model_config.head_features),
+              head_dropout=float(model_config.head_dropout),
+              head_activation=model_config.head_activation,
+              num_classes=int(model_config.num_classes), dtype=dtype)
+
+
 def make_fusion(kind: str, fusion_config: Any = None, dtype: Any = None):
   """The fusion layer ``kind`` ("dmf" | "naive" | "mbaf") with the options of
   ``fusion_config[kind]`` (a dict of the layer's fields); ``dtype`` (not None) sets its
@@ -43,13 +128,11 @@ def make_fusion(kind: str, fusion_config: Any = None, dtype: Any = None):
   Raises:
     ValueError: unknown kind, or an option the layer does not have.
   """
-  from mbaf_jax import fusion  # pylint: disable=g-import-not-at-top
   if kind not in FUSION_KINDS:
     raise ValueError(f"fusion kind {kind!r} is unknown; expected one of {FUSION_KINDS} "
                      "(config.fusions).")
-  options = _as_dict((fusion_config or {}).get(kind) if fusion_config is not None else None)
-  cls = {"dmf": "DualMemoryFusion", "naive": "NaiveFusion", "mbaf": "MBAF"}[kind]
-  cls = getattr(fusion, cls)
+  options = as_dict((fusion_config or {}).get(kind) if fusion_config is not None else None)
+  cls = {"dmf": fusion.DualMemoryFusion, "naive": fusion.NaiveFusion, "mbaf": fusion.MBAF}[kind]
   if dtype is not None:
     options["dtype"] = dtype
   try:
@@ -59,83 +142,21 @@ def make_fusion(kind: str, fusion_config: Any = None, dtype: Any = None):
                      f"({e}); remove it or check the spelling.") from e
 
 
-def _encoder_config(cls, enc_cfg):
-  size = enc_cfg.get("size", "base")
-  overrides = _as_dict(enc_cfg.get("overrides", None))
-  if size not in ("base", "tiny"):
-    raise ValueError(f"encoder size={size!r}; expected 'base' or 'tiny' (or set pretrained to a "
-                     "local Hugging Face directory).")
-  return getattr(cls, size)(**overrides)
-
-
-def _pretrained(path: str, what: str):
-  """Loads a local Hugging Face encoder directory; every failure becomes a ValueError that says
-  which config field to fix (a ``pytorch_model.bin`` needs torch installed)."""
-  from mbaf_jax import encoders  # pylint: disable=g-import-not-at-top
-  try:
-    model, params, report = encoders.from_pretrained(path)
-  except ImportError as e:
-    raise ValueError(f"config.model.{what}.pretrained={path!r} could not be loaded: a package it "
-                     f"needs is missing ({e}); a pytorch_model.bin checkpoint needs torch — "
-                     "install torch, or convert the directory to model.safetensors.") from e
-  except (OSError, ValueError) as e:
-    raise ValueError(f"config.model.{what}.pretrained={path!r} could not be loaded: {e}") from e
-  return model.config, params, report
-
-
-def make_fusion_block(kind: str, model_config, dtype: Any = None):
-  """The MBAF IEMOCAP fusion block (MBAF Fig. 2): ``FusionBlock(placement, "mbaf"|"naive")``
-  with the MBAF options of ``model_config.fusion.mbaf``; ``dtype`` (not None) sets the compute
-  dtype of the block, its self-attention and its fusion layer.
-
-  Raises:
-    ValueError: a kind the block does not have (only "mbaf" and "naive"), bad options.
-  """
-  from mbaf_jax.fusion import mbaf_blocks  # pylint: disable=g-import-not-at-top
-  if kind not in ("mbaf", "naive"):
-    raise ValueError(f"fusion kind {kind!r} does not apply to model 'mbaf_iemocap'; it trains "
-                     "MBAF-I/II/III ('mbaf') and NF-I/II/III ('naive') (config.fusions).")
-  placement = model_config.placement
-  if placement not in mbaf_blocks.PLACEMENTS:
-    raise ValueError(f"config.model.placement={placement!r}; expected one of "
-                     f"{mbaf_blocks.PLACEMENTS} (MBAF-I/II/III, Fig. 2).")
-  gate = model_config.attention_gate
-  if gate not in mbaf_blocks.GATES:
-    raise ValueError(f"config.model.attention_gate={gate!r}; expected one of {mbaf_blocks.GATES}.")
-  options = None
-  if kind == "mbaf":
-    options = _as_dict(model_config.fusion.get("mbaf") if model_config.fusion is not None
-                       else None)
-    from mbaf_jax.fusion import MBAF  # pylint: disable=g-import-not-at-top
-    try:
-      MBAF(**options)
-    except TypeError as e:
-      raise ValueError(f"config.model.fusion.mbaf has an option MBAF does not accept ({e}); "
-                       "remove it or check the spelling.") from e
-    if dtype is not None:
-      options["dtype"] = dtype
-  return mbaf_blocks.FusionBlock(placement=placement, fusion=kind, mbaf_kwargs=options,
-                                 gate=gate, dtype=dtype)
-
-
 def build_model(model_config, fusion_kind: str, vocab_size: int | None = None,
                 max_tokens: int | None = None, text_embedding=None):
-  """Builds the full model.
+  """Builds the full model of the family ``model_config.name`` (its ``build``).
 
   Args:
     model_config: ``config.model`` (see configs/common.py). ``model_config.dtype``
       ("float32" | "bfloat16", ``compute_dtype``) is the compute dtype of the encoders, the
       fusion layer and the head; parameters, memory and the log-probabilities stay float32.
-    fusion_kind: "dmf" | "naive" | "mbaf" ("mbaf_iemocap": "mbaf" | "naive", wrapped in the
-      ``FusionBlock`` of ``model_config.placement``).
+    fusion_kind: "dmf" | "naive" | "mbaf" (the kinds the family accepts).
     vocab_size: size of the run's text vocabulary (random-init text encoders); None: the
       encoder config's own.
-    max_tokens: text length (MBAF text encoder's ``max_tokens``).
-    text_embedding: ("mbaf_iemocap" only) the (vocab_size, embed_dim) word-embedding matrix
-      loaded from ``model_config.text.glove`` (``train.datasets.glove_embedding``); it is
-      returned in ``pretrained`` as ``"text/embedding"``. None: random init (or, for inference,
-      the checkpoint's embedding). When ``model_config.text.glove`` is set the encoder does not
-      warn about its random init, as the embedding is replaced after init either way.
+    max_tokens: text length (for text encoders with a fixed length).
+    text_embedding: a (vocab_size, embed_dim) word-embedding matrix for the text encoder (the
+      family's ``text_embedding``), returned in ``pretrained``; None: random init (or, for
+      inference, the checkpoint's embedding).
 
   Returns:
     ``(model, pretrained)`` where ``pretrained`` maps a parameter path ("audio", "text",
@@ -143,85 +164,44 @@ def build_model(model_config, fusion_kind: str, vocab_size: int | None = None,
     for random init).
 
   Raises:
-    ValueError: unknown model / fusion / dtype, bad options, or a ``text_embedding`` of the
-      wrong shape.
+    UserError: unknown family.
+    ValueError: unknown fusion / dtype, bad options, or a ``text_embedding`` of the wrong shape.
   """
-  from mbaf_jax.models.cebs import CebsModel  # pylint: disable=g-import-not-at-top
-  from mbaf_jax.models.dmf import DMFModel  # pylint: disable=g-import-not-at-top
-  from mbaf_jax.models.mbaf_iemocap import MBAFIemocapModel  # pylint: disable=g-import-not-at-top
-  name = model_config.name
-  if name not in MODEL_NAMES:
-    raise ValueError(f"config.model.name={name!r} is unknown; expected one of {MODEL_NAMES}.")
-  dtype = compute_dtype(model_config)
-  if name == "mbaf_iemocap":
-    fusion = make_fusion_block(fusion_kind, model_config, dtype)
-  else:
-    fusion = make_fusion(fusion_kind, model_config.fusion, dtype)
-  head = dict(head_features=tuple(model_config.head_features),
-              head_dropout=float(model_config.head_dropout),
-              head_activation=model_config.head_activation,
-              num_classes=int(model_config.num_classes), dtype=dtype)
-  pretrained = {}
-  if name == "dmf":
-    from mbaf_jax import encoders  # pylint: disable=g-import-not-at-top
-    cfgs = {}
-    for part, cls in (("audio", encoders.Wav2Vec2Config), ("text", encoders.BertConfig)):
-      enc = model_config[part]
-      if enc.pretrained:
-        cfgs[part], pretrained[part], _ = _pretrained(enc.pretrained, part)
-      else:
-        cfgs[part] = _encoder_config(cls, enc)
-        if part == "text" and vocab_size:
-          cfgs[part] = dataclasses.replace(cfgs[part], vocab_size=int(vocab_size))
-      if dtype is not None:  # also over a pretrained config and overrides.dtype
-        cfgs[part] = dataclasses.replace(cfgs[part], dtype=dtype)
-    model = DMFModel(cfgs["audio"], cfgs["text"], fusion, **head)
-  elif name == "mbaf_iemocap":
-    text_kwargs = _as_dict(model_config.text.kwargs)
-    if vocab_size:
-      text_kwargs["vocab_size"] = int(vocab_size)
-    if max_tokens:
-      text_kwargs["max_tokens"] = int(max_tokens)
-    if "vocab_size" not in text_kwargs:
-      raise ValueError("the MBAF text encoder needs a vocabulary size (build_model(..., "
-                       "vocab_size=len(vocab))).")
-    if model_config.text.get("glove", "") or text_embedding is not None:
-      text_kwargs["warn_random_embedding"] = False  # the embedding is replaced after init
-    if text_embedding is not None:
-      want = (text_kwargs["vocab_size"], text_kwargs.get("embed_dim", 300))
-      if tuple(np.shape(text_embedding)) != want:
-        raise ValueError(f"text_embedding has shape {tuple(np.shape(text_embedding))} but the "
-                         f"text encoder's embedding is (vocab_size, embed_dim) = {want}; load "
-                         "it for the run's vocabulary with dim=config.model.text.kwargs.embed_dim.")
-      pretrained["text/embedding"] = np.asarray(text_embedding, np.float32)
-    audio_kwargs = _as_dict(model_config.audio.kwargs)
-    if dtype is not None:
-      audio_kwargs["dtype"] = text_kwargs["dtype"] = dtype
-    model = MBAFIemocapModel(fusion, audio_kwargs, text_kwargs, **head)
-  else:
-    model = CebsModel(fusion, hidden=model_config.hidden, num_layers=model_config.num_layers,
-                      **head)
-  return model, pretrained
+  return family(model_config.name).build(model_config, fusion_kind, vocab_size=vocab_size,
+                                         max_tokens=max_tokens, text_embedding=text_embedding)
+
+
+def spec_batch(spec, batch_size: int):
+  """A batch of ``batch_size`` rows from an input schema (``Field`` leaves, each row filled
+  with the field's ``fill``)."""
+  return jax.tree.map(lambda f: np.full((batch_size,) + tuple(f.shape), f.fill, f.dtype), spec)
 
 
 def dummy_batch(config, batch_size: int) -> dict:
-  """Zeros with the shapes and dtypes of a real batch of ``config`` (for init / eval_shape)."""
-  d, m = config.data, config.model
-  if m.name == "dmf":
-    s = int(round(d.max_seconds * d.sample_rate))
-    return {"input_values": np.zeros((batch_size, s), np.float32),
-            "audio_mask": np.ones((batch_size, s), np.int32),
-            "input_ids": np.zeros((batch_size, d.max_tokens), np.int32),
-            "text_mask": np.ones((batch_size, d.max_tokens), np.int32),
-            "token_type_ids": np.zeros((batch_size, d.max_tokens), np.int32)}
-  if m.name == "mbaf_iemocap":
-    s = int(round(d.max_seconds * d.sample_rate))
-    return {"waves": np.zeros((batch_size, s), np.float32),
-            "lengths": np.full((batch_size,), s, np.int32),
-            "token_ids": np.zeros((batch_size, d.max_tokens), np.int32),
-            "text_mask": np.ones((batch_size, d.max_tokens), np.int32)}
-  return {"modes": tuple(np.zeros((batch_size, d.chunks, d.chunk_samples), np.float32)
-                         for _ in range(2))}
+  """A batch with the shapes and dtypes of a real batch of ``config`` (for init / eval_shape):
+  the family's ``input_spec`` filled with zeros (masks with ones, lengths full)."""
+  return spec_batch(family(config.model.name).input_spec(config), batch_size)
+
+
+def conform(spec, batch):
+  """Checks a batch a family's ``make_inputs`` produced against its ``input_spec`` and casts
+  every array to the declared dtype.
+
+  Raises:
+    ValueError: a key or shape that differs from the schema (a bug in the family).
+  """
+  if jax.tree.structure(spec) != jax.tree.structure(batch):
+    raise ValueError(f"make_inputs produced the keys {jax.tree.structure(batch)} but the "
+                     f"family's input_spec declares {jax.tree.structure(spec)}.")
+
+  def one(f, x):
+    x = np.asarray(x)
+    if x.shape[1:] != tuple(f.shape):
+      raise ValueError(f"make_inputs produced an array of shape {x.shape} where input_spec "
+                       f"declares (batch,) + {tuple(f.shape)}.")
+    return x.astype(f.dtype, copy=False)
+
+  return jax.tree.map(one, spec, batch)
 
 
 def merge_pretrained(params: Mapping, pretrained: Mapping) -> dict:
@@ -240,7 +220,6 @@ def merge_pretrained(params: Mapping, pretrained: Mapping) -> dict:
     ValueError: a path the model does not have, or a parameter missing / extra / of another
       shape; the message names the parameter path.
   """
-  import jax  # pylint: disable=g-import-not-at-top
 
   def flat(tree):
     return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(x))
