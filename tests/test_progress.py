@@ -131,7 +131,7 @@ def test_run_output_compiles_before_progress_and_writes_best_with_latest(tmp_pat
   from train import checkpoints  # pylint: disable=g-import-not-at-top
   data = synthetic.write_iemocap(str(tmp_path / "data"), size="tiny", seed=0)
   runners, seen, best_saves = [], [], []
-  init, make_progress = trainer.FoldRunner.__init__, progress_lib.progress
+  init, make_progress = trainer.CompiledModel.__init__, progress_lib.progress
 
   def recording_init(self, *args, **kwargs):
     init(self, *args, **kwargs)
@@ -156,7 +156,7 @@ def test_run_output_compiles_before_progress_and_writes_best_with_latest(tmp_pat
                 ua=float(np.ravel(jax.device_get(state.step))[0]))
 
   monkeypatch.setattr(trainer, "evaluate", evaluate_ua_is_step)
-  monkeypatch.setattr(trainer.FoldRunner, "__init__", recording_init)
+  monkeypatch.setattr(trainer.CompiledModel, "__init__", recording_init)
   monkeypatch.setattr(trainer.progress_lib, "progress", recording_progress)
   monkeypatch.setattr(checkpoints.FoldCheckpointer, "save_best", recording_save_best)
   c = _smoke_config(data)
@@ -184,41 +184,37 @@ def test_run_output_compiles_before_progress_and_writes_best_with_latest(tmp_pat
 
   c = _smoke_config(data)
   c.fusions = "naive"
-  c.train.interrupt_after_steps = n // 2
-  with pytest.raises(KeyboardInterrupt):
-    trainer.train_and_evaluate(c, str(tmp_path / "resumed"))
-  c.train.interrupt_after_steps = 0
+  stop = threading.Event()
+  with pytest.raises(KeyboardInterrupt, match=f"stopped after step {n // 2} of fold loso_s1"):
+    trainer.train_and_evaluate(c, str(tmp_path / "resumed"), stop=stop,
+                               on_step=lambda kind, fold, step: step == n // 2 and stop.set())
   resumed = trainer.train_and_evaluate(c, str(tmp_path / "resumed"))
   again = resumed["fusions"]["naive"]["folds"]["loso_s1"]
   for k in ("wa", "ua", "f1", "best_step", "best_val_ua", "confusion"):
     assert again[k] == fold[k], k
 
 
-class _Runner:
-  """What run_kinds uses of a FoldRunner."""
-
-  def __init__(self):
-    self.stop, self.position = threading.Event(), 0
-
-
 def test_run_kinds_runs_at_once_and_stops_every_kind_when_one_fails():
-  runners = {"dmf": _Runner(), "naive": _Runner()}
+  stop = threading.Event()
   started = threading.Barrier(2, timeout=30)
 
   def run_kind(kind):
     started.wait()  # both kinds run at the same time
     if kind == "dmf":
       raise ValueError("boom")
-    assert runners["naive"].stop.wait(30)  # asked to stop because dmf failed
+    assert stop.wait(30)  # asked to stop because dmf failed
 
   with pytest.raises(ValueError, match="boom"):
-    trainer.run_kinds(run_kind, ["dmf", "naive"], runners)
-  assert runners["naive"].stop.is_set()
-  assert [r.position for r in runners.values()] == [0, 1]
+    trainer.run_kinds(run_kind, ["dmf", "naive"], stop)
+  assert stop.is_set()
   order = []
-  trainer.run_kinds(order.append, ["dmf", "naive"], {"dmf": _Runner(), "naive": _Runner()},
-                    at_once=False)
+  trainer.run_kinds(order.append, ["dmf", "naive"], threading.Event(), at_once=False)
   assert order == ["dmf", "naive"]
+
+
+def test_is_time():
+  assert [s for s in range(1, 13) if trainer.is_time(s, 4)] == [4, 8, 12]
+  assert not any(trainer.is_time(s, 0) for s in range(1, 5))  # 0: never
 
 
 @pytest.mark.slow

@@ -11,13 +11,15 @@ Workdir layout::
   ckpt/<fusion>/<fold>/{latest,best}/  orbax checkpoints (resume; best by validation UA)
 
 Before the folds, every fusion kind's initialisation, train step and eval step are compiled once
-(concurrently for the kinds of a single-process run; :func:`compile_runners`), so no fold's
-progress bar or ETA counts compilation. Per fold: a fresh model (same key), SGD/Adam steps over a
-seeded Batcher (padded last batch, one compilation for all batches and folds), validation UA
-every ``eval_every_epochs`` (the best state is kept in host memory and written as the best
-checkpoint with the next "latest" checkpoint, so a resume finds both consistent), test metrics of
-the best state (the final one when there is no validation set). Memory is read, never written, in
-evaluation.
+(concurrently for the kinds of a single-process run; :func:`compile_models`), so no fold's
+progress bar or ETA counts compilation. Per fold (:func:`train_fold`): a fresh model (same key),
+one flat loop ``for step in range(start, total)`` over an endless, resumable batch stream (a
+seeded Batcher, padded last batch: one compilation for all batches and folds); :func:`is_time`
+decides logging, validation (UA, every ``eval_every_epochs``) and checkpointing; the best state is
+kept in host memory and written as the best checkpoint with the next "latest" checkpoint, so a
+resume finds both consistent; the test metrics are those of the best state (the final one when
+there is no validation set). Memory is read, never written, in evaluation. A ``stop`` event
+(``train_and_evaluate(..., stop=...)``) makes every fold checkpoint at its next step and stop.
 
 What the run prints (``train.progress``): what it trains, then a line per phase (generating the
 corpus, loading it, compiling) with its time, per-fold progress (a tqdm bar on a terminal, plain
@@ -29,7 +31,8 @@ statistics synced, the fusion writer all-gathers the batch); both equal the one-
 Multi-host: ``distributed.initialize_multihost`` (environment ``MBAF_COORDINATOR_ADDRESS`` /
 ``MBAF_NUM_PROCESSES`` / ``MBAF_PROCESS_ID``); every process loads the same data set and feeds
 its own contiguous block of every global batch; only process 0 writes metrics, TensorBoard
-events, PNGs and config.json (checkpoints are written by orbax with every process taking part).
+events, PNGs and config.json (:class:`RunOutput`; checkpoints are written by orbax with every
+process taking part).
 """
 import concurrent.futures
 import json
@@ -38,9 +41,13 @@ import threading
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from configs.common import fusion_kinds
+from mbaf_jax import models
+from mbaf_jax.data.pipeline import Batcher, eval_batches
+from mbaf_jax.models.factory import merge_pretrained
 from train import checkpoints as ckpt_lib
 from train import datasets
 from train import distributed as dist
@@ -78,8 +85,23 @@ def prepare_workdir(workdir: str, config, write: bool = True) -> None:
                                   "config": json.loads(config.to_json_best_effort())})
 
 
-class _Logger:
-  """TensorBoard scalars (tensorboardX), created lazily per fold."""
+def is_time(step: int, every: int) -> bool:
+  """Whether ``step`` (steps done, 1-based) is a multiple of ``every`` (never for ``every <= 0``)."""
+  return every > 0 and step % every == 0
+
+
+class _NullScalars:
+  """Scalar writer of a process that writes nothing."""
+
+  def scalars(self, step: int, values: dict, prefix: str) -> None:
+    del step, values, prefix
+
+  def close(self) -> None:
+    pass
+
+
+class _Scalars:
+  """TensorBoard scalars of one fold (tensorboardX)."""
 
   def __init__(self, logdir: str):
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
@@ -90,22 +112,60 @@ class _Logger:
       self.writer.add_scalar(f"{prefix}/{k}", float(v), int(step))
     self.writer.flush()
 
-  def close(self):
+  def close(self) -> None:
     self.writer.close()
 
 
-class _NullLogger:
-  """What processes other than 0 log: nothing."""
+class _NullBar:
+  """Progress of a fold that shows none."""
 
-  def scalars(self, step: int, values: dict, prefix: str) -> None:
-    del step, values, prefix
+  def update(self, n: int = 1) -> None:
+    del n
 
-  def close(self):
+  def set_postfix(self, **values) -> None:
+    del values
+
+  def close(self) -> None:
     pass
 
 
-def _is_primary() -> bool:
-  return jax.process_index() == 0
+class RunOutput:
+  """Everything a run reports: printed lines, TensorBoard scalars, progress, metrics.json and the
+  confusion PNGs. Process 0 writes them; on every other process each method does nothing, so the
+  training code has no process-0 branches. Thread-safe for the fusion kinds trained at once.
+  """
+
+  def __init__(self, workdir: str, enabled: bool, show_progress: bool = True):
+    self.workdir = workdir  # the run's --workdir
+    self.enabled = enabled  # False: every method does nothing (processes other than 0)
+    self.show_progress = enabled and show_progress  # config.train.progress
+    self._lock = threading.Lock()  # metrics.json and pyplot (not thread-safe)
+
+  def say(self, line: str) -> None:
+    """Prints one line of the run's log."""
+    if self.enabled:
+      print(line, flush=True)
+
+  def scalars(self, *parts: str):
+    """A TensorBoard writer for ``workdir/tb/<parts>`` (``.scalars(step, values, prefix)``)."""
+    return _Scalars(os.path.join(self.workdir, "tb", *parts)) if self.enabled else _NullScalars()
+
+  def progress(self, total: int, initial: int, desc: str, position: int = 0):
+    """A fold's progress bar (``train.progress.progress``) or one that shows nothing."""
+    bar = progress_lib.progress(self.show_progress, total, initial, desc, position=position)
+    return _NullBar() if bar is None else bar
+
+  def write_json(self, name: str, obj) -> None:
+    """Writes ``workdir/<name>`` atomically."""
+    if self.enabled:
+      with self._lock:
+        metrics_lib.write_json(os.path.join(self.workdir, name), obj)
+
+  def plot_confusion(self, cm, class_names, name: str, title: str) -> None:
+    """Writes the confusion-matrix PNG ``workdir/<name>``."""
+    if self.enabled:
+      with self._lock:
+        metrics_lib.plot_confusion(cm, class_names, os.path.join(self.workdir, name), title)
 
 
 def _local_block(n: int) -> slice:
@@ -166,7 +226,6 @@ def evaluate(eval_fn: dist.ParallelStep, state, ds: datasets.Dataset, indices: n
              batch_size: int, num_classes: int) -> dict:
   """WA/UA/F1/confusion of ``state`` (device layout) on ``ds[indices]`` (padded fixed-size
   batches; each process feeds its block, every process gets the global predictions)."""
-  from mbaf_jax.data.pipeline import eval_batches  # pylint: disable=g-import-not-at-top
   preds = []
   for pos, mask in eval_batches(len(indices), batch_size):
     rows = _local_block(len(pos))
@@ -178,8 +237,8 @@ def evaluate(eval_fn: dist.ParallelStep, state, ds: datasets.Dataset, indices: n
   return metrics_lib.classification_metrics(ds.labels[indices], preds, num_classes)
 
 
-class FoldRunner:
-  """Model, optimiser and compiled steps for one fusion kind, shared by all folds.
+class CompiledModel:
+  """The model, optimiser and compiled steps of one fusion kind, shared by all its folds.
 
   ``train_fn`` / ``eval_fn`` are ``distributed.ParallelStep`` s of ``config.train.parallelism``;
   their ``traces`` count compilations (reported in metrics.json).
@@ -187,7 +246,6 @@ class FoldRunner:
 
   def __init__(self, config, fusion_kind: str, ds: datasets.Dataset, parallelism: str = "jit",
                devices=None):
-    from mbaf_jax import models  # pylint: disable=g-import-not-at-top
     self.config, self.kind, self.ds = config, fusion_kind, ds
     self.model, self.pretrained = models.build_model(config.model, fusion_kind,
                                                      vocab_size=ds.vocab_size,
@@ -206,12 +264,10 @@ class FoldRunner:
     self.eval_fn = dist.make_parallel_eval_step(
         lambda ax: steps.make_eval_step(steps.with_axis_name(model, ax).apply),
         parallelism, devices=devices)
-    self.stop = threading.Event()  # set: train_fold checkpoints and stops (Ctrl-C, another kind)
     self.position = 0  # line of this kind's progress bar (kinds trained at the same time)
 
   def init_host_state(self, fold_index: int) -> steps.TrainState:
     """The step-0 state of a fold, on the host (identical on every process)."""
-    from mbaf_jax.models.factory import merge_pretrained  # pylint: disable=g-import-not-at-top
     key = jax.random.fold_in(jax.random.key(self.config.seed), fold_index)
     variables = steps.init_variables(self.model, self.dummy, key)
     if self.pretrained:
@@ -231,10 +287,6 @@ class FoldRunner:
         _warmup_batch(self.ds, t.eval_batch_size, False)))
     jax.block_until_ready(out)
 
-  def init_state(self, fold_index: int):
-    """The step-0 state of a fold in the device layout."""
-    return self.train_fn.put_state(self.init_host_state(fold_index))
-
   def host(self, state) -> steps.TrainState:
     """Device-layout state → one host (NumPy) copy."""
     return self.train_fn.get_state(state)
@@ -249,137 +301,142 @@ def _check_finite(state, fold_name: str, kind: str) -> None:
         "for NaN inputs.")
 
 
-def train_fold(runner: FoldRunner, fold, fold_index: int, workdir: str) -> dict:
-  """Trains (or resumes) one fold and returns its test metrics (+ validation UA, best step)."""
-  from mbaf_jax.data.pipeline import Batcher  # pylint: disable=g-import-not-at-top
-  c, kind, ds = runner.config, runner.kind, runner.ds
+def _train_batches(batcher: Batcher, rows: np.ndarray, ds: datasets.Dataset):
+  """Endless training batches of the examples ``ds[rows]``: this process's block of each global
+  batch, with its mask and labels. The Batcher's ``(epoch, position)`` is the iterator's whole
+  state (saved in every checkpoint), and it advances as each batch is taken."""
+  while True:
+    indices, mask = batcher.next()
+    block = _local_block(len(indices))
+    idx = rows[indices][block]
+    yield dict(_gather(ds, idx), mask=mask[block], label=ds.labels[idx])
+
+
+def _train_scalars(train_fn: dist.ParallelStep, window: list, seconds: float) -> dict:
+  """Mean training loss, aux loss, accuracy, steps/s and the fusion layer's ``memory/*``
+  dynamics (docs/DMF.md) of the steps in ``window`` (their metrics, on device)."""
+  host = [train_fn.get_metrics(x) for x in window]
+  n = max(sum(float(x["count"]) for x in host), 1.0)
+  logs = {"loss": np.mean([float(x["loss"]) for x in host]),
+          "aux": np.mean([float(x["aux"]) for x in host]),
+          "accuracy": sum(float(x["correct"]) for x in host) / n,
+          "steps_per_s": len(host) / max(seconds, 1e-9)}
+  logs.update({k: np.mean([float(x[k]) for x in host]) for k in host[-1]
+               if k.startswith("memory/")})
+  return logs
+
+
+def _meta(step: int, total: int, batcher: Batcher, best_val_ua: float, fold: str,
+          kind: str) -> dict:
+  """What a checkpoint stores beside the state: where the batches and the validation stand."""
+  return {"step": step, "batcher": batcher.state(), "best_val_ua": best_val_ua,
+          "done": step >= total, "fold": fold, "fusion": kind}
+
+
+def train_fold(model: CompiledModel, fold, fold_index: int, out: RunOutput,
+               stop: threading.Event, on_step=None) -> dict:
+  """Trains (or resumes) one fold and returns its test metrics (+ validation UA, best step).
+
+  One flat loop over the fold's steps ``start + 1 .. total``: every step trains one batch; then
+  :func:`is_time` decides logging (``log_every_steps``), validation (every
+  ``eval_every_epochs`` epochs) and the "latest" checkpoint (``checkpoint_every_steps``); the last
+  step does all three. The best validation state is kept in host memory and written as the best
+  checkpoint together with the next latest one, so best/ on disk always matches latest/.
+
+  Args:
+    model: the fusion kind's compiled model.
+    fold: a ``mbaf_jax.data.folds.Fold`` (train / val / test indices).
+    fold_index: its position (seeds the initial parameters and the batch order).
+    out: where the run reports.
+    stop: when set, the fold checkpoints at the next step boundary and raises KeyboardInterrupt.
+    on_step: optional ``on_step(kind, fold_name, step)``, called after every train step.
+
+  Returns:
+    The test metrics of the best state (``train.metrics.classification_metrics``) with
+    ``best_step``, ``best_val_ua``, ``sizes`` and ``steps``.
+  """
+  c, kind, ds = model.config, model.kind, model.ds
   t = c.train
-  primary = _is_primary()
   if len(fold.train) == 0 or len(fold.test) == 0:
     raise UserError(f"fold {fold.name} has {len(fold.train)} training and {len(fold.test)} test "
                     "examples; the data set is too small for this protocol "
                     "(raise config.data.max_examples or use more data).")
-  ckpt = ckpt_lib.FoldCheckpointer(os.path.join(workdir, "ckpt", kind, fold.name),
+  ckpt = ckpt_lib.FoldCheckpointer(os.path.join(out.workdir, "ckpt", kind, fold.name),
                                    keep=t.keep_checkpoints,
                                    fingerprint=ckpt_lib.model_fingerprint(c))
-  host_init = runner.init_host_state(fold_index)
-  target = host_init.saveable()  # shapes/dtypes for restoring
+  host_state = model.init_host_state(fold_index)
+  target = host_state.saveable()  # shapes/dtypes for restoring
   batcher = Batcher(len(fold.train), t.batch_size, seed=c.seed + fold_index, shuffle=True)
-  best_val_ua, done = -1.0, False
+  total = t.max_steps or t.epochs * batcher.steps_per_epoch
+  start, best_val_ua = 0, -1.0
   restored = ckpt.restore_latest(target)
-  state = runner.train_fn.put_state(
-      host_init if restored is None else steps.TrainState.from_saved(restored[0]))
   if restored is not None:
     tree, meta = restored
+    host_state = steps.TrainState.from_saved(tree)
     batcher.restore(meta["batcher"])
-    best_val_ua, done = float(meta["best_val_ua"]), bool(meta["done"])
-    if primary:
-      print(f"[{kind}/{fold.name}] resumed at step {int(meta['step'])}", flush=True)
-  total = t.max_steps or t.epochs * batcher.steps_per_epoch
-  key = runner.train_fn.put_key(jax.random.key(c.seed))
-  logger = _Logger(os.path.join(workdir, "tb", kind, fold.name)) if primary else _NullLogger()
-  step = int(np.asarray(restored[0]["step"])) if restored is not None else 0
-  last_saved = step
-  interrupt_at = step + t.interrupt_after_steps if t.interrupt_after_steps else None
+    start, best_val_ua = int(np.asarray(tree["step"])), float(meta["best_val_ua"])
+    if meta["done"]:
+      total = start
+    out.say(f"[{kind}/{fold.name}] resumed at step {start}")
+  state = model.train_fn.put_state(host_state)
+  key = model.train_fn.put_key(jax.random.key(c.seed))
+  validate_every = t.eval_every_epochs * batcher.steps_per_epoch
+  tb = out.scalars(kind, fold.name)
+  bar = out.progress(total, start, f"{kind}/{fold.name}", position=model.position)
+  batches = _train_batches(batcher, fold.train, ds)
+  # This call's best validation state, on the host: (step, tree, meta, val UA); and its step
+  # once written.
+  best, best_written, window, t0 = None, None, [], time.time()
 
-  # The best validation state of this call, on the host: (step, saveable tree, meta, val UA).
-  # It is written as the best checkpoint only with the next "latest" one (one orbax save per
-  # improvement cost ~0.3-0.7 s), so best/ on disk always matches latest/ for a resume.
-  best, best_written = None, True
-
-  def meta():
-    return {"step": step, "batcher": batcher.state(), "best_val_ua": best_val_ua, "done": done,
-            "fold": fold.name, "fusion": kind}
-
-  def validate():
-    nonlocal best_val_ua, best, best_written
-    if len(fold.val) == 0:
-      return
-    m = evaluate(runner.eval_fn, state, ds, fold.val, t.eval_batch_size, c.model.num_classes)
-    logger.scalars(step, {"wa": m["wa"], "ua": m["ua"], "f1": m["f1"]}, "val")
-    if m["ua"] > best_val_ua:  # only an improvement counts (ties keep the earlier step)
-      best_val_ua = m["ua"]
-      # A copy: the host arrays may alias device buffers that the next step donates.
-      tree = jax.tree.map(np.array, runner.host(state).saveable())
-      best, best_written = (step, tree, meta(), m["ua"]), False
-
-  def save_latest():
-    nonlocal last_saved, best_written
-    if not best_written:
-      ckpt.save_best(*best)
-      best_written = True
-    ckpt.save_latest(step, runner.host(state).saveable(), meta())
-    last_saved = step
-
-  bar = progress_lib.progress(primary and t.progress and not done, total, step,
-                              f"{kind}/{fold.name}", position=runner.position)
-  window, t0 = [], time.time()
-  train_arrays = {"_row": fold.train}
-  while not done and step < total:
-    for item in batcher.iterate(train_arrays):
-      rows = _local_block(len(item["_row"]))  # this process's block of the global batch
-      idx = item["_row"][rows]
-      batch = dict(_gather(ds, idx), mask=item["mask"][rows], label=ds.labels[idx])
-      state, m = runner.train_fn(state, runner.train_fn.put_batch(batch), key)
-      step += 1
-      window.append(m)
-      if bar is not None:
-        bar.update(1)
-      if step % t.log_every_steps == 0 or step == total:
-        _check_finite(state, fold.name, kind)
-        host = [runner.train_fn.get_metrics(x) for x in window]
-        n = max(sum(float(x["count"]) for x in host), 1.0)
-        logs = {"loss": np.mean([float(x["loss"]) for x in host]),
-                "aux": np.mean([float(x["aux"]) for x in host]),
-                "accuracy": sum(float(x["correct"]) for x in host) / n,
-                "steps_per_s": len(host) / max(time.time() - t0, 1e-9)}
-        logs.update({k: np.mean([float(x[k]) for x in host]) for k in host[-1]
-                     if k.startswith("memory/")})  # the fusion layer's dynamics (docs/DMF.md)
-        logger.scalars(step, logs, "train")
-        if bar is not None:
-          bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['accuracy']:.2f}")
-        window, t0 = [], time.time()
-      if step % t.checkpoint_every_steps == 0:
-        save_latest()
-      stop = runner.stop.is_set() or (interrupt_at is not None and step >= interrupt_at)
-      if step >= total or stop:
-        break
-    if step < total and (runner.stop.is_set() or (interrupt_at is not None
-                                                  and step >= interrupt_at)):
-      save_latest()
+  for step in range(start + 1, total + 1):
+    state, metrics = model.train_fn(state, model.train_fn.put_batch(next(batches)), key)
+    window.append(metrics)
+    bar.update(1)
+    if on_step is not None:
+      on_step(kind, fold.name, step)
+    last = step == total
+    if is_time(step, t.log_every_steps) or last:
+      _check_finite(state, fold.name, kind)
+      logs = _train_scalars(model.train_fn, window, time.time() - t0)
+      tb.scalars(step, logs, "train")
+      bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['accuracy']:.2f}")
+      window, t0 = [], time.time()
+    if (is_time(step, validate_every) or last) and len(fold.val):
+      _check_finite(state, fold.name, kind)
+      m = evaluate(model.eval_fn, state, ds, fold.val, t.eval_batch_size, c.model.num_classes)
+      tb.scalars(step, {"wa": m["wa"], "ua": m["ua"], "f1": m["f1"]}, "val")
+      if m["ua"] > best_val_ua:  # only an improvement counts (ties keep the earlier step)
+        best_val_ua = m["ua"]
+        # A copy: the host arrays may alias device buffers that the next step donates.
+        best = (step, jax.tree.map(np.array, model.host(state).saveable()),
+                _meta(step, total, batcher, best_val_ua, fold.name, kind), m["ua"])
+    stopping = stop.is_set() and not last
+    if is_time(step, t.checkpoint_every_steps) or last or stopping:
+      if best is not None and best_written != best[0]:
+        ckpt.save_best(*best)
+        best_written = best[0]
+      ckpt.save_latest(step, model.host(state).saveable(),
+                       _meta(step, total, batcher, best_val_ua, fold.name, kind))
+    if stopping:
+      bar.close()
+      tb.close()
       ckpt.close()
-      logger.close()
-      if bar is not None:
-        bar.close()
-      raise KeyboardInterrupt(f"interrupted after step {step} of fold {fold.name} ({kind})" + (
-          "" if runner.stop.is_set() else " (config.train.interrupt_after_steps)"))
-    _check_finite(state, fold.name, kind)
-    epoch_done = batcher.position == 0
-    if epoch_done and (batcher.epoch % t.eval_every_epochs == 0 or step >= total):
-      validate()
-    elif step >= total:
-      validate()
-    if step >= total:
-      done = True
-    # Epoch ends are checkpointed only every checkpoint_every_steps (and when the fold is done):
-    # a resumed run replays the steps since the last save bit-identically.
-    if done or step - last_saved >= t.checkpoint_every_steps:
-      save_latest()
-  if bar is not None:
-    bar.close()
+      raise KeyboardInterrupt(f"stopped after step {step} of fold {fold.name} ({kind} fusion), "
+                              "checkpointed")
+  bar.close()
 
-  final_state, best_step = state, step
+  final_state, best_step = state, total
   if best is None:  # no improvement in this call: the best on disk, if any (a resumed fold)
-    restored_best = ckpt.restore_best(target)
-    best = None if restored_best is None else (int(restored_best[1]["step"]), restored_best[0])
+    on_disk = ckpt.restore_best(target)
+    best = None if on_disk is None else (int(on_disk[1]["step"]), on_disk[0])
   if best is not None:
-    final_state = runner.train_fn.put_state(steps.TrainState.from_saved(best[1]))
+    final_state = model.train_fn.put_state(steps.TrainState.from_saved(best[1]))
     best_step = int(best[0])
-  result = evaluate(runner.eval_fn, final_state, ds, fold.test, t.eval_batch_size,
+  result = evaluate(model.eval_fn, final_state, ds, fold.test, t.eval_batch_size,
                     c.model.num_classes)
-  result.update(best_step=best_step, best_val_ua=best_val_ua, sizes=fold.sizes(), steps=step)
-  logger.scalars(step, {"wa": result["wa"], "ua": result["ua"], "f1": result["f1"]}, "test")
-  logger.close()
+  result.update(best_step=best_step, best_val_ua=best_val_ua, sizes=fold.sizes(), steps=total)
+  tb.scalars(total, {"wa": result["wa"], "ua": result["ua"], "f1": result["f1"]}, "test")
+  tb.close()
   ckpt.close()
   return result
 
@@ -410,36 +467,34 @@ def run_header(config, kinds: list, num_devices: int, parallelism: str, processe
           f"process{'es' * (processes > 1)})")
 
 
-def compile_runners(runners: list) -> None:
-  """Compiles every runner's initialisation, train and eval steps (:meth:`FoldRunner.compile`):
-  one thread per runner in a single-process run (XLA compiles on the calling thread, so two
-  fusion kinds compile on two cores at once), one after the other with several processes
-  (their collectives must start in the same order everywhere)."""
-  if len(runners) > 1 and jax.process_count() == 1:
-    with concurrent.futures.ThreadPoolExecutor(len(runners)) as pool:
-      for future in [pool.submit(r.compile) for r in runners]:
+def compile_models(compiled: list) -> None:
+  """Compiles every fusion kind's initialisation, train and eval steps
+  (:meth:`CompiledModel.compile`): one thread per kind in a single-process run (XLA compiles on
+  the calling thread, so two fusion kinds compile on two cores at once), one after the other with
+  several processes (their collectives must start in the same order everywhere)."""
+  if len(compiled) > 1 and jax.process_count() == 1:
+    with concurrent.futures.ThreadPoolExecutor(len(compiled)) as pool:
+      for future in [pool.submit(m.compile) for m in compiled]:
         future.result()
   else:
-    for r in runners:
-      r.compile()
+    for m in compiled:
+      m.compile()
 
 
-def run_kinds(run_kind, kinds: list, runners: dict, at_once: bool = True) -> None:
+def run_kinds(run_kind, kinds: list, stop: threading.Event, at_once: bool = True) -> None:
   """Calls ``run_kind(kind)`` for every fusion kind: at the same time, one thread each, when
   ``at_once`` and the run is a single process (the kinds are independent and XLA runs a step
   outside the GIL, so the kinds' steps share the cores); else one after the other (several
   processes must start their collectives in the same order). Each kind computes exactly what it
   computes alone.
 
-  A Ctrl-C (or an error in one kind) sets every runner's ``stop``: each checkpoints and stops at
-  its next step, and the first exception is raised here.
+  A Ctrl-C (or an error in one kind) sets ``stop``: every kind checkpoints and stops at its next
+  step, and the first exception is raised here.
   """
   if not at_once or len(kinds) < 2 or jax.process_count() > 1:
     for kind in kinds:
       run_kind(kind)
     return
-  for position, kind in enumerate(kinds):
-    runners[kind].position = position
   pool = concurrent.futures.ThreadPoolExecutor(len(kinds))
   futures = [pool.submit(run_kind, kind) for kind in kinds]
   try:
@@ -447,8 +502,7 @@ def run_kinds(run_kind, kinds: list, runners: dict, at_once: bool = True) -> Non
       if future.exception() is not None:
         raise future.exception()
   except BaseException:
-    for runner in runners.values():
-      runner.stop.set()
+    stop.set()
     raise
   finally:
     pool.shutdown(wait=True)
@@ -459,17 +513,44 @@ def _load_dataset(config, workdir: str) -> datasets.Dataset:
   corpus, fill the audio cache and build the vocabulary), then the others read the same."""
   if jax.process_count() == 1:
     return datasets.load_dataset(config, workdir)
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  ds = datasets.load_dataset(config, workdir) if _is_primary() else None
+  ds = datasets.load_dataset(config, workdir) if jax.process_index() == 0 else None
   multihost_utils.sync_global_devices("mbaf_jax:dataset_ready")
   return ds if ds is not None else datasets.load_dataset(config, workdir)
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def _train_kind(model: CompiledModel, out: RunOutput, stop: threading.Event, on_step) -> dict:
+  """Every fold of one fusion kind: per-fold test metrics (printed, confusion PNGs) and their
+  summary."""
+  ds, kind = model.ds, model.kind
+  folds = {}
+  for i, fold in enumerate(ds.folds):
+    f = folds[fold.name] = train_fold(model, fold, i, out, stop, on_step)
+    out.plot_confusion(f["confusion"], ds.class_names, f"confusion_{kind}_{fold.name}.png",
+                       f"{kind} {fold.name}")
+    out.say(f"[{kind}/{fold.name}] test WA {100 * f['wa']:.2f} UA {100 * f['ua']:.2f} "
+            f"F1 {f['f1']:.3f} (best step {f['best_step']})")
+  summary = metrics_lib.summarize_folds(list(folds.values()))
+  out.plot_confusion(summary["confusion_normalized"], ds.class_names,
+                     f"confusion_{kind}_mean.png", f"{kind} mean over {len(folds)} fold(s)")
+  return {"folds": folds, "summary": summary, "train_traces": model.train_fn.traces,
+          "eval_traces": model.eval_fn.traces}
+
+
+def train_and_evaluate(config, workdir: str, stop: threading.Event | None = None,
+                       on_step=None) -> dict:
   """Runs the experiment of ``config`` in ``workdir`` (resuming what is there).
 
   Joins a multi-host run first when the environment asks for one
   (``distributed.initialize_multihost``).
+
+  Args:
+    config: the run's config (configs/*.py).
+    workdir: the run's directory (see the module doc for its layout).
+    stop: when set (from another thread or a signal handler), every fold being trained
+      checkpoints at its next step boundary and the run raises KeyboardInterrupt; rerunning the
+      same command resumes from there.
+    on_step: optional ``on_step(kind, fold_name, step)``, called after every train step (on the
+      training thread of that kind).
 
   Returns:
     The metrics dict also written to ``workdir/metrics.json`` (by process 0).
@@ -480,57 +561,36 @@ def train_and_evaluate(config, workdir: str) -> dict:
     raise UserError(f"multi-host settings: {e}") from e
   primary = setup.process_index == 0
   prepare_workdir(workdir, config, write=primary)
+  out = RunOutput(workdir, primary, show_progress=config.train.progress)
+  stop = stop or threading.Event()
   kinds = fusion_kinds(config)
   if not kinds:
     raise UserError("config.fusions is empty; expected e.g. 'dmf' or 'dmf,naive'.")
   parallelism, devices = layout(config)
-  if primary:
-    print(run_header(config, kinds, len(devices), parallelism, setup.process_count), flush=True)
+  out.say(run_header(config, kinds, len(devices), parallelism, setup.process_count))
   ds = _load_dataset(config, workdir)
-  if primary and ds.summary is not None and getattr(ds.summary, "total_skipped", 0):
-    print(ds.summary.format(), flush=True)
-  if primary:
-    print(f"{len(ds.labels)} examples, {len(ds.folds)} fold(s): "
-          f"{', '.join(f.name for f in ds.folds)}", flush=True)
+  if ds.summary is not None and getattr(ds.summary, "total_skipped", 0):
+    out.say(ds.summary.format())
+  out.say(f"{len(ds.labels)} examples, {len(ds.folds)} fold(s): "
+          f"{', '.join(f.name for f in ds.folds)}")
+  with progress_lib.phase(f"Compiling the {' and '.join(kinds)} model{'s' * (len(kinds) > 1)} "
+                          "(initialisation, train step, eval step)", enabled=primary):
+    compiled = {kind: CompiledModel(config, kind, ds, parallelism, devices) for kind in kinds}
+    compile_models(list(compiled.values()))
+  for position, kind in enumerate(kinds):
+    compiled[kind].position = position
   results = {"name": config.name, "class_names": list(ds.class_names),
              "devices": len(devices), "parallelism": parallelism,
              "processes": setup.process_count, "fusions": {}}
-  write = metrics_lib.write_json if primary else (lambda *a: None)
-  with progress_lib.phase(f"Compiling the {' and '.join(kinds)} model{'s' * (len(kinds) > 1)} "
-                          "(initialisation, train step, eval step)", enabled=primary):
-    runners = {kind: FoldRunner(config, kind, ds, parallelism, devices) for kind in kinds}
-    compile_runners(list(runners.values()))
-  lock = threading.Lock()  # results, metrics.json, the PNGs (pyplot is not thread-safe)
 
   def run_kind(kind):
-    runner = runners[kind]
-    folds = {}
-    for i, fold in enumerate(ds.folds):
-      folds[fold.name] = train_fold(runner, fold, i, workdir)
-      f = folds[fold.name]
-      if primary:
-        with lock:
-          metrics_lib.plot_confusion(f["confusion"], ds.class_names,
-                                     os.path.join(workdir, f"confusion_{kind}_{fold.name}.png"),
-                                     f"{kind} {fold.name}")
-        print(f"[{kind}/{fold.name}] test WA {100 * f['wa']:.2f} UA {100 * f['ua']:.2f} "
-              f"F1 {f['f1']:.3f} (best step {f['best_step']})", flush=True)
-    summary = metrics_lib.summarize_folds(list(folds.values()))
-    with lock:
-      if primary:
-        metrics_lib.plot_confusion(summary["confusion_normalized"], ds.class_names,
-                                   os.path.join(workdir, f"confusion_{kind}_mean.png"),
-                                   f"{kind} mean over {len(folds)} fold(s)")
-      results["fusions"][kind] = {"folds": folds, "summary": summary,
-                                  "train_traces": runner.train_fn.traces,
-                                  "eval_traces": runner.eval_fn.traces}
-      write(os.path.join(workdir, "metrics.json"), results)
+    results["fusions"][kind] = _train_kind(compiled[kind], out, stop, on_step)
+    out.write_json("metrics.json", dict(results, fusions=dict(results["fusions"])))  # a snapshot
 
-  run_kinds(run_kind, kinds, runners, at_once=config.train.get("concurrent_kinds", True))
+  run_kinds(run_kind, kinds, stop, at_once=config.train.get("concurrent_kinds", True))
   results["fusions"] = {k: results["fusions"][k] for k in kinds}
-  table = metrics_lib.format_table({k: v["summary"] for k, v in results["fusions"].items()})
-  results["table"] = table
-  write(os.path.join(workdir, "metrics.json"), results)
-  if primary:
-    print(table, flush=True)
+  results["table"] = metrics_lib.format_table({k: v["summary"]
+                                               for k, v in results["fusions"].items()})
+  out.write_json("metrics.json", results)
+  out.say(results["table"])
   return results
