@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import common
 from train import experiments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,6 +23,9 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import draw_architecture as arch  # noqa: E402  pylint: disable=wrong-import-position
 
 DOC_FILES = sorted(glob.glob(os.path.join(DOCS, "*.md")))
+# Every Markdown page a user reads commands from: docs/, the README and the benchmark pages.
+COMMAND_PAGES = DOC_FILES + [os.path.join(ROOT, "README.md")] + sorted(
+    glob.glob(os.path.join(ROOT, "benchmarks", "*.md")))
 TOP_DIRS = ("mbaf_jax", "train", "configs", "benchmarks", "scripts", "tests", "docs")
 
 
@@ -201,6 +205,29 @@ def test_config_overrides_name_existing_fields(doc):
       if part not in node:
         pytest.fail(f"{os.path.basename(doc)}: --config.{key}: {spec} has no field {part!r}")
       node = node[part]
+
+
+@pytest.mark.parametrize("doc", COMMAND_PAGES, ids=os.path.relpath)
+def test_bare_config_overrides_name_base_config_fields(doc):
+  """A ``--config.a.b=value`` shown without its ``--config=`` file (e.g. the README's
+  ``--config.model.fusion.dmf.slots=30``) names a field every config has."""
+  base = common.base_config()
+  for span in _code_spans(_read(doc)):
+    if "--config=" in span:
+      continue  # checked against its own config file above
+    for key in re.findall(r"--config\.([\w.]+)=", span):
+      node = base
+      for part in key.split("."):
+        assert part in node, f"{os.path.relpath(doc, ROOT)}: --config.{key}: no field {part!r}"
+        node = node[part]
+
+
+@pytest.mark.parametrize("doc", COMMAND_PAGES, ids=os.path.relpath)
+def test_benchmarks_are_run_as_modules(doc):
+  """Benchmarks run as ``python -m benchmarks.<x>`` from the repository root, never as files."""
+  _, scripts = python_commands(_read(doc))
+  as_files = sorted(s for s in scripts if s.startswith("benchmarks/"))
+  assert not as_files, f"{os.path.relpath(doc, ROOT)}: run {as_files} as python -m benchmarks.<x>"
 
 
 @pytest.mark.parametrize("doc", DOC_FILES, ids=os.path.basename)
