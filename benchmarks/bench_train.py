@@ -6,8 +6,9 @@ Measures, one JSON line each (keys of benchmarks/common.py):
   * ``infer_{dmf,naive}_b1`` / ``_b64``: eval forward latency at batch 1 and throughput at batch 64.
   * ``memory_fusion_overhead``: (t_dmf − t_naive) / t_dmf of the full train step and of batch-1
     inference (target ≤ 5 % of the step; DMF reports 91 vs 63 ms per sample, +44 %).
-  * ``train_step_scaling``: the same step data-parallel over 1, 2, 4, 8 devices (``--scaling``;
-    on CPU the devices are fake and share the cores, so only GPU/TPU numbers mean anything).
+  * ``train_step_scaling``: the same step data-parallel over a jit mesh of 1, 2, 4, 8 devices
+    (``train.distributed.make_parallel_train_step``; ``--scaling``; on CPU the devices are fake
+    and share the cores, so only GPU/TPU numbers mean anything).
 
   python -m benchmarks.bench_train            # base encoders (slow on CPU)
   python -m benchmarks.bench_train --quick    # tiny encoders, 0.25 s audio: a smoke check
@@ -29,6 +30,8 @@ import numpy as np  # noqa: E402
 from benchmarks import common  # noqa: E402
 from mbaf_jax import encoders  # noqa: E402
 from mbaf_jax.models import factory  # noqa: E402
+from train import distributed as dist  # noqa: E402
+from train import optimizers  # noqa: E402
 from train import steps  # noqa: E402
 from train import timing  # noqa: E402
 
@@ -79,7 +82,7 @@ def main(argv=None):
     model = _build(c, kind, dtype)
     batch = _batch(c, b)
     variables = steps.init_variables(model, batch, key)
-    tx = steps.make_optimizer(c.optim, variables["params"], variables.get("memory", {}))
+    tx = optimizers.make_optimizer(c.optim, variables["params"], variables.get("memory", {}))
     state = steps.create_state(variables, tx)
     train_step = steps.make_train_step(model.apply, tx)
     rec = common.measure(f"train_step_{kind}", train_step, (state, batch, key), items=b,
@@ -110,22 +113,23 @@ def main(argv=None):
     for n in (1, 2, 4, 8):
       if n > n_dev:
         break
-      mesh = steps.make_mesh(n)
       gb = b * n  # weak scaling: the per-device batch is fixed
       batch = _batch(c, gb)
       variables = steps.init_variables(model, batch, key)
-      tx = steps.make_optimizer(c.optim, variables["params"], variables.get("memory", {}))
-      fn = steps.jit_train_step(steps.make_train_step(model.apply, tx), mesh, donate=False)
-      state = steps.replicate(steps.create_state(variables, tx), mesh)
-      sb = steps.shard_batch(batch, mesh)
-      jax.block_until_ready(fn(state, sb, key))
-      t = common.time_fn(fn, (state, sb, key), warmup=warmup, iters=iters)
+      tx = optimizers.make_optimizer(c.optim, variables["params"], variables.get("memory", {}))
+      ps = dist.make_parallel_train_step(
+          lambda ax, tx=tx: steps.make_train_step(steps.with_axis_name(model, ax).apply, tx, ax),
+          "jit", devices=jax.devices()[:n], donate=False)
+      state, sb = ps.put_state(steps.create_state(variables, tx)), ps.put_batch(batch)
+      k = ps.put_key(key)
+      jax.block_until_ready(ps.step(state, sb, k))
+      t = common.time_fn(ps.step, (state, sb, k), warmup=warmup, iters=iters)
       common.emit({"bench": "train_step_scaling", "device": common.device_name(),
                    "shape": dict(shape, batch=gb, devices=n), "dtype": args.dtype,
                    "median_ms": round(t["median_ms"], 4),
                    "throughput": round(gb / (t["median_ms"] * 1e-3), 2),
                    "throughput_unit": "utterances/s",
-                   "peak_mem_mb": round(common.peak_mem_mb(), 1), "traces": fn.traces})
+                   "peak_mem_mb": round(common.peak_mem_mb(), 1), "traces": ps.traces})
 
 
 if __name__ == "__main__":

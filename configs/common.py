@@ -159,10 +159,11 @@ def base_config():
   c.model.dtype = "float32"
 
   c.optim = mlc.ConfigDict()
-  c.optim.name = "sgd"  # "sgd" | "adam"
+  c.optim.name = "sgd"  # the optax optimiser, optax.<name>: "sgd" (DMF §3) | "adam" (MBAF §4) | …
+  c.optim.kwargs = mlc.ConfigDict()  # its other arguments ({}: optax's defaults; not in paper),
+  #                                     e.g. --config.optim.kwargs='{"momentum": 0.9}'
   c.optim.learning_rate = 0.01  # DMF §3: the network (all but the memory module)
-  c.optim.memory_learning_rate = 0.001  # the fusion ("memory module") parameters (SGD and Adam)
-  c.optim.momentum = 0.0  # not in paper
+  c.optim.memory_learning_rate = 0.001  # the fusion ("memory module") parameters (any optimiser)
   c.optim.freeze_encoders = True  # DMF §2.1 frozen parts (encoders.frozen_mask)
   c.optim.grad_clip_norm = 0.0  # 0: off; not in paper
 

@@ -6,16 +6,24 @@ maths run on one device over the whole batch, unsharded, with no collectives. Pa
 memory (write-then-carry, DMF §2.2), batch statistics and the loss must agree after a few
 SGD steps.
 """
+import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 import pytest
 from flax import linen as nn
 
+from configs import iemocap
+from mbaf_jax.data import synthetic
+from mbaf_jax.errors import UserError
 from mbaf_jax.fusion import DualMemoryFusion
+from train import checkpoints
+from train import datasets
 from train import distributed as dist
+from train import trainer
 
 NUM_CLASSES = 4
 D_IN = 6
@@ -198,12 +206,12 @@ def test_replicate_on_mesh_and_fetch_round_trip_keeps_keys():
 
 
 def test_bad_parallelism_and_indivisible_batch_are_explained():
-  with pytest.raises(ValueError, match=r"config.parallelism='pmapp'.*'jit'"):
+  with pytest.raises(UserError, match=r"config.train.parallelism='pmapp' is not one of.*'jit'"):
     dist.make_parallel_train_step(build_step, "pmapp")
-  with pytest.raises(ValueError, match=r"\['x'\] has 6 rows.*4 devices.*divisible by 4"):
+  with pytest.raises(UserError, match=r"\['x'\] has 6 rows.*4 devices.*divisible by 4"):
     dist.shard_for_pmap({"x": np.zeros((6, 2))}, 4)
   mesh = dist.global_mesh(devices=jax.devices()[:4])
-  with pytest.raises(ValueError, match=r"has 6 rows.*4 local devices"):
+  with pytest.raises(UserError, match=r"has 6 rows.*4 local devices"):
     dist.host_local_to_global({"x": np.zeros((6, 2))}, mesh)
   with pytest.raises(ValueError, match=r"scalar"):
     dist.host_local_to_global({"x": np.float32(1.0)}, mesh)
@@ -247,7 +255,6 @@ def smoke_config(data_dir, parallelism="jit", num_devices=0, folds=1, dropout=Fa
   noise, the writer's global batch, synced batch norm, the padded last batch) is exact. jit over
   a mesh (one or several processes) draws the global masks, so it matches with dropout on.
   """
-  from configs import iemocap
   c = iemocap.get_config("smoke")
   c.data.data_dir = str(data_dir)
   c.fusions = "dmf"
@@ -276,8 +283,6 @@ def smoke_config(data_dir, parallelism="jit", num_devices=0, folds=1, dropout=Fa
 
 def final_fold_state(workdir, fold="loso_s1"):
   """The last 'latest' checkpoint of a fold (host NumPy tree) and its step."""
-  import orbax.checkpoint as ocp
-  from train import checkpoints
   ck = checkpoints.FoldCheckpointer(str(workdir / "ckpt" / "dmf" / fold), keep=2)
   try:
     step = ck.latest_step()
@@ -290,7 +295,6 @@ def final_fold_state(workdir, fold="loso_s1"):
 
 @pytest.fixture(scope="module")
 def iemocap_data(tmp_path_factory):
-  from mbaf_jax.data import synthetic
   return synthetic.write_iemocap(str(tmp_path_factory.mktemp("data") / "iemocap"), size="tiny",
                                  seed=0)
 
@@ -329,7 +333,6 @@ def test_trainer_jit_and_pmap_on_8_devices_equal_1_device(tmp_path, iemocap_data
   order rounding amplified by training, not a layout error. Encoders of one transformer layer
   (the smoke config's have two, the same layer twice): three layouts compile the model, each
   compilation a third cheaper."""
-  from train import trainer
   runs = {}
   for name, par, n, folds in (("one", "jit", 1, 1), ("jit8", "jit", 8, 1), ("pmap8", "pmap", 8, 2)):
     workdir = tmp_path / name
@@ -361,33 +364,35 @@ def test_trainer_jit_and_pmap_on_8_devices_equal_1_device(tmp_path, iemocap_data
 
 def smoke_init_params(data_dir):
   """Fold 0's initial parameters (as the trainer builds them), to show training moved them."""
-  from train import datasets, trainer
   c = smoke_config(data_dir, "jit", 1, 1, layers=1)
-  import tempfile
   with tempfile.TemporaryDirectory() as d:
     ds = datasets.load_dataset(c, d)
     runner = trainer.FoldRunner(c, "dmf", ds, "jit", jax.devices()[:1])
     return runner.init_host_state(0).params
 
 
-def test_trainer_layout_errors_name_the_setting():
-  from configs import iemocap
-  from train import trainer
-  from train.errors import UserError
+def test_layout_errors_name_the_setting():
   c = iemocap.get_config("smoke")
   c.train.parallelism = "pmapp"
   with pytest.raises(UserError, match=r"config.train.parallelism='pmapp' is not one of"):
-    trainer.layout(c)
+    dist.layout(c)
   c.train.parallelism = "pmap"
   c.train.batch_size = 12
   with pytest.raises(UserError, match=r"config.train.batch_size=12 does not split evenly over "
                                       r"the 8 devices.*multiple of 8"):
-    trainer.layout(c)
+    dist.layout(c)
   c.train.num_devices = 4
-  assert trainer.layout(c) == ("pmap", tuple(jax.local_devices()[:4]))
+  assert dist.layout(c) == ("pmap", tuple(jax.local_devices()[:4]))
   c.train.eval_batch_size = 30
   with pytest.raises(UserError, match=r"config.train.eval_batch_size=30 .* 4 devices"):
-    trainer.layout(c)
-  c.train.num_devices = 9
+    dist.layout(c)
+  c.train.batch_size, c.train.eval_batch_size = 16, 32
+  c.train.parallelism = "jit"
+  c.train.num_devices = 0
+  assert dist.layout(c) == ("jit", tuple(jax.devices()))
+  for n in (9, -1):
+    c.train.num_devices = n
+    with pytest.raises(UserError, match=rf"num_devices={n} but 8 devices"):
+      dist.layout(c)
   with pytest.raises(UserError, match=r"num_devices=9 but 8 devices"):
-    trainer.layout(c)
+    dist.select_devices("pmap", 9)  # the one device-count check of every layout

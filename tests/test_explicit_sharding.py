@@ -1,15 +1,17 @@
 """Explicit sharding: every fusion layer and the full models under a mesh with Explicit axes.
 
 ``jax.make_mesh`` makes Explicit axes by default in current JAX: inside ``jax.set_mesh`` the
-sharding of an array is part of its type (``float32[16@data, 8]``) and ops that cannot infer an
+sharding of an array is part of its type (``float32[16@batch, 8]``) and ops that cannot infer an
 output sharding raise ``ShardingTypeError``. Each case runs one layer (or a full model) three
 ways on the same variables and batch, and compares with the single-device run:
 
 * ``single``: ``jax.jit`` on one device, no mesh (the reference);
-* ``explicit``: ``jax.jit`` inside ``jax.set_mesh(jax.make_mesh((8,), ("data",)))``, batch
-  sharded over ``data`` (``jax.device_put(x, P("data"))``), variables replicated;
+* ``explicit``: ``jax.jit`` inside ``jax.set_mesh(jax.make_mesh((8,), ("batch",)))``, batch
+  sharded over ``batch`` (``jax.device_put(x, P("batch"))``), variables replicated;
 * ``shard_map``: per-device code, ``jax.shard_map`` over the same mesh with the layer's
-  ``axis_name="data"`` (the writer all-gathers the global batch, batch norm syncs).
+  ``axis_name="batch"`` (the writer all-gathers the global batch, batch norm syncs).
+
+The mesh axis is the project's one batch axis name, ``train.distributed.BATCH_AXIS``.
 
 Each run does init, an evaluation apply and a train step (``jax.value_and_grad`` of a loss on the
 rows plus the layer's aux terms, memory written); the memory must come back replicated and equal
@@ -33,9 +35,12 @@ from mbaf_jax.fusion import MBAF, DualMemoryFusion, NaiveFusion
 from mbaf_jax.fusion.mbaf_blocks import fusion_block
 from mbaf_jax.models import factory
 from mbaf_jax.ops import sharding
+from train import distributed as dist
 from train import steps
 
-AXIS = "data"
+import test_distributed as td  # noqa: E402  (tests/ is on sys.path: tests/conftest.py)
+
+AXIS = dist.BATCH_AXIS
 N_DEV = 8
 BATCH = 16
 ATOL = 1e-5
@@ -129,7 +134,7 @@ def run_single(case):
 
 
 def run_explicit(case, axis_type=jax.sharding.AxisType.Explicit):
-  """jit under ``jax.set_mesh`` of an Explicit (or Auto) mesh, the batch sharded over ``data``."""
+  """jit under ``jax.set_mesh`` of an Explicit (or Auto) mesh, the batch sharded over ``AXIS``."""
   mesh = jax.make_mesh((N_DEV,), (AXIS,), axis_types=(axis_type,),
                        devices=jax.devices()[:N_DEV])
   with jax.set_mesh(mesh):
@@ -319,9 +324,8 @@ def test_full_model_equals_one_device(name, layout):
 
 
 def test_trainer_meshes_state_their_axis_type():
-  from train import distributed as dist  # pylint: disable=g-import-not-at-top
   assert dist.global_mesh().axis_types == (jax.sharding.AxisType.Auto,)
-  assert steps.make_mesh(2).axis_types == (jax.sharding.AxisType.Auto,)
+  assert dist.global_mesh().axis_names == (dist.BATCH_AXIS,)
   mesh = dist.global_mesh(devices=jax.devices()[:4], axis_type="explicit")
   assert dist.is_explicit(mesh) and mesh.devices.size == 4
   with pytest.raises(ValueError, match="axis_type"):
@@ -332,8 +336,6 @@ def test_trainer_meshes_state_their_axis_type():
 def test_parallel_train_step_on_an_explicit_mesh_equals_one_device():
   """``train.distributed``'s jit layout with Explicit axes: the toy DMF classifier of
   tests/test_distributed.py, 3 SGD steps on 8 devices, equals its single-device reference."""
-  import test_distributed as td  # pylint: disable=g-import-not-at-top
-  from train import distributed as dist  # pylint: disable=g-import-not-at-top
   want_state, want_loss = td.run_reference()
   ps = dist.make_parallel_train_step(td.build_step, "jit", devices=jax.devices()[:N_DEV],
                                      axis_type="explicit")

@@ -1,16 +1,26 @@
-"""train.steps: write-then-carry, loss composition, optimiser groups, determinism, compile-once,
-8-device == 1-device, non-finite detection, evaluation never writes memory."""
+"""train.steps and train.optimizers: write-then-carry, loss composition, optimiser groups and the
+optimiser from its optax name, determinism, compile-once, 8-device == 1-device (the steps wrapped
+by train.distributed), non-finite detection, evaluation never writes memory."""
+import importlib
+import json
+
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
+import optax
 import pytest
 
 import flax
 import flax.linen as nn
 
-from mbaf_jax.fusion import DualMemoryFusion
+from mbaf_jax.errors import UserError
+from mbaf_jax.fusion import DualMemoryFusion, NaiveFusion
+from mbaf_jax.fusion.dual_memory import memory_diagnostics
 from mbaf_jax.models.heads import ClassifierHead, ModelOutput
+from train import config_help
+from train import distributed as dist
+from train import optimizers
 from train import steps
 
 B = 8
@@ -42,9 +52,9 @@ class ToyDMF(nn.Module):
 MODEL = ToyDMF()
 
 
-def _optim(name="sgd"):
-  return mlc.ConfigDict(dict(name=name, learning_rate=0.01, memory_learning_rate=0.001,
-                             momentum=0.0, freeze_encoders=True, grad_clip_norm=0.0))
+def _optim(name="sgd", **kwargs):
+  return mlc.ConfigDict(dict(name=name, kwargs=kwargs, learning_rate=0.01,
+                             memory_learning_rate=0.001, freeze_encoders=True, grad_clip_norm=0.0))
 
 
 def _batch(seed, real=B):
@@ -57,19 +67,24 @@ def _batch(seed, real=B):
           "label": labels, "mask": mask}
 
 
-TX = steps.make_optimizer(_optim(), steps.abstract_params(MODEL, _batch(0), jax.random.key(0)))
-TRAIN_STEP = steps.make_train_step(MODEL.apply, TX)
+TX = optimizers.make_optimizer(_optim(), steps.abstract_params(MODEL, _batch(0),
+                                                               jax.random.key(0)))
 
 
 def _init():
   return steps.create_state(steps.init_variables(MODEL, _batch(0), jax.random.key(0)), TX)
 
 
+def _jit_step(num_devices, donate=True):
+  """MODEL's train step over a jit mesh of the first ``num_devices`` devices
+  (train.distributed)."""
+  return dist.make_parallel_train_step(lambda ax: steps.make_train_step(MODEL.apply, TX, ax),
+                                       "jit", devices=jax.devices()[:num_devices], donate=donate)
+
+
 @pytest.fixture(scope="module")
 def one_device():
-  mesh = steps.make_mesh(1)
-  step = steps.jit_train_step(TRAIN_STEP, mesh, donate=False)
-  return mesh, step
+  return _jit_step(1, donate=False)
 
 
 def _sim_loss_numpy(m):
@@ -84,11 +99,11 @@ def _sim_loss_numpy(m):
 
 
 def test_write_then_carry_and_loss(one_device):
-  mesh, step = one_device
+  step = one_device
   state = _init()
   key = jax.random.key(7)
   batch = _batch(1, real=6)
-  new_state, metrics = step(steps.replicate(state, mesh), steps.shard_batch(batch, mesh), key)
+  new_state, metrics = step(step.put_state(state), step.put_batch(batch), key)
   # Independent forward pass with the same per-step keys.
   inputs = {k: v for k, v in batch.items() if k not in ("mask", "label")}
   out, new_vars = MODEL.apply(state.variables(), inputs, mask=batch["mask"], train=True,
@@ -105,7 +120,6 @@ def test_write_then_carry_and_loss(one_device):
   np.testing.assert_allclose(metrics["loss"], ce + sim, rtol=1e-5)
   assert int(new_state.step) == 1 and int(metrics["count"]) == 6
   # The fusion layer's training dynamics come back as flat metrics (TensorBoard "train/memory/…").
-  from mbaf_jax.fusion.dual_memory import memory_diagnostics  # pylint: disable=g-import-not-at-top
   want = memory_diagnostics(state.memory["fusion"]["M_a"], new_vars["memory"]["fusion"]["M_a"])
   np.testing.assert_allclose(metrics["memory/fusion/slot_similarity_a"],
                              want["slot_similarity"], rtol=1e-5, atol=1e-6)
@@ -125,8 +139,8 @@ def test_diagnostic_scalars_flattens_and_averages():
 
 def test_optimizer_groups_lr_and_frozen():
   state = _init()
-  labels = steps.param_labels(state.params, _optim(), state.memory)
-  assert labels == steps.param_labels(state.params, _optim())  # DMF: the memory module = fusion
+  labels = optimizers.param_labels(state.params, _optim(), state.memory)
+  assert labels == optimizers.param_labels(state.params, _optim())  # DMF: memory module = fusion
   flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(labels)}
   assert all(v == "memory" for k, v in flat.items() if k.startswith("['fusion']"))
   assert all(v == "frozen" for k, v in flat.items() if "feature_extractor" in k)
@@ -137,8 +151,116 @@ def test_optimizer_groups_lr_and_frozen():
   expected = {"memory": -0.001, "network": -0.01, "frozen": 0.0}
   for path, u in jax.tree_util.tree_leaves_with_path(updates):
     np.testing.assert_allclose(u, expected[flat[jax.tree_util.keystr(path)]], rtol=1e-6)
-  with pytest.raises(ValueError, match="config.optim.name"):
-    steps.make_optimizer(_optim("rmsprop"), state.params)
+
+
+def test_a_misspelt_optimiser_or_keyword_is_a_user_error_naming_close_matches():
+  params = steps.abstract_params(MODEL, _batch(0), jax.random.key(0))
+  with pytest.raises(UserError, match=r"config.optim.name='adamm' is not an optax optimiser; "
+                                      r"did you mean 'adam'"):
+    optimizers.make_optimizer(_optim("adamm"), params)
+  with pytest.raises(UserError, match=r"config.optim.name='sdg'.*did you mean 'sgd'"):
+    optimizers.make_optimizer(_optim("sdg"), params)
+  with pytest.raises(UserError, match=r"\['momentom'\], which optax.sgd does not take.*'momentum'"):
+    optimizers.make_optimizer(_optim("sgd", momentom=0.9), params)
+  with pytest.raises(UserError, match=r"kwargs sets learning_rate"):
+    optimizers.make_optimizer(_optim("sgd", learning_rate=0.1), params)
+  bad = _optim()
+  bad.memory_learning_rate = 0.0
+  with pytest.raises(UserError, match=r"config.optim.memory_learning_rate=0.0 must be > 0"):
+    optimizers.make_optimizer(bad, params)
+  assert {"sgd", "adam", "adamw", "rmsprop", "lamb"} <= set(optimizers.optax_optimizers())
+  assert not any(n.startswith("scale_by_") for n in optimizers.optax_optimizers())
+
+
+def test_kwargs_reach_the_optax_optimiser_of_every_group():
+  """``optim.kwargs`` is passed to ``optax.<name>`` in each group: SGD with momentum 0.9 equals
+  ``optax.sgd(lr, momentum=0.9)`` per group, here over three steps of constant gradients."""
+  state = _init()
+  labels = optimizers.param_labels(state.params, _optim(), state.memory)
+  tx = optimizers.make_optimizer(_optim("sgd", momentum=0.9), state.params, state.memory)
+  want = optax.multi_transform({"network": optax.sgd(0.01, momentum=0.9),
+                                "memory": optax.sgd(0.001, momentum=0.9),
+                                "frozen": optax.set_to_zero()}, labels)
+  got_state, want_state = tx.init(state.params), want.init(state.params)
+  grads = jax.tree.map(jnp.ones_like, state.params)
+  for _ in range(3):
+    got, got_state = tx.update(grads, got_state, state.params)
+    exp, want_state = want.update(grads, want_state, state.params)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(exp)):
+    np.testing.assert_array_equal(a, b)
+  moved = jax.tree.leaves(jax.tree.map(lambda u, l: float(np.abs(u).max()) if l == "network"
+                                       else 0.0, got, labels))
+  np.testing.assert_allclose(max(moved), 0.01 * (1 + 0.9 + 0.81), rtol=1e-6)  # momentum at work
+
+
+def _old_make_optimizer(optim_config, params, memory=None):
+  """``make_optimizer`` as it was before the optimiser was named by its optax name: "sgd" with
+  ``momentum or None`` or "adam", hard-coded (the reference for the equality test)."""
+  if optim_config.name == "sgd":
+    mom = optim_config.kwargs.get("momentum", 0.0) or None
+
+    def opt(lr):
+      return optax.sgd(lr, momentum=mom)
+  else:
+    assert optim_config.name == "adam"
+
+    def opt(lr):
+      return optax.adam(lr)
+  tx = optax.multi_transform({"network": opt(optim_config.learning_rate),
+                              "memory": opt(optim_config.memory_learning_rate),
+                              "frozen": optax.set_to_zero()},
+                             optimizers.param_labels(params, optim_config, memory))
+  if optim_config.grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(optim_config.grad_clip_norm), tx)
+  return tx
+
+
+def _shipped_optim_sections() -> dict:
+  """``{json of config.optim: "file.py:variant"}``: the distinct optimiser sections of every
+  config file and each of its variants (configs/; a ``key=<int>`` variant with the value 1)."""
+  found = {}
+  for path in config_help.config_files():
+    name = path.rsplit("/", 1)[-1][:-3]
+    module = importlib.import_module(f"configs.{name}")
+    for variant in [None] + config_help.config_variants(path):
+      arg = variant and variant.replace("<int>", "1")
+      if arg and "<" in arg:
+        continue  # a typed value this test does not know how to fill
+      optim = module.get_config(arg).optim
+      found.setdefault(json.dumps(optim.to_dict(), sort_keys=True), f"{name}.py:{arg or ''}")
+  return found
+
+
+def test_every_shipped_config_builds_the_optimiser_it_built_before():
+  """For every config in configs/ (and its demo/smoke/... variants) the optimiser built from the
+  optax name equals the hard-coded one it replaced: same state tree and, bit for bit, the same
+  updates over three steps of random gradients on a model with network, memory and frozen
+  parameters."""
+  found = _shipped_optim_sections()
+  names = {json.loads(k)["name"] for k in found}
+  assert names == {"sgd", "adam"}, names
+  assert any("demo" in v for v in found.values()) and len(found) >= 3, found
+  state = _init()
+  rng = np.random.default_rng(0)
+  grads = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), state.params)
+           for _ in range(3)]
+  for section, where in found.items():
+    optim = mlc.ConfigDict(json.loads(section))
+    assert set(optim.kwargs) <= {"momentum"}, where
+    new = optimizers.make_optimizer(optim, state.params, state.memory)
+    old = _old_make_optimizer(optim, state.params, state.memory)
+    s_new, s_old = new.init(state.params), old.init(state.params)
+    assert jax.tree.structure(s_new) == jax.tree.structure(s_old), where
+    params_new = params_old = state.params
+    for g in grads:
+      u_new, s_new = new.update(g, s_new, params_new)
+      u_old, s_old = old.update(g, s_old, params_old)
+      params_new = optax.apply_updates(params_new, u_new)
+      params_old = optax.apply_updates(params_old, u_old)
+    for a, b in zip(jax.tree.leaves((params_new, s_new)), jax.tree.leaves((params_old, s_old))):
+      np.testing.assert_array_equal(a, b, err_msg=where)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(
+        jax.tree.leaves(params_new), jax.tree.leaves(state.params))) > 1e-4, where
 
 
 def test_memory_group_is_the_module_that_owns_memory():
@@ -149,15 +271,15 @@ def test_memory_group_is_the_module_that_owns_memory():
             "head": {"kernel": 0}}
   memory = {"fusion": {"fusion": {"memory": 0}}}
   flat = lambda t: {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(t)}
-  got = flat(steps.param_labels(params, _optim(), memory))
+  got = flat(optimizers.param_labels(params, _optim(), memory))
   assert got == {"['audio']['kernel']": "network", "['fusion']['attention']['kernel']": "network",
                  "['fusion']['attention']['bias']": "network",
                  "['fusion']['fusion']['read_kernel']": "memory",
                  "['fusion']['fusion']['write_kernel']": "memory",
                  "['head']['kernel']": "network"}
-  assert set(flat(steps.param_labels(params, _optim(), {})).values()) == {"network"}
+  assert set(flat(optimizers.param_labels(params, _optim(), {})).values()) == {"network"}
   # Without the memory tree, the top-level fusion subtree (backward compatible).
-  assert flat(steps.param_labels(params, _optim()))["['fusion']['attention']['bias']"] == "memory"
+  assert flat(optimizers.param_labels(params, _optim()))["['fusion']['attention']['bias']"] == "memory"
 
 
 def test_adam_uses_memory_learning_rate_for_fusion_params():
@@ -167,8 +289,8 @@ def test_adam_uses_memory_learning_rate_for_fusion_params():
   state = _init()
   optim = _optim("adam")
   optim.learning_rate, optim.memory_learning_rate = 1e-2, 1e-3
-  tx = steps.make_optimizer(optim, state.params)
-  labels = steps.param_labels(state.params, optim)
+  tx = optimizers.make_optimizer(optim, state.params)
+  labels = optimizers.param_labels(state.params, optim)
   flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(labels)}
   grads = jax.tree.map(jnp.ones_like, state.params)
   updates, _ = tx.update(grads, tx.init(state.params), state.params)
@@ -178,12 +300,12 @@ def test_adam_uses_memory_learning_rate_for_fusion_params():
 
 
 def test_same_seed_bit_identical_and_compiles_once(one_device):
-  mesh, step = one_device
+  step = one_device
 
   def run():
-    state = steps.replicate(_init(), mesh)
+    state = step.put_state(_init())
     for i, real in enumerate((B, B, 3)):  # the last batch is padded
-      state, _ = step(state, steps.shard_batch(_batch(10 + i, real), mesh), jax.random.key(3))
+      state, _ = step(state, step.put_batch(_batch(10 + i, real)), jax.random.key(3))
     return jax.device_get(state.params), jax.device_get(state.memory)
 
   a, b = run(), run()
@@ -194,31 +316,30 @@ def test_same_seed_bit_identical_and_compiles_once(one_device):
 
 @pytest.mark.slow
 def test_eight_devices_equal_one_device(one_device):
-  mesh1, step1 = one_device
-  mesh8 = steps.make_mesh(8)
-  step8 = steps.jit_train_step(TRAIN_STEP, mesh8)
-  s1, s8 = steps.replicate(_init(), mesh1), steps.replicate(_init(), mesh8)
+  step1, step8 = one_device, _jit_step(8)
+  assert step8.mesh.axis_names == (dist.BATCH_AXIS,) and len(step8.devices) == 8
+  s1, s8 = step1.put_state(_init()), step8.put_state(_init())
   for i, real in enumerate((B, 5)):
     batch = _batch(20 + i, real)
-    s1, m1 = step1(s1, steps.shard_batch(batch, mesh1), jax.random.key(5))
-    s8, m8 = step8(s8, steps.shard_batch(batch, mesh8), jax.random.key(5))
+    s1, m1 = step1(s1, step1.put_batch(batch), jax.random.key(5))
+    s8, m8 = step8(s8, step8.put_batch(batch), jax.random.key(5))
     np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-5)
   for x, y in zip(jax.tree.leaves((s1.params, s1.memory, s1.batch_stats)),
                   jax.tree.leaves((s8.params, s8.memory, s8.batch_stats))):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
-  with pytest.raises(ValueError, match="not divisible"):
-    steps.shard_batch({"x": np.zeros((6, 2))}, mesh8)
+  with pytest.raises(UserError, match="has 6 rows.*8 local devices"):
+    step8.put_batch({"x": np.zeros((6, 2))})
 
 
 def test_nonfinite_loss_is_recorded(one_device):
-  mesh, step = one_device
-  state = steps.replicate(_init(), mesh)
+  step = one_device
+  state = step.put_state(_init())
   good = _batch(30)
   bad = _batch(31)
   bad["audio"][0, 0] = np.nan
-  state, _ = step(state, steps.shard_batch(good, mesh), jax.random.key(1))
+  state, _ = step(state, step.put_batch(good), jax.random.key(1))
   assert int(state.first_nonfinite) == -1
-  state, m = step(state, steps.shard_batch(bad, mesh), jax.random.key(1))
+  state, m = step(state, step.put_batch(bad), jax.random.key(1))
   assert not np.isfinite(float(m["loss"]))
   assert int(state.first_nonfinite) == 1
 
@@ -254,12 +375,11 @@ def test_pmap_train_step_equals_one_device(fusion):
   """steps.make_train_step(axis_name) under jax.pmap on 4 devices (2 rows each, a padded batch
   leaving devices with no real row) == the single-device step on the global batch: loss terms,
   gradients, params, memory, batch stats; compiled once; the pmap eval step agrees too."""
-  from mbaf_jax.fusion import NaiveFusion
-  from train import distributed as dist
   layer = (DualMemoryFusion(slots=4, cbp_dim=32, num_heads=2, writer_ff_dim=16,
                             attention_tokens=4) if fusion == "dmf" else NaiveFusion())
   model = FieldModel(fusion=layer)
-  tx = steps.make_optimizer(_optim(), steps.abstract_params(model, _batch(0), jax.random.key(0)))
+  tx = optimizers.make_optimizer(_optim(), steps.abstract_params(model, _batch(0),
+                                                                jax.random.key(0)))
   init = dist.fetch(steps.create_state(steps.init_variables(model, _batch(0), jax.random.key(0)),
                                        tx))
   ref = jax.jit(steps.make_train_step(model.apply, tx))
@@ -300,7 +420,6 @@ def test_pmap_train_step_equals_one_device(fusion):
 
 
 def test_with_axis_name_sets_the_fusion_axis_only():
-  from mbaf_jax.fusion import NaiveFusion
   m = FieldModel(fusion=DualMemoryFusion(slots=4))
   assert steps.with_axis_name(m, None) is m
   assert steps.with_axis_name(m, "batch").fusion.axis_name == "batch"

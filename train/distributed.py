@@ -1,5 +1,11 @@
 """Devices and hosts: data parallelism over a jit device mesh or ``jax.pmap``, and multi-host.
 
+The project's one device layer: the only place that checks a run's layout against its devices
+(:func:`layout`), builds meshes (:func:`global_mesh`), places arrays (:class:`ParallelStep`'s
+``put_*``, :func:`host_local_to_global`, :func:`replicate_on_mesh`) and compiles steps for a
+layout; ``train.steps`` holds the pure step functions it wraps. One mesh axis name,
+:data:`BATCH_AXIS`, for the jit mesh and the pmap axis.
+
 One train-step function serves every layout. A *step builder* ``build_step(axis_name)``
 returns ``step(state, batch, key) -> (state, metrics)``, a pure function of its arguments:
 
@@ -8,7 +14,7 @@ returns ``step(state, batch, key) -> (state, metrics)``, a pure function of its 
   ``axis_type="explicit"``) the batch is sharded along its leading axis, the state
   (params, optimiser state, batch stats, constants, memory) is replicated, and XLA inserts
   the collectives; the fusion writer sees the global batch with no option.
-* ``axis_name="batch"`` — the step sees this device's slice of the batch under ``jax.pmap``
+* ``axis_name=BATCH_AXIS`` — the step sees this device's slice of the batch under ``jax.pmap``
   (``parallelism="pmap"``). The step must then (i) build its fusion layer with
   ``axis_name`` (the writer all-gathers the batch, batch norm syncs its statistics, the
   Gumbel noise is drawn for the global batch and sliced), (ii) normalise its loss so that
@@ -26,7 +32,8 @@ builds the same global mesh (:func:`global_mesh`), feeds its own rows
 Typical use (what ``train.trainer`` calls)::
 
   initialize_multihost(config)                    # no-op for one process
-  ps = make_parallel_train_step(build_step, config.train.parallelism)
+  parallelism, devices = layout(config)           # checked against the batch sizes
+  ps = make_parallel_train_step(build_step, parallelism, devices)
   state = ps.put_state(state)
   for batch in batches:                           # host-local rows
     state, metrics = ps(state, ps.put_batch(batch), jax.random.fold_in(key, step))
@@ -44,8 +51,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-PARALLELISMS = ("jit", "pmap")
-DEFAULT_AXIS = "batch"
+from mbaf_jax.errors import UserError
+
+PARALLELISMS = ("jit", "pmap")  # config.train.parallelism
+BATCH_AXIS = "batch"  # the name of the batch axis: the jit mesh's axis and the pmap axis
 AXIS_TYPES = {"auto": AxisType.Auto, "explicit": AxisType.Explicit}
 
 _ENV_COORDINATOR = ("MBAF_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS")
@@ -125,7 +134,7 @@ def _get(cfg, name, default=None):
 
 def _check_address(address: str) -> None:
   if not isinstance(address, str) or not re.fullmatch(r"[^\s:]+:\d{1,5}", address):
-    raise ValueError(
+    raise UserError(
         f"coordinator_address={address!r} is not 'host:port' (e.g. '10.0.0.1:1234' or "
         f"'127.0.0.1:29500'); set config.distributed.coordinator_address or "
         f"{_ENV_COORDINATOR[0]}.")
@@ -176,16 +185,16 @@ def initialize_multihost(config=None, *, coordinator_address: str | None = None,
     kwargs = {}
     if address is not None or not auto:
       if address is None:
-        raise ValueError("num_processes/process_id are set but coordinator_address is not; "
+        raise UserError("num_processes/process_id are set but coordinator_address is not; "
                          "give all three (or config.distributed.auto=True on a TPU pod/SLURM).")
       _check_address(address)
       try:
         nproc, pid = int(nproc), int(pid)
       except (TypeError, ValueError):
-        raise ValueError(f"num_processes={nproc!r} and process_id={pid!r} must both be integers "
+        raise UserError(f"num_processes={nproc!r} and process_id={pid!r} must both be integers "
                          f"when coordinator_address={address!r} is set.") from None
       if nproc < 1 or not 0 <= pid < nproc:
-        raise ValueError(f"process_id={pid} must lie in [0, num_processes={nproc}) and "
+        raise UserError(f"process_id={pid} must lie in [0, num_processes={nproc}) and "
                          f"num_processes must be >= 1.")
       kwargs = dict(coordinator_address=address, num_processes=nproc, process_id=pid,
                     initialization_timeout=int(timeout_s))
@@ -201,7 +210,7 @@ def initialize_multihost(config=None, *, coordinator_address: str | None = None,
 
 
 # --------------------------------------------------------------------------- mesh + sharding
-def global_mesh(axis_name: str = DEFAULT_AXIS, devices=None, axis_type: str = "auto") -> Mesh:
+def global_mesh(axis_name: str = BATCH_AXIS, devices=None, axis_type: str = "auto") -> Mesh:
   """A 1-D mesh over ``devices`` (default: every device of every process), axis ``axis_name``.
 
   Built with ``jax.make_mesh``; devices are ordered by (process, local id), so process ``p``
@@ -246,7 +255,7 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
 
 def _check_divisible(name: str, size: int, parts: int, what: str) -> None:
   if size % parts:
-    raise ValueError(f"{name} has {size} rows, which does not split evenly over {parts} {what}; "
+    raise UserError(f"{name} has {size} rows, which does not split evenly over {parts} {what}; "
                      f"choose a batch size divisible by {parts} (pad with masked rows).")
 
 
@@ -334,7 +343,7 @@ def make_jit_train_step(step_fn: Callable, mesh: Mesh, axis_name: str | None = N
 
 
 # --------------------------------------------------------------------------- pmap
-def replicate(tree, devices, axis_name: str = DEFAULT_AXIS):
+def replicate(tree, devices, axis_name: str = BATCH_AXIS):
   """pmap layout: a leading device axis, one copy per device.
 
   The arrays get the sharding ``jax.pmap`` over ``axis_name`` gives its outputs (a 1-D mesh of
@@ -369,7 +378,7 @@ def shard_for_pmap(batch, num_devices: int):
   return jax.tree_util.tree_map_with_path(split, batch)
 
 
-def make_pmap_train_step(step_fn: Callable, axis_name: str = DEFAULT_AXIS, devices=None,
+def make_pmap_train_step(step_fn: Callable, axis_name: str = BATCH_AXIS, devices=None,
                          donate: bool = True) -> Callable:
   """``jax.pmap`` of ``step_fn(state, batch, key)`` over ``axis_name``.
 
@@ -381,6 +390,71 @@ def make_pmap_train_step(step_fn: Callable, axis_name: str = DEFAULT_AXIS, devic
   """
   return jax.pmap(step_fn, axis_name=axis_name, in_axes=(0, 0, None), out_axes=0,
                   devices=devices, donate_argnums=(0,) if donate else ())
+
+
+# --------------------------------------------------------------------------- layout checks
+def check_parallelism(parallelism: str) -> str:
+  """Validates ``config.train.parallelism``.
+
+  Raises:
+    UserError: not one of :data:`PARALLELISMS`.
+  """
+  if parallelism not in PARALLELISMS:
+    raise UserError(f"config.train.parallelism={parallelism!r} is not one of "
+                    f"{PARALLELISMS}: 'jit' shards the batch over a device mesh (default, "
+                    "multi-host capable), 'pmap' runs the same step under jax.pmap.")
+  return parallelism
+
+
+def select_devices(parallelism: str, num_devices: int) -> tuple:
+  """The devices of a run: the first ``num_devices`` (0: all) of every process's devices
+  (``"jit"``) or of this process's (``"pmap"``).
+
+  Raises:
+    UserError: an unknown parallelism, ``num_devices`` outside ``[0, available]``, a device
+      count with several processes, or pmap with several processes.
+  """
+  check_parallelism(parallelism)
+  avail = jax.local_devices() if parallelism == "pmap" else jax.devices()
+  n = int(num_devices)
+  if n < 0 or n > len(avail):
+    raise UserError(f"config.train.num_devices={n} but {len(avail)} devices are available; use "
+                    "0 (all) or a number up to that.")
+  if n and jax.process_count() > 1:
+    raise UserError(f"config.train.num_devices={n} with {jax.process_count()} processes; "
+                    "multi-host runs use every device (set it to 0).")
+  if parallelism == "pmap" and jax.process_count() > 1:
+    raise UserError("config.train.parallelism='pmap' drives one process's devices only; use "
+                    "'jit' for a multi-host run.")
+  return tuple(avail[: n or len(avail)])
+
+
+def layout(config) -> tuple[str, tuple]:
+  """``(parallelism, devices)`` from ``config.train``, checked against the batch sizes.
+
+  Args:
+    config: the run config (``train.parallelism``, ``train.num_devices``, ``train.batch_size``,
+      ``train.eval_batch_size``).
+
+  Returns:
+    The parallelism (``"jit"`` when unset) and the devices for
+    :func:`make_parallel_train_step` / :func:`make_parallel_eval_step`.
+
+  Raises:
+    UserError: unknown parallelism, bad num_devices, or a batch size that does not split over
+      the devices.
+  """
+  t = config.train
+  parallelism = t.get("parallelism", "jit")
+  devices = select_devices(parallelism, t.num_devices)
+  for field in ("batch_size", "eval_batch_size"):
+    size = int(t[field])
+    if size < 1 or size % len(devices):
+      raise UserError(f"config.train.{field}={size} does not split evenly over the "
+                      f"{len(devices)} devices of this run (parallelism={parallelism!r}); set "
+                      f"it to a multiple of {len(devices)}, or choose the devices with "
+                      "config.train.num_devices.")
+  return parallelism, devices
 
 
 # --------------------------------------------------------------------------- one front door
@@ -468,17 +542,8 @@ class TraceCounter:
     return self.fn(*args)
 
 
-def check_parallelism(parallelism: str) -> str:
-  """Validates ``config.parallelism``."""
-  if parallelism not in PARALLELISMS:
-    raise ValueError(f"config.parallelism={parallelism!r} is not one of {PARALLELISMS}: "
-                     f"'jit' shards the batch over a device mesh (default), 'pmap' runs the same "
-                     f"step under jax.pmap.")
-  return parallelism
-
-
 def make_parallel_train_step(build_step: Callable[[str | None], Callable], parallelism: str = "jit",
-                             devices=None, axis_name: str = DEFAULT_AXIS,
+                             devices=None, axis_name: str = BATCH_AXIS,
                              donate: bool = True, axis_type: str = "auto") -> ParallelStep:
   """Builds the train step for ``config.parallelism`` from one step builder.
 
@@ -510,13 +575,13 @@ def make_parallel_train_step(build_step: Callable[[str | None], Callable], paral
 def _pmap_devices(devices) -> tuple:
   devs = tuple(jax.local_devices() if devices is None else devices)
   if any(d.process_index != jax.process_index() for d in devs):
-    raise ValueError("parallelism='pmap' runs on this process's devices only; use "
+    raise UserError("parallelism='pmap' runs on this process's devices only; use "
                      "parallelism='jit' for multi-host runs.")
   return devs
 
 
 def make_parallel_eval_step(build_eval: Callable[[str | None], Callable], parallelism: str = "jit",
-                            devices=None, axis_name: str = DEFAULT_AXIS,
+                            devices=None, axis_name: str = BATCH_AXIS,
                             axis_type: str = "auto") -> ParallelStep:
   """The evaluation twin of :func:`make_parallel_train_step`.
 

@@ -1,14 +1,16 @@
-"""Train state, optimiser and the jitted train / eval steps (write-then-carry, data parallel).
+"""Train state and the pure train / eval step functions (write-then-carry, data parallel).
 
 The step is a pure function of ``(state, batch, key)``: it folds the step number into ``key``
 (``'dropout'`` and ``'gumbel'`` streams), runs the model with ``mutable=["memory",
 "batch_stats"]``, takes the loss on the *new* memory (DMF §2.2–2.3: "these calculated new memory
 states are used to calculate the overall loss"), and carries ``stop_gradient(new memory)`` into
 the next state ("we assign it back to the memory variable only at the beginning of the next
-iteration"). Layouts (``train.distributed``): under ``jit`` over a device mesh the step sees the
-global batch (sharded, state replicated), so the fusion layer's writer sees the global batch;
-under ``jax.pmap`` the step is built with ``axis_name`` (:func:`make_train_step`) and the model
-with :func:`with_axis_name`, and equals the single-device step.
+iteration"). Nothing here builds a mesh, compiles or places arrays: ``train.distributed`` wraps
+these functions for a layout. Under ``jit`` over a device mesh the step sees the global batch
+(sharded, state replicated), so the fusion layer's writer sees the global batch; under
+``jax.pmap`` the step is built with ``axis_name`` (:func:`make_train_step`) and the model with
+:func:`with_axis_name`, and equals the single-device step. The optimiser is
+``train.optimizers.make_optimizer``.
 """
 import dataclasses
 import functools
@@ -18,13 +20,12 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from mbaf_jax.fusion.dual_memory import DIAGNOSTICS
+from train import distributed as dist
+from train.optimizers import make_optimizer  # noqa: F401  (re-exported as steps.make_optimizer)
 
-DATA_AXIS = "data"
 COLLECTIONS = ("memory", "batch_stats", "constants")
 
 
@@ -58,74 +59,6 @@ class TrainState:
   def from_saved(cls, saved: dict) -> "TrainState":
     """The state from a ``saveable()`` dict (e.g. a restored checkpoint)."""
     return cls(**saved)
-
-
-def param_labels(params, optim_config, memory=None) -> Any:
-  """Optimiser group of every parameter: "frozen" (DMF §2.1, ``encoders.frozen_mask``),
-  "memory" (the memory module: DMF §3's own learning rate) or "network".
-
-  Args:
-    params: the parameter tree (arrays or shapes).
-    optim_config: ``config.optim`` (``freeze_encoders``).
-    memory: the model's ``'memory'`` collection (arrays or shapes). The memory module is every
-      module that owns a memory variable (DMF: ``fusion``, the whole DualMemoryFusion; MBAF
-      IEMOCAP: ``fusion/fusion``, the MBAF layer but not the block's self-attention). ``{}``
-      (e.g. naive fusion): no memory group. ``None``: the top-level ``fusion`` subtree.
-  """
-  from mbaf_jax.encoders import frozen_mask  # pylint: disable=g-import-not-at-top
-  frozen = frozen_mask(params) if optim_config.freeze_encoders else jax.tree.map(
-      lambda _: False, params)
-  if memory is None:
-    owners = {("fusion",)}
-  else:
-    owners = {tuple(getattr(k, "key", k) for k in path[:-1])
-              for path, _ in jax.tree_util.tree_leaves_with_path(memory)}
-
-  def label(path, is_frozen):
-    if is_frozen:
-      return "frozen"
-    keys = tuple(getattr(k, "key", k) for k in path)
-    return "memory" if any(keys[:len(o)] == o for o in owners) else "network"
-
-  return jax.tree_util.tree_map_with_path(label, frozen)
-
-
-def make_optimizer(optim_config, params, memory=None) -> optax.GradientTransformation:
-  """DMF §3: SGD, lr 0.01 network / 0.001 memory module, frozen parts zeroed
-  (``optax.multi_transform``); MBAF §4: Adam 1e-3 for everything (its configs set
-  ``memory_learning_rate = learning_rate``). The memory group gets ``memory_learning_rate``
-  with either optimiser.
-
-  Args:
-    optim_config: ``config.optim``.
-    params: the model parameters (for the labels).
-    memory: the model's ``'memory'`` collection (which modules are the memory module; see
-      :func:`param_labels`).
-  """
-  name = optim_config.name
-  if name == "sgd":
-    mom = optim_config.momentum or None
-
-    def opt(lr):
-      return optax.sgd(lr, momentum=mom)
-  elif name == "adam":
-
-    def opt(lr):
-      return optax.adam(lr)
-  else:
-    raise ValueError(f"config.optim.name={name!r} is unknown; expected 'sgd' (DMF) or 'adam' "
-                     "(MBAF).")
-  for field in ("learning_rate", "memory_learning_rate"):
-    if not optim_config[field] > 0:
-      raise ValueError(f"config.optim.{field}={optim_config[field]} must be > 0.")
-  memory_lr = optim_config.memory_learning_rate
-  tx = optax.multi_transform({"network": opt(optim_config.learning_rate),
-                              "memory": opt(memory_lr),
-                              "frozen": optax.set_to_zero()},
-                             param_labels(params, optim_config, memory))
-  if optim_config.grad_clip_norm > 0:
-    tx = optax.chain(optax.clip_by_global_norm(optim_config.grad_clip_norm), tx)
-  return tx
 
 
 def init_variables(model: nn.Module, batch: dict, key: jax.Array) -> dict:
@@ -243,8 +176,6 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
     (the step is folded in). metrics: "loss", "ce", "aux", "correct", "count" (device scalars,
     over the global batch).
   """
-  from train import distributed as dist  # pylint: disable=g-import-not-at-top
-
   def train_step(state: TrainState, batch: dict, key: jax.Array):
     inputs = {k: v for k, v in batch.items() if k not in ("mask", "label")}
     mask, labels = batch["mask"], batch["label"]
@@ -308,69 +239,3 @@ def make_eval_step(apply_fn: Callable):
     return out.log_probs
 
   return eval_step
-
-
-def make_mesh(num_devices: int = 0, axis_type: AxisType = AxisType.Auto) -> Mesh:
-  """A 1-D ``('data',)`` mesh over the first ``num_devices`` local devices (0: all).
-
-  ``jax.make_mesh`` with the axis type stated (its own default is Explicit): Auto for the
-  ``jit`` + ``in_shardings`` steps below; the fusion layers and models also run under
-  Explicit axes (docs/SCALING.md, "Explicit sharding and shard_map").
-  """
-  devices = jax.devices()
-  if num_devices < 0 or num_devices > len(devices):
-    raise ValueError(f"config.train.num_devices={num_devices} but {len(devices)} devices are "
-                     "available; use 0 (all) or a number up to that.")
-  devices = devices[: num_devices or len(devices)]
-  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(axis_type,), devices=devices)
-
-
-class CompiledStep:
-  """A jitted step with a trace counter (``traces``): proves it compiles once."""
-
-  def __init__(self, fn, **jit_kwargs):
-    self.traces = 0
-
-    def counted(*args):
-      self.traces += 1
-      return fn(*args)
-
-    self._jitted = jax.jit(counted, **jit_kwargs)
-
-  def __call__(self, *args):
-    return self._jitted(*args)
-
-
-def jit_train_step(train_step: Callable, mesh: Mesh, donate: bool = True) -> CompiledStep:
-  """``train_step`` jitted over ``mesh``: batch sharded on 'data', state and key replicated,
-  the state buffer donated."""
-  repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
-  return CompiledStep(train_step, in_shardings=(repl, data, repl), out_shardings=(repl, repl),
-                      donate_argnums=(0,) if donate else ())
-
-
-def jit_eval_step(eval_step: Callable, mesh: Mesh) -> CompiledStep:
-  """``eval_step`` jitted over ``mesh`` (batch sharded, state replicated)."""
-  repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
-  return CompiledStep(eval_step, in_shardings=(repl, data), out_shardings=data)
-
-
-def replicate(tree, mesh: Mesh):
-  """Places every array of ``tree`` on all devices of ``mesh`` (replicated)."""
-  return jax.device_put(tree, NamedSharding(mesh, P()))
-
-
-def shard_batch(batch: dict, mesh: Mesh) -> dict:
-  """Places a host batch sharded along its first axis over the mesh's 'data' axis."""
-  n = mesh.devices.size
-  sharding = NamedSharding(mesh, P(DATA_AXIS))
-
-  def put(x):
-    x = np.asarray(x)
-    if x.shape[0] % n:
-      raise ValueError(f"batch size {x.shape[0]} is not divisible by the {n} devices of the "
-                       "mesh; set config.train.batch_size / eval_batch_size to a multiple of "
-                       "config.train.num_devices (or the device count).")
-    return jax.device_put(x, sharding)
-
-  return jax.tree.map(put, batch)
