@@ -13,18 +13,16 @@ fusion baseline NF-*), both (MBAF and NF in one run), demo, smoke.
 
 Memory: the paper-size config (batch 64, 5 s) fits a 24 GiB accelerator because the SincNet
 encoder runs chunked and rematerialised (``model.audio.kwargs.window_chunk`` / ``remat``; the
-compiled train step needs ~9.9 GiB; numbers at WINDOW_CHUNK).
+compiled train step's size per chunk setting is in docs/RESULTS.md, "Device memory of the
+paper-size MBAF train step").
 """
 from configs import common
 from mbaf_jax.errors import UserError
 
 # Windows per scan step of the SincNet encoder at paper size (see get_config). Not in paper.
-# Compiled train step of MBAF-III at batch 64, 5 s, l = 6848 (271.5 M parameters, Adam; XLA
-# memory_analysis on CPU, state donated; scripts/mbaf_iemocap_memory.py):
-#   whole utterances, no remat:  ~326 GiB    chunk 1024 + remat: 15.3 GiB
-#   chunk 512 + remat:            9.9 GiB    chunk 256 + remat:   7.2 GiB
-# 512 leaves room on a 24 GiB accelerator; outputs and gradients do not depend on the chunk
-# size (tests/test_sincnet.py).
+# The largest chunk whose compiled MBAF-III train step leaves room on a 24 GiB accelerator
+# (docs/RESULTS.md, "Device memory of the paper-size MBAF train step"); outputs and gradients
+# do not depend on the chunk size (tests/test_sincnet.py).
 WINDOW_CHUNK = 512
 
 
@@ -52,10 +50,9 @@ def get_config(arg=None):
       shift=160,  # MBAF §4.1: 10 ms shift
       dense_features=(2048, 2048),  # MBAF §4.1: 2048-d output
       # Memory, not in paper: a 5 s utterance is 476 windows, i.e. 30,464 windows of 4,000
-      # samples per batch of 64; run whole, the SincConv output alone is ~36 GB and the train
-      # step ~326 GiB. The per-window network runs WINDOW_CHUNK windows per nn.scan step,
-      # rematerialised in the backward pass, so one chunk's activations are alive at a time
-      # (same result): ~9.9 GiB in all (see WINDOW_CHUNK).
+      # samples per batch of 64. The per-window network runs WINDOW_CHUNK windows per nn.scan
+      # step, rematerialised in the backward pass, so one chunk's activations are alive at a
+      # time (same result; sizes in docs/RESULTS.md).
       window_chunk=WINDOW_CHUNK,
       remat=True,
   ))))

@@ -13,8 +13,7 @@ with status 2, without a traceback. Rerunning with the same --workdir resumes.
 
 Compiled XLA programs are kept in a persistent cache (``--compilation_cache_dir``, default
 ``$XDG_CACHE_HOME/mbaf_jax/xla`` or ``~/.cache/mbaf_jax/xla``; ``none`` turns it off), so a rerun of
-the same config skips most compilation (the demo's train and eval steps take tens of seconds to
-compile on a 2-core CPU).
+the same config skips most compilation.
 """
 import os
 import sys
