@@ -1,4 +1,4 @@
-r"""Memory fusion vs concatenation on small real multi-view data, many seeds, in minutes.
+r"""Memory fusion vs concatenation on small real multi-view data, over many seeds, on a CPU.
 
 Each run trains the same network with one fusion layer swapped: an MLP encoder per view
 (``Dense(hidden) → ReLU → Dense(embed)``), the fusion layer, and a head
