@@ -10,6 +10,7 @@ import pytest
 
 from configs import cebs, iemocap, iemocap_mbaf
 from mbaf_jax.models import factory
+from train import optimizers
 from train import steps
 
 B = 4
@@ -124,7 +125,7 @@ def test_bfloat16_train_step(name):
   c = _config(name, "bfloat16")
   model, batch = _build(name, "bfloat16"), _batch(name)
   v = _variables(name, "bfloat16")
-  tx = steps.make_optimizer(c.optim, v["params"], v.get("memory"))
+  tx = optimizers.make_optimizer(c.optim, v["params"], v.get("memory"))
   state = steps.create_state(v, tx)
   key = jax.random.key(3)
   new, metrics = jax.jit(steps.make_train_step(model.apply, tx))(state, batch, key)
