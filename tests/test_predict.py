@@ -172,9 +172,10 @@ def test_predictor_matches_trainer_eval_and_never_writes_memory(trained):
   texts = ["I am so happy today", "leave me alone", "okay"]
   predictor = predict.load(workdir, batch_size=4)  # 3 rows + 1 masked pad row per call
   assert predictor.classes == CLASSES and predictor.fusion == "dmf"
-  assert predictor.fold == "loso_s1"
+  assert predictor.fold == "loso_s1" and predictor.checkpoint == "best"
   want, ref_state, init_vars, best_step = _reference(config, workdir, wavs, texts)
   assert predictor.step == best_step
+  assert predictor.describe() == f"loaded dmf/loso_s1, best checkpoint at step {best_step}"
   got = predictor.predict_files(wavs, texts)
   assert got.shape == (3, 4)
   np.testing.assert_allclose(got.sum(-1), 1.0, rtol=1e-5)
@@ -195,7 +196,9 @@ def test_cli_single_wav_and_manifest(trained, tmp_path, capsys):
   predictor = predict.load(workdir)
   want = predictor.predict_files(wavs[:2], ["hello", "bye now"])
   assert predict.run(["--workdir", workdir, "--wav", wavs[0], "--text", "hello"]) == 0
-  line = capsys.readouterr().out.strip()
+  out = capsys.readouterr()
+  line = out.out.strip()
+  assert out.err.strip() == f"{predictor.describe()} from {workdir}"  # which checkpoint, one line
   assert line.startswith(wavs[0] + ": " + CLASSES[int(np.argmax(want[0]))])
   assert f"ang {want[0][0]:.4f}" in line
   m = tmp_path / "m.csv"
@@ -211,6 +214,40 @@ def test_cli_single_wav_and_manifest(trained, tmp_path, capsys):
   junk.write_bytes(b"RIFF")
   assert predict.run(["--workdir", workdir, "--wav", str(junk), "--text", "x"]) == 2
   assert "junk.wav" in capsys.readouterr().err
+
+
+def test_latest_checkpoint_and_inconsistent_or_damaged_workdirs(trained, tmp_path):
+  """--checkpoint=latest loads the last step; a checkpoint that does not fit the workdir's
+  config.json, or cannot be read, is a PredictError that says so (nothing is compiled)."""
+  import shutil
+  from train import checkpoints
+  config, workdir, _ = trained
+  latest = predict.load(workdir, checkpoint="latest")
+  assert (latest.checkpoint, latest.step) == ("latest", config.train.max_steps)
+  w = str(tmp_path / "copy")
+  shutil.copytree(workdir, w)
+  with open(checkpoints.config_path(w)) as f:
+    stored = json.load(f)
+  with open(checkpoints.config_path(w), "w") as f:
+    json.dump(dict(stored, fingerprint="0123456789abcdef"), f)
+  with pytest.raises(predict.PredictError,
+                     match=r"different model/optimiser config.*the workdir is inconsistent"):
+    predict.load(w)
+  stored["config"]["model"]["fusion"]["dmf"]["slots"] += 1  # other memory shapes
+  with open(checkpoints.config_path(w), "w") as f:
+    json.dump(dict(stored, fingerprint=None), f)
+  with pytest.raises(predict.PredictError,
+                     match=r"does not match this model's state.*the workdir is inconsistent"):
+    predict.load(w)
+  stored["config"]["model"]["fusion"]["dmf"]["slots"] -= 1
+  with open(checkpoints.config_path(w), "w") as f:
+    json.dump(stored, f)
+  ref = predict.find_checkpoint(w)
+  state_dir = os.path.join(checkpoints.kind_dir(w, ref.fusion, ref.fold, ref.kind),
+                           str(ref.step), "state")
+  shutil.rmtree(state_dir)
+  with pytest.raises(predict.PredictError, match=r"could not read the checkpoint .*damaged"):
+    predict.load(w)
 
 
 def test_word_vocab_round_trip_and_errors(tmp_path):

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import xla_env
 
+from train import checkpoints
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FOLD_DIR = os.path.join("ckpt", "dmf", "loso_s1", "latest")
 TOTAL_STEPS = 10
 
 
@@ -37,8 +38,12 @@ def _env():
   return env
 
 
+def _latest_dir(workdir):
+  return checkpoints.kind_dir(str(workdir), "dmf", "loso_s1", "latest")
+
+
 def _finished_steps(workdir):
-  d = os.path.join(workdir, FOLD_DIR)
+  d = _latest_dir(workdir)
   if not os.path.isdir(d):
     return []
   return sorted(int(n) for n in os.listdir(d) if n.isdigit())
@@ -55,7 +60,7 @@ def _final_state(workdir):
   import orbax.checkpoint as ocp
   steps = _finished_steps(workdir)
   assert steps and steps[-1] == TOTAL_STEPS, f"{workdir}: checkpoints {steps}"
-  mgr = ocp.CheckpointManager(os.path.join(workdir, FOLD_DIR), item_names=("state", "meta"))
+  mgr = ocp.CheckpointManager(_latest_dir(workdir), item_names=("state", "meta"))
   try:
     got = mgr.restore(steps[-1], args=ocp.args.Composite(state=ocp.args.StandardRestore(),
                                                          meta=ocp.args.JsonRestore()))

@@ -43,9 +43,11 @@ import numpy as np
 from mbaf_jax.data import cebs as cebs_data
 from mbaf_jax.errors import UserError
 from mbaf_jax.models import factory
+from train import checkpoints as ckpt_lib
 from train import datasets
+from train import steps
 
-CHECKPOINT_KINDS = ("best", "latest")
+CHECKPOINT_KINDS = ckpt_lib.KINDS
 
 
 class PredictError(UserError):
@@ -54,97 +56,50 @@ class PredictError(UserError):
 
 # --------------------------------------------------------------------------- workdir
 def _read_config(workdir: str):
-  import ml_collections as mlc  # pylint: disable=g-import-not-at-top
-  if not workdir:
-    raise PredictError("--workdir is empty; pass the directory a training run wrote "
-                       "(it holds config.json and ckpt/).")
-  if not os.path.isdir(workdir):
-    what = "is a file" if os.path.exists(workdir) else "does not exist"
-    raise PredictError(f"workdir {workdir!r} {what}; pass the directory of a training run "
-                       "(python -m train.main --workdir=...), which holds config.json and ckpt/.")
-  path = os.path.join(workdir, "config.json")
+  """``(config, fingerprint)`` of the workdir's config.json (``checkpoints.read_workdir_config``)."""
   try:
-    with open(path) as f:
-      stored = json.load(f)
-    config = mlc.ConfigDict(stored["config"])
-  except FileNotFoundError:
-    raise PredictError(f"{path} not found: {workdir!r} is not a training workdir (train first with "
-                       "python -m train.main --workdir=...).") from None
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise PredictError(f"{path} is not a readable training config ({type(e).__name__}: {e}); "
-                       "it should be the config.json written by train.main.") from None
-  return config, stored.get("fingerprint")
-
-
-def _pick(options: Sequence[str], wanted: str | None, what: str, where: str) -> str:
-  if not options:
-    raise PredictError(f"no checkpoints found in {where}: the run wrote none yet (train longer, or "
-                       "check --workdir).")
-  if wanted is None:
-    return sorted(options)[0]
-  if wanted not in options:
-    raise PredictError(f"--{what}={wanted!r} has no checkpoints in {where}; available: "
-                       f"{sorted(options)}.")
-  return wanted
-
-
-def _subdirs(path: str) -> list[str]:
-  return [d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d))] \
-      if os.path.isdir(path) else []
-
-
-def _steps(path: str) -> list[int]:
-  return sorted(int(d) for d in _subdirs(path) if d.isdigit())
+    return ckpt_lib.read_workdir_config(workdir)
+  except UserError as e:
+    raise PredictError(str(e)) from None
 
 
 def find_checkpoint(workdir: str, fusion: str | None = None, fold: str | None = None,
-                    checkpoint: str = "best") -> tuple[str, int, str, str]:
-  """Locates ``ckpt/<fusion>/<fold>/<best|latest>/<step>`` in a workdir.
-
-  Args:
-    workdir: the training workdir.
-    fusion: fusion kind (default: the first in alphabetical order that has checkpoints).
-    fold: fold name (default: the first in alphabetical order).
-    checkpoint: "best" (by validation UA; falls back to "latest" when the run had no validation
-      set) or "latest".
+                    checkpoint: str = "best") -> ckpt_lib.CheckpointRef:
+  """Locates ``ckpt/<fusion>/<fold>/<best|latest>/<step>`` in a workdir
+  (``checkpoints.find_checkpoint``; "best" falls back to "latest" when the run had no
+  validation set).
 
   Returns:
-    ``(manager_dir, step, fusion, fold)``.
+    The ``checkpoints.CheckpointRef`` (fusion, fold, kind, step).
+
+  Raises:
+    PredictError: an unknown kind, fusion or fold, or no finished checkpoint.
   """
-  if checkpoint not in CHECKPOINT_KINDS:
-    raise PredictError(f"--checkpoint={checkpoint!r}; expected one of {CHECKPOINT_KINDS}.")
-  root = os.path.join(workdir, "ckpt")
-  fusion = _pick(_subdirs(root), fusion, "fusion", root)
-  fold_root = os.path.join(root, fusion)
-  fold = _pick(_subdirs(fold_root), fold, "fold", fold_root)
-  for kind in (checkpoint, "latest"):
-    d = os.path.join(fold_root, fold, kind)
-    steps = _steps(d)
-    if steps:
-      return d, steps[-1], fusion, fold
-  raise PredictError(f"no finished checkpoint in {os.path.join(fold_root, fold)} (best/ and "
-                     "latest/ are empty or missing); the run may have been stopped before its "
-                     "first save.")
-
-
-def _restore(manager_dir: str, step: int, fingerprint: str | None) -> dict:
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  mgr = ocp.CheckpointManager(manager_dir, item_names=("state", "meta"))
   try:
-    got = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                    meta=ocp.args.JsonRestore()))
+    return ckpt_lib.find_checkpoint(workdir, fusion, fold, checkpoint)
+  except UserError as e:
+    raise PredictError(str(e)) from None
+
+
+def _restore_variables(workdir: str, ref: ckpt_lib.CheckpointRef, fingerprint: str | None,
+                       target: dict) -> dict:
+  """The model variables of the checkpoint ``ref``, read into the shapes of ``target``
+  (``checkpoints.inference_target``) with the trainer's restore."""
+  ck = ckpt_lib.FoldCheckpointer(ckpt_lib.fold_dir(workdir, ref.fusion, ref.fold),
+                                 fingerprint=fingerprint or "", create=False)
+  where = ck.path(ref.kind, ref.step)
+  try:
+    tree, _ = ck.restore(ref.kind, ref.step, target)
+  except ckpt_lib.CheckpointMismatchError as e:
+    raise PredictError(f"{e.problem}; it does not fit the model of "
+                       f"{ckpt_lib.config_path(workdir)}: the workdir is inconsistent (its "
+                       "config.json and ckpt/ come from different runs).") from None
   except Exception as e:  # orbax raises many types on damaged checkpoints
-    raise PredictError(f"could not read the checkpoint {os.path.join(manager_dir, str(step))} "
-                       f"({type(e).__name__}: {e}); it may be damaged — use --checkpoint=latest "
-                       "or another --fold.") from None
+    raise PredictError(f"could not read the checkpoint {where} ({type(e).__name__}: {e}); it may "
+                       "be damaged — use --checkpoint=latest or another --fold.") from None
   finally:
-    mgr.close()
-  found = (got["meta"] or {}).get("fingerprint")
-  if fingerprint and found and found != fingerprint:
-    raise PredictError(f"the checkpoint {os.path.join(manager_dir, str(step))} was written with a "
-                       f"different model config (fingerprint {found}) than the workdir's "
-                       f"config.json ({fingerprint}); the workdir is inconsistent.")
-  return got["state"]
+    ck.close()
+  return jax.tree.map(jax.numpy.asarray, steps.TrainState.from_saved(tree).variables())
 
 
 # --------------------------------------------------------------------------- predictor
@@ -157,7 +112,8 @@ class Predictor:
     classes: class names, in output column order.
     sample_rate: sampling rate ``waves`` must have (Hz; CEBS: the signals' 5 kHz).
     batch_size: rows per compiled call (inputs are padded to a multiple).
-    fusion, fold, step: which checkpoint was loaded.
+    fusion, fold, checkpoint, step: which checkpoint was loaded (``checkpoint``: "best" or
+      "latest", the kind found after the fallback).
     variables: the model variables (params, memory, batch stats, constants); read-only.
     input_kind: "audio_text" (waves, texts) or "modes" (one array per physiological mode).
   """
@@ -166,6 +122,7 @@ class Predictor:
   batch_size: int  # rows per compiled call
   fusion: str  # fusion kind of the checkpoint
   fold: str  # fold of the checkpoint
+  checkpoint: str  # "best" or "latest": the kind loaded
   step: int  # training step of the checkpoint
   variables: dict  # model variables (never written)
   _prepare: Callable  # list of per-example inputs -> model input dict
@@ -173,6 +130,11 @@ class Predictor:
   input_kind: str = "audio_text"  # "audio_text" | "modes"
   mode_names: tuple = ()  # CEBS: the modes, in argument order (e.g. ("ECG", "RESP"))
   window_shape: tuple = ()  # CEBS: (chunks, chunk_samples) of one window
+
+  def describe(self) -> str:
+    """One line: which fusion, fold, checkpoint kind and step this predictor loaded."""
+    return (f"loaded {self.fusion}/{self.fold}, {self.checkpoint} checkpoint at step "
+            f"{self.step}")
 
   def __call__(self, *inputs) -> np.ndarray:
     """Class probabilities.
@@ -302,8 +264,8 @@ def load(workdir: str, fusion: str | None = None, fold: str | None = None,
     family = factory.family(name)
   except UserError as e:
     raise PredictError(f"the workdir's model cannot be loaded: {e}") from None
-  manager_dir, step, fusion, fold = find_checkpoint(workdir, fusion, fold, checkpoint)
-  state = _restore(manager_dir, step, fingerprint)
+  ref = find_checkpoint(workdir, fusion, fold, checkpoint)
+  fusion = ref.fusion
   extra = {}
   d = config.data
   rate = int(d.sample_rate)
@@ -318,27 +280,14 @@ def load(workdir: str, fusion: str | None = None, fold: str | None = None,
   prepare = _preparer(config, family, pre, extra.get("input_kind", "audio_text"))
   model, _ = family.build(config.model, fusion, vocab_size=pre.vocab_size,
                           max_tokens=d.max_tokens)
-  variables = {"params": state["params"]}
-  for coll in ("memory", "batch_stats", "constants"):
-    if state.get(coll):
-      variables[coll] = state[coll]
-  variables = jax.tree.map(jax.numpy.asarray, variables)
 
-  # The checkpoint must fit the model the config builds (shapes checked before compiling).
+  # The checkpoint must fit the model the config builds (shapes checked before reading arrays).
   if extra:
     dummy = prepare(*[[np.zeros(extra["window_shape"], np.float32)] * batch_size] * 2)
   else:
     dummy = prepare([np.zeros((1,), np.float32)] * batch_size, [""] * batch_size)
-  want = jax.eval_shape(lambda: model.init(
-      {"params": jax.random.key(0), "memory": jax.random.key(1)}, dummy,
-      mask=np.ones((batch_size,), bool), train=False))
-  want_shapes = {k: jax.tree.map(lambda x: tuple(x.shape), want[k]) for k in variables
-                 if k in want}
-  got_shapes = {k: jax.tree.map(lambda x: tuple(x.shape), variables[k]) for k in variables}
-  if want_shapes != got_shapes or set(want) - set(variables) - {"params"}:
-    raise PredictError(f"the checkpoint {os.path.join(manager_dir, str(step))} does not fit the "
-                       f"model built from {os.path.join(workdir, 'config.json')} (different "
-                       "shapes or collections); the workdir is inconsistent.")
+  target = ckpt_lib.inference_target(model, dict(dummy, mask=np.ones((batch_size,), bool)))
+  variables = _restore_variables(workdir, ref, fingerprint, target)
 
   @jax.jit
   def apply(variables, inputs, mask):
@@ -346,7 +295,8 @@ def load(workdir: str, fusion: str | None = None, fold: str | None = None,
     return model.apply(variables, inputs, mask=mask, train=False).log_probs
 
   return Predictor(classes=_class_names(workdir, config), sample_rate=rate,
-                   batch_size=batch_size, fusion=fusion, fold=fold, step=int(step),
+                   batch_size=batch_size, fusion=ref.fusion, fold=ref.fold,
+                   checkpoint=ref.kind, step=int(ref.step),
                    variables=variables, _prepare=prepare, _apply=apply, **extra)
 
 
@@ -457,6 +407,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.wav_dir and not args.transcripts:
       raise PredictError("--wav_dir needs --transcripts FILE (lines '<file or stem> <text>').")
     predictor = load(args.workdir, args.fusion, args.fold, args.checkpoint, args.batch_size)
+    print(f"{predictor.describe()} from {args.workdir}", file=sys.stderr, flush=True)
     if (predictor.input_kind == "modes") != bool(args.npy):
       if args.npy:
         raise PredictError("--npy is for CEBS models; this workdir's model takes audio and text "
