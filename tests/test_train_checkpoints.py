@@ -1,5 +1,7 @@
 """train.checkpoints: bit-exact round trip of the whole state (memory included), keep-N,
 best-by-validation-UA, refusal of a checkpoint written by another config."""
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections as mlc
@@ -88,8 +90,87 @@ def test_fingerprint_tracks_model_config():
   assert checkpoints.model_fingerprint(g) == checkpoints.model_fingerprint(h)
   h.model.text.kwargs.embed_dim = 100  # ... but the embedding's shape does count
   assert checkpoints.model_fingerprint(g) != checkpoints.model_fingerprint(h)
+  d = iemocap.get_config()
+  d.data.chunks = 3  # not a DMF data field (models/dmf.DATA_FIELDS): no shape depends on it
+  assert checkpoints.model_fingerprint(a) == checkpoints.model_fingerprint(d)
+  d.data.max_tokens = 7  # ... but the text length is one
+  assert checkpoints.model_fingerprint(a) != checkpoints.model_fingerprint(d)
   with pytest.raises(ValueError, match="keep_checkpoints"):
     checkpoints.FoldCheckpointer("/tmp/unused_ckpt_dir", keep=0)
+
+
+def test_paths_of_the_workdir_layout():
+  w = os.path.join("runs", "demo")
+  assert checkpoints.config_path(w) == os.path.join(w, "config.json")
+  assert checkpoints.checkpoint_root(w) == os.path.join(w, "ckpt")
+  assert checkpoints.fusion_dir(w, "dmf") == os.path.join(w, "ckpt", "dmf")
+  assert checkpoints.fold_dir(w, "dmf", "loso_s1") == os.path.join(w, "ckpt", "dmf", "loso_s1")
+  assert checkpoints.kind_dir(w, "dmf", "loso_s1", "best") == os.path.join(
+      w, "ckpt", "dmf", "loso_s1", "best")
+
+
+def test_workdir_config_is_written_checked_and_read_back(tmp_path):
+  from configs import iemocap
+  from mbaf_jax.errors import UserError
+  w = str(tmp_path / "run")
+  a = iemocap.get_config()
+  checkpoints.prepare_workdir(w, a, write=False)  # checks only: nothing written
+  assert not os.path.exists(checkpoints.config_path(w))
+  checkpoints.prepare_workdir(w, a)
+  checkpoints.prepare_workdir(w, iemocap.get_config())  # same config: resumes
+  config, fp = checkpoints.read_workdir_config(w)
+  assert fp == checkpoints.model_fingerprint(a) == checkpoints.model_fingerprint(config)
+  assert config.model.name == a.model.name and config.fusions == a.fusions
+  b = iemocap.get_config()
+  b.model.fusion.dmf.slots = 30
+  with pytest.raises(UserError, match="different model/optimiser config"):
+    checkpoints.prepare_workdir(w, b)
+  with pytest.raises(UserError, match="--workdir is empty"):
+    checkpoints.prepare_workdir("", a)
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(UserError, match="is a file, not a directory"):
+    checkpoints.prepare_workdir(str(tmp_path / "file"), a)
+  with pytest.raises(UserError, match="is a file"):
+    checkpoints.read_workdir_config(str(tmp_path / "file"))
+  with pytest.raises(UserError, match="does not exist"):
+    checkpoints.read_workdir_config(str(tmp_path / "none"))
+  with open(checkpoints.config_path(w), "w") as f:
+    f.write("{broken")
+  with pytest.raises(UserError, match="exists but is not readable JSON"):
+    checkpoints.prepare_workdir(w, a)
+  with pytest.raises(UserError, match="is not a readable training config"):
+    checkpoints.read_workdir_config(w)
+
+
+def test_find_falls_back_to_latest_and_restores_the_optimiser_state_as_saved(tmp_path):
+  """What predict does: find (best, else latest), then read the variables into the model's
+  shapes with the optimiser state as saved (no optimiser needed)."""
+  w = str(tmp_path)
+  reader = checkpoints.FoldCheckpointer(checkpoints.fold_dir(w, "dmf", "loso_s1"), create=False)
+  assert reader.find("best") is None and not os.path.exists(checkpoints.checkpoint_root(w))
+  reader.close()
+  ck = checkpoints.FoldCheckpointer(checkpoints.fold_dir(w, "dmf", "loso_s1"), keep=2,
+                                    fingerprint="abc")
+  ck.save_latest(1, _state(1).saveable(), {"step": 1})
+  ck.save_latest(2, _state(2).saveable(), {"step": 2})
+  assert checkpoints.find_checkpoint(w) == ("dmf", "loso_s1", "latest", 2)  # no best yet
+  ck.save_best(1, _state(1).saveable(), {"step": 1}, 0.5)
+  ck.close()
+  assert checkpoints.find_checkpoint(w) == checkpoints.CheckpointRef("dmf", "loso_s1", "best", 1)
+  assert checkpoints.find_checkpoint(w, kind="latest").step == 2
+  reader = checkpoints.FoldCheckpointer(checkpoints.fold_dir(w, "dmf", "loso_s1"),
+                                        fingerprint="abc", create=False)
+  assert reader.path("best", 1) == os.path.join(
+      os.path.abspath(checkpoints.kind_dir(w, "dmf", "loso_s1", "best")), "1")
+  target = dict(jax.eval_shape(lambda: _state(0).saveable()), opt_state=None)
+  tree, meta = reader.restore("best", 1, target)
+  _assert_equal(tree, _state(1).saveable())  # the optimiser state too, read as saved
+  assert meta["step"] == 1 and meta["fingerprint"] == "abc"
+  wider = dict(jax.eval_shape(lambda: _state(0, width=5).saveable()), opt_state=None)
+  with pytest.raises(checkpoints.CheckpointMismatchError, match="does not match") as e:
+    reader.restore("latest", 2, wider)
+  assert e.value.problem in str(e.value) and "fresh --workdir" not in e.value.problem
+  reader.close()
 
 
 def _smoke(workdir_data, parallelism="jit"):
