@@ -13,6 +13,7 @@ from mbaf_jax import models
 from train import experiment_stats
 from train import experiment_tables
 from train import experiments
+from train import optimizers
 from train import steps
 from train import timing
 from train.errors import NonFiniteLossError, UserError
@@ -216,7 +217,7 @@ def test_inference_table_math(monkeypatch, tmp_path):
                       lambda model_cfg, kind: (built.append(kind) or Model(kind), None))
   monkeypatch.setattr(timing, "random_batch", lambda c, b, seed=0: {"b": b})
   monkeypatch.setattr(steps, "init_variables", lambda *a: {"params": {}})
-  monkeypatch.setattr(steps, "make_optimizer", lambda *a: None)
+  monkeypatch.setattr(optimizers, "make_optimizer", lambda *a: None)
   monkeypatch.setattr(steps, "create_state", lambda *a: None)
   monkeypatch.setattr(steps, "make_eval_step", lambda apply: apply)
   monkeypatch.setattr(timing, "compile_and_time", lambda fn, args, **k: (

@@ -43,6 +43,7 @@ from configs.common import fusion_kinds
 from mbaf_jax import models
 from train import main as main_lib
 from train import metrics as metrics_lib
+from train import optimizers
 from train import steps
 from train import timing
 from train import trainer
@@ -409,7 +410,7 @@ def run_inference(args, log=print) -> dict:
     model, _ = models.build_model(c.model, kind)
     batch = timing.random_batch(c, 1)
     variables = steps.init_variables(model, batch, jax.random.key(0))
-    tx = steps.make_optimizer(c.optim, variables["params"], variables.get("memory", {}))
+    tx = optimizers.make_optimizer(c.optim, variables["params"], variables.get("memory", {}))
     state = steps.create_state(variables, tx)
     _, t = timing.compile_and_time(steps.make_eval_step(model.apply), (state, batch), warmup=3,
                                    iters=iters)
