@@ -15,13 +15,21 @@ Compiled XLA programs are kept in a persistent cache (``--compilation_cache_dir`
 ``$XDG_CACHE_HOME/mbaf_jax/xla`` or ``~/.cache/mbaf_jax/xla``; ``none`` turns it off), so a rerun of
 the same config skips most compilation.
 """
+import contextlib
 import os
+import signal
 import sys
+import threading
 
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
+
+from mbaf_jax.errors import UserError
+from train import config_help as help_lib
+from train import trainer
 
 FLAGS = flags.FLAGS
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and events.")
@@ -65,38 +73,66 @@ def enable_compilation_cache(path: str = "") -> str | None:
           "without a persistent cache (pass --compilation_cache_dir=DIR or none).",
           file=sys.stderr)
     return None
-  import jax  # pylint: disable=g-import-not-at-top
   jax.config.update("jax_compilation_cache_dir", path)
   return path
 
 
-def _user_errors():
-  from mbaf_jax.errors import UserError  # pylint: disable=g-import-not-at-top
-  return (UserError, FileNotFoundError, NotADirectoryError)
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # stop at the next step, with a checkpoint
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: trainer.StopRequest, stream=None):
+  """SIGINT / SIGTERM inside the block: while a fold is training, the first one sets ``stop``
+  (every fold checkpoints at its next step boundary and the run ends with KeyboardInterrupt) and
+  a second one stops at once; before training starts (loading, compiling) a signal stops at once
+  (there is nothing to save yet). Only the main thread can install handlers; elsewhere this does
+  nothing."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  stream = stream or sys.stderr
+
+  def handle(signum, frame):
+    del frame
+    if stop.is_set() or not stop.honoured():
+      raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
+    stop.set()
+    print(f"\n{signal.Signals(signum).name} received: saving a checkpoint after the current step, "
+          "then stopping (press Ctrl-C again to stop at once, without saving).", file=stream,
+          flush=True)
+
+  previous = {s: signal.signal(s, handle) for s in _STOP_SIGNALS}
+  try:
+    yield
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
 
 
 def run(config, workdir: str) -> int:
-  """Runs the trainer; returns the process exit status (0 ok, 2 user error)."""
-  from train import trainer  # pylint: disable=g-import-not-at-top
-  return exit_status(lambda: trainer.train_and_evaluate(config, workdir))
+  """Runs the trainer; returns the process exit status (0 ok, 2 user error, 130 stopped)."""
+  stop = trainer.StopRequest()
+  with stop_on_signals(stop):
+    return exit_status(lambda: trainer.train_and_evaluate(config, workdir, stop=stop))
 
 
 def exit_status(fn) -> int:
-  """Calls ``fn()``; a user error prints one line (status 2), an interrupt says how to resume (130)."""
+  """Calls ``fn()``; a user error prints one paragraph (status 2), an interrupt says how to
+  resume (130)."""
   try:
     fn()
-  except _user_errors() as e:
+  except (UserError, FileNotFoundError, NotADirectoryError) as e:
     print(f"\nerror: {e}", file=sys.stderr, flush=True)
     return 2
   except KeyboardInterrupt as e:
-    print(f"\nstopped: {e or 'interrupted'}; rerun the same command to resume.", file=sys.stderr)
+    print(f"\nstopped: {e or 'interrupted'}; rerun the same command to resume.", file=sys.stderr,
+          flush=True)
     return 130
   return 0
 
 
 def config_help() -> str:
   """The configs' help (files, variants, fields), generated from the config files."""
-  from train import config_help as help_lib  # pylint: disable=g-import-not-at-top
   return help_lib.render()
 
 
@@ -113,6 +149,15 @@ def _parse_flags(argv):
   if set(argv[1:]) & set(_HELP_FLAGS):
     main_module = sys.modules["__main__"]
     main_module.__doc__ = ((main_module.__doc__ or "") + "\n" + config_help()).replace("%", "%%")
+  given = {a.split("=", 1)[0].lstrip("-") for a in argv[1:] if a.startswith("-")}
+  missing = [f"--{name}" for name in ("config", "workdir") if name not in given]
+  if missing and not set(argv[1:]) & set(_HELP_FLAGS):
+    print(f"error: {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required: "
+          "--config=<configs/file.py[:variant]> names the experiment, --workdir=<dir> the "
+          "directory for its checkpoints and metrics (e.g. python -m train.main "
+          "--config=configs/iemocap.py:demo --workdir=runs/demo; --help_config lists the configs).",
+          file=sys.stderr)
+    sys.exit(2)
   try:
     return FLAGS(argv)
   except (AttributeError, KeyError, flags.Error, ValueError, TypeError) as e:

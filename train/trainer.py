@@ -18,8 +18,9 @@ seeded Batcher, padded last batch: one compilation for all batches and folds); :
 decides logging, validation (UA, every ``eval_every_epochs``) and checkpointing; the best state is
 kept in host memory and written as the best checkpoint with the next "latest" checkpoint, so a
 resume finds both consistent; the test metrics are those of the best state (the final one when
-there is no validation set). Memory is read, never written, in evaluation. A ``stop`` event
-(``train_and_evaluate(..., stop=...)``) makes every fold checkpoint at its next step and stop.
+there is no validation set). Memory is read, never written, in evaluation. A
+:class:`StopRequest` (``train_and_evaluate(..., stop=...)``; ``train.main`` sets it on SIGINT /
+SIGTERM) makes every fold being trained checkpoint at its next step and stop.
 
 What the run prints (``train.progress``): what it trains, then a line per phase (generating the
 corpus, loading it, compiling) with its time, per-fold progress (a tqdm bar on a terminal, plain
@@ -35,6 +36,7 @@ events, PNGs and config.json (:class:`RunOutput`; checkpoints are written by orb
 process taking part).
 """
 import concurrent.futures
+import contextlib
 import json
 import os
 import threading
@@ -83,6 +85,43 @@ def prepare_workdir(workdir: str, config, write: bool = True) -> None:
   if write:
     metrics_lib.write_json(path, {"fingerprint": fp,
                                   "config": json.loads(config.to_json_best_effort())})
+
+
+class StopRequest:
+  """A request to stop training at the next step boundary, with a checkpoint (Ctrl-C, SIGTERM, a
+  failed fusion kind, a test). :meth:`honoured` tells a signal handler whether a training loop
+  is running that will act on it; before the first step (loading, compiling) there is none, and
+  the caller should stop at once instead."""
+
+  def __init__(self):
+    self._event = threading.Event()  # set: stop at the next step
+    self._lock = threading.Lock()
+    self._loops = 0  # training loops running now (fusion kinds trained at once)
+
+  def set(self) -> None:
+    self._event.set()
+
+  def is_set(self) -> bool:
+    return self._event.is_set()
+
+  def wait(self, timeout: float | None = None) -> bool:
+    return self._event.wait(timeout)
+
+  def honoured(self) -> bool:
+    """Whether a training loop is running (and will checkpoint and stop when this is set)."""
+    with self._lock:
+      return self._loops > 0
+
+  @contextlib.contextmanager
+  def training(self):
+    """Marks a training loop as running for the duration of the ``with`` block."""
+    with self._lock:
+      self._loops += 1
+    try:
+      yield
+    finally:
+      with self._lock:
+        self._loops -= 1
 
 
 def is_time(step: int, every: int) -> bool:
@@ -334,7 +373,7 @@ def _meta(step: int, total: int, batcher: Batcher, best_val_ua: float, fold: str
 
 
 def train_fold(model: CompiledModel, fold, fold_index: int, out: RunOutput,
-               stop: threading.Event, on_step=None) -> dict:
+               stop: StopRequest, on_step=None) -> dict:
   """Trains (or resumes) one fold and returns its test metrics (+ validation UA, best step).
 
   One flat loop over the fold's steps ``start + 1 .. total``: every step trains one batch; then
@@ -388,41 +427,42 @@ def train_fold(model: CompiledModel, fold, fold_index: int, out: RunOutput,
   # once written.
   best, best_written, window, t0 = None, None, [], time.time()
 
-  for step in range(start + 1, total + 1):
-    state, metrics = model.train_fn(state, model.train_fn.put_batch(next(batches)), key)
-    window.append(metrics)
-    bar.update(1)
-    if on_step is not None:
-      on_step(kind, fold.name, step)
-    last = step == total
-    if is_time(step, t.log_every_steps) or last:
-      _check_finite(state, fold.name, kind)
-      logs = _train_scalars(model.train_fn, window, time.time() - t0)
-      tb.scalars(step, logs, "train")
-      bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['accuracy']:.2f}")
-      window, t0 = [], time.time()
-    if (is_time(step, validate_every) or last) and len(fold.val):
-      _check_finite(state, fold.name, kind)
-      m = evaluate(model.eval_fn, state, ds, fold.val, t.eval_batch_size, c.model.num_classes)
-      tb.scalars(step, {"wa": m["wa"], "ua": m["ua"], "f1": m["f1"]}, "val")
-      if m["ua"] > best_val_ua:  # only an improvement counts (ties keep the earlier step)
-        best_val_ua = m["ua"]
-        # A copy: the host arrays may alias device buffers that the next step donates.
-        best = (step, jax.tree.map(np.array, model.host(state).saveable()),
-                _meta(step, total, batcher, best_val_ua, fold.name, kind), m["ua"])
-    stopping = stop.is_set() and not last
-    if is_time(step, t.checkpoint_every_steps) or last or stopping:
-      if best is not None and best_written != best[0]:
-        ckpt.save_best(*best)
-        best_written = best[0]
-      ckpt.save_latest(step, model.host(state).saveable(),
-                       _meta(step, total, batcher, best_val_ua, fold.name, kind))
-    if stopping:
-      bar.close()
-      tb.close()
-      ckpt.close()
-      raise KeyboardInterrupt(f"stopped after step {step} of fold {fold.name} ({kind} fusion), "
-                              "checkpointed")
+  with stop.training():  # a signal now stops at the next step (StopRequest)
+    for step in range(start + 1, total + 1):
+      state, metrics = model.train_fn(state, model.train_fn.put_batch(next(batches)), key)
+      window.append(metrics)
+      bar.update(1)
+      if on_step is not None:
+        on_step(kind, fold.name, step)
+      last = step == total
+      if is_time(step, t.log_every_steps) or last:
+        _check_finite(state, fold.name, kind)
+        logs = _train_scalars(model.train_fn, window, time.time() - t0)
+        tb.scalars(step, logs, "train")
+        bar.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['accuracy']:.2f}")
+        window, t0 = [], time.time()
+      if (is_time(step, validate_every) or last) and len(fold.val):
+        _check_finite(state, fold.name, kind)
+        m = evaluate(model.eval_fn, state, ds, fold.val, t.eval_batch_size, c.model.num_classes)
+        tb.scalars(step, {"wa": m["wa"], "ua": m["ua"], "f1": m["f1"]}, "val")
+        if m["ua"] > best_val_ua:  # only an improvement counts (ties keep the earlier step)
+          best_val_ua = m["ua"]
+          # A copy: the host arrays may alias device buffers that the next step donates.
+          best = (step, jax.tree.map(np.array, model.host(state).saveable()),
+                  _meta(step, total, batcher, best_val_ua, fold.name, kind), m["ua"])
+      stopping = stop.is_set() and not last
+      if is_time(step, t.checkpoint_every_steps) or last or stopping:
+        if best is not None and best_written != best[0]:
+          ckpt.save_best(*best)
+          best_written = best[0]
+        ckpt.save_latest(step, model.host(state).saveable(),
+                         _meta(step, total, batcher, best_val_ua, fold.name, kind))
+      if stopping:
+        bar.close()
+        tb.close()
+        ckpt.close()
+        raise KeyboardInterrupt(f"stopped after step {step} of fold {fold.name} ({kind} fusion), "
+                                "checkpointed")
   bar.close()
 
   final_state, best_step = state, total
@@ -481,7 +521,7 @@ def compile_models(compiled: list) -> None:
       m.compile()
 
 
-def run_kinds(run_kind, kinds: list, stop: threading.Event, at_once: bool = True) -> None:
+def run_kinds(run_kind, kinds: list, stop: StopRequest, at_once: bool = True) -> None:
   """Calls ``run_kind(kind)`` for every fusion kind: at the same time, one thread each, when
   ``at_once`` and the run is a single process (the kinds are independent and XLA runs a step
   outside the GIL, so the kinds' steps share the cores); else one after the other (several
@@ -518,7 +558,7 @@ def _load_dataset(config, workdir: str) -> datasets.Dataset:
   return ds if ds is not None else datasets.load_dataset(config, workdir)
 
 
-def _train_kind(model: CompiledModel, out: RunOutput, stop: threading.Event, on_step) -> dict:
+def _train_kind(model: CompiledModel, out: RunOutput, stop: StopRequest, on_step) -> dict:
   """Every fold of one fusion kind: per-fold test metrics (printed, confusion PNGs) and their
   summary."""
   ds, kind = model.ds, model.kind
@@ -536,7 +576,7 @@ def _train_kind(model: CompiledModel, out: RunOutput, stop: threading.Event, on_
           "eval_traces": model.eval_fn.traces}
 
 
-def train_and_evaluate(config, workdir: str, stop: threading.Event | None = None,
+def train_and_evaluate(config, workdir: str, stop: StopRequest | None = None,
                        on_step=None) -> dict:
   """Runs the experiment of ``config`` in ``workdir`` (resuming what is there).
 
@@ -562,7 +602,7 @@ def train_and_evaluate(config, workdir: str, stop: threading.Event | None = None
   primary = setup.process_index == 0
   prepare_workdir(workdir, config, write=primary)
   out = RunOutput(workdir, primary, show_progress=config.train.progress)
-  stop = stop or threading.Event()
+  stop = stop or StopRequest()
   kinds = fusion_kinds(config)
   if not kinds:
     raise UserError("config.fusions is empty; expected e.g. 'dmf' or 'dmf,naive'.")
