@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs import iemocap
+from train import checkpoints
 from train import main as main_lib
 from train import trainer
 from train.errors import NonFiniteLossError, UserError
@@ -55,14 +56,14 @@ def test_data_dir_missing_or_not_iemocap(tmp_path, capsys):
 
 def test_workdir_of_another_config_is_refused(tmp_path):
   a = iemocap.get_config()
-  trainer.prepare_workdir(str(tmp_path), a)
-  trainer.prepare_workdir(str(tmp_path), iemocap.get_config())  # same config: resumes
+  checkpoints.prepare_workdir(str(tmp_path), a)
+  checkpoints.prepare_workdir(str(tmp_path), iemocap.get_config())  # same config: resumes
   b = iemocap.get_config()
   b.model.fusion.dmf.slots = 30
   with pytest.raises(UserError, match="different model/optimiser config"):
-    trainer.prepare_workdir(str(tmp_path), b)
+    checkpoints.prepare_workdir(str(tmp_path), b)
   with pytest.raises(UserError, match="--workdir is empty"):
-    trainer.prepare_workdir("", a)
+    checkpoints.prepare_workdir("", a)
 
 
 def test_nonfinite_loss_names_the_step():

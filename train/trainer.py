@@ -37,7 +37,6 @@ process taking part).
 """
 import concurrent.futures
 import contextlib
-import json
 import os
 import threading
 import time
@@ -57,34 +56,6 @@ from train import metrics as metrics_lib
 from train import progress as progress_lib
 from train import steps
 from train.errors import NonFiniteLossError, UserError
-
-
-def prepare_workdir(workdir: str, config, write: bool = True) -> None:
-  """Creates the workdir and stores the config (``write=False``: checks only, for processes
-  other than 0); a workdir that is a file or was written by a different config
-  (model/optimiser) is refused."""
-  if not workdir:
-    raise UserError("--workdir is empty; give a directory for checkpoints and metrics.")
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise UserError(f"--workdir={workdir!r} is a file, not a directory. Pass a new or existing "
-                    "directory (it will hold checkpoints, metrics.json and TensorBoard events).")
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config.json")
-  fp = ckpt_lib.model_fingerprint(config)
-  if os.path.exists(path):
-    try:
-      with open(path) as f:
-        old = json.load(f)
-    except (OSError, ValueError) as e:
-      raise UserError(f"{path} exists but is not readable JSON ({e}); remove it or use a fresh "
-                      "--workdir.") from e
-    if old.get("fingerprint") not in (None, fp):
-      raise UserError(f"--workdir={workdir!r} holds a run of a different model/optimiser config "
-                      f"(see {path}); resuming it with this config would mix checkpoints. Use a "
-                      "fresh --workdir, or rerun with the config stored there.")
-  if write:
-    metrics_lib.write_json(path, {"fingerprint": fp,
-                                  "config": json.loads(config.to_json_best_effort())})
 
 
 class StopRequest:
@@ -400,7 +371,7 @@ def train_fold(model: CompiledModel, fold, fold_index: int, out: RunOutput,
     raise UserError(f"fold {fold.name} has {len(fold.train)} training and {len(fold.test)} test "
                     "examples; the data set is too small for this protocol "
                     "(raise config.data.max_examples or use more data).")
-  ckpt = ckpt_lib.FoldCheckpointer(os.path.join(out.workdir, "ckpt", kind, fold.name),
+  ckpt = ckpt_lib.FoldCheckpointer(ckpt_lib.fold_dir(out.workdir, kind, fold.name),
                                    keep=t.keep_checkpoints,
                                    fingerprint=ckpt_lib.model_fingerprint(c))
   host_state = model.init_host_state(fold_index)
@@ -600,7 +571,7 @@ def train_and_evaluate(config, workdir: str, stop: StopRequest | None = None,
   except ValueError as e:
     raise UserError(f"multi-host settings: {e}") from e
   primary = setup.process_index == 0
-  prepare_workdir(workdir, config, write=primary)
+  ckpt_lib.prepare_workdir(workdir, config, write=primary)
   out = RunOutput(workdir, primary, show_progress=config.train.progress)
   stop = stop or StopRequest()
   kinds = fusion_kinds(config)
