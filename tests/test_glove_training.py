@@ -1,7 +1,7 @@
 """config.model.text.glove → the MBAF IEMOCAP text encoder's embedding (MBAF §4.1: GloVe-300d):
-loaded for the run's vocabulary (train.datasets.glove_embedding), substituted after init through
-build_model's ``pretrained`` / merge_pretrained, trained, and served by train.predict without the
-file."""
+loaded for the run's vocabulary (the mbaf_iemocap family's glove_embedding / text_embedding),
+substituted after init through build_model's ``pretrained`` / merge_pretrained, trained, and
+served by train.predict without the file."""
 import json
 import os
 import warnings
@@ -10,6 +10,13 @@ import jax
 import numpy as np
 import pytest
 
+from configs import iemocap_mbaf
+from mbaf_jax.data import synthetic
+from mbaf_jax.models import factory
+from mbaf_jax.models import mbaf_iemocap
+from train import datasets
+from train import predict
+from train import trainer
 from train.errors import UserError
 
 DIM = 16  # configs/iemocap_mbaf.py:smoke text encoder: embed_dim=16
@@ -31,27 +38,24 @@ def _glove_file(path, vectors=IN_FILE):
 
 def _setup(tmp_path, glove=None):
   """Smoke config with ``glove`` set, the vocab of TEXTS saved in ``tmp_path``, and a Dataset."""
-  from configs import iemocap_mbaf
-  from train import datasets
   c = iemocap_mbaf.get_config("smoke")
   c.fusions = "mbaf"
   c.train.batch_size = 2
   c.model.text.glove = glove if glove is not None else _glove_file(tmp_path / "glove.t.16d.txt")
   waves = np.linspace(-1, 1, 3 * 16000, dtype=np.float32).reshape(3, 16000)
-  inputs, vocab_size = datasets.audio_text_inputs(c, str(tmp_path), waves,
-                                                  np.full((3,), 16000), TEXTS)
-  vocab = datasets.load_word_vocab(str(tmp_path))
+  inputs, vocab_size = datasets.model_inputs(
+      c, str(tmp_path), {"waves": waves, "lengths": np.full((3,), 16000), "texts": TEXTS})
+  vocab = mbaf_iemocap.load_word_vocab(str(tmp_path))
   ds = datasets.Dataset(inputs, np.array([0, 1, 2], np.int32), [], ("a", "b", "c", "d"),
                         vocab_size)
   return c, vocab, ds
 
 
 def test_glove_embedding_rows_padding_and_missing_words(tmp_path, capsys):
-  from train import datasets
   c, vocab, _ = _setup(tmp_path)
   assert vocab == {"<pad>": 0, "<unk>": 1, "fine": 2, "hello": 3, "there": 4, "!": 5, ",": 6,
                    "i'm": 7}
-  m = datasets.glove_embedding(c, vocab)
+  m = mbaf_iemocap.glove_embedding(c, vocab)
   assert m.shape == (8, DIM) and m.dtype == np.float32
   for w in ("hello", "there", "i'm"):  # exactly the file's vectors
     np.testing.assert_array_equal(m[vocab[w]], IN_FILE[w])
@@ -59,23 +63,21 @@ def test_glove_embedding_rows_padding_and_missing_words(tmp_path, capsys):
   # missing words (<unk>, fine, !, ,): N(0, sigma^2) from fold_in(key(seed), GLOVE_KEY_SALT), sigma
   # = std of the found vectors
   sigma = np.stack([IN_FILE[w] for w in ("hello", "there", "i'm")]).std()
-  key = jax.random.fold_in(jax.random.key(c.seed), datasets.GLOVE_KEY_SALT)
+  key = jax.random.fold_in(jax.random.key(c.seed), mbaf_iemocap.GLOVE_KEY_SALT)
   noise = np.asarray(jax.random.normal(key, (8, DIM)), np.float32) * sigma
   for i in (1, 2, 5, 6):
     np.testing.assert_allclose(m[i], noise[i], rtol=1e-6)
   out = capsys.readouterr().out
   assert "3/7 vocabulary words found, 4 missing" in out and "<unk>, fine, !, ," in out
-  np.testing.assert_array_equal(datasets.glove_embedding(c, vocab, verbose=False), m)  # same key
+  np.testing.assert_array_equal(mbaf_iemocap.glove_embedding(c, vocab, verbose=False), m)  # same key
 
 
-def test_fold_runner_init_state_uses_the_glove_rows(tmp_path):
-  from train import datasets
-  from train import trainer
+def test_compiled_model_init_state_uses_the_glove_rows(tmp_path):
   c, vocab, ds = _setup(tmp_path)
-  ds.text_embedding = datasets.glove_embedding(c, vocab, verbose=False)
+  ds.text_embedding = mbaf_iemocap.glove_embedding(c, vocab, verbose=False)
   with warnings.catch_warnings():
     warnings.simplefilter("error", UserWarning)  # no "no GloVe matrix" warning
-    runner = trainer.FoldRunner(c, "mbaf", ds, "jit", jax.devices()[:1])
+    runner = trainer.CompiledModel(c, "mbaf", ds, "jit", jax.devices()[:1])
     state = runner.init_host_state(0)
   assert set(runner.pretrained) == {"text/embedding"}
   table = np.asarray(state.params["text"]["embedding"])
@@ -85,32 +87,29 @@ def test_fold_runner_init_state_uses_the_glove_rows(tmp_path):
 
 
 def test_bad_glove_files_are_user_errors(tmp_path):
-  from train import datasets
   c, vocab, _ = _setup(tmp_path)
   c.model.text.glove = str(tmp_path / "nope.txt")
   with pytest.raises(UserError, match=r"config.model.text.glove='.*nope.txt' does not exist; "
                      r"expected a GloVe text file of 16-d vectors"):
-    datasets.glove_embedding(c, vocab)
+    mbaf_iemocap.glove_embedding(c, vocab)
   c.model.text.glove = _glove_file(tmp_path / "glove.6B.4d.txt",
                                    {"hello": np.ones(4), "there": np.zeros(4)})
   with pytest.raises(UserError, match=r"glove.6B.4d.txt.*vectors have dimension 4.*expected "
                      r"dim=16.*config.model.text.kwargs.embed_dim=16"):
-    datasets.glove_embedding(c, vocab)
+    mbaf_iemocap.glove_embedding(c, vocab)
   bad = tmp_path / "glove.bad.txt"
   bad.write_text("hello " + " ".join(["0.5"] * DIM) + "\nthere 1 2 x\n")
   c.model.text.glove = str(bad)
   with pytest.raises(UserError, match=r"glove.bad.txt:2: malformed line"):
-    datasets.glove_embedding(c, vocab)
+    mbaf_iemocap.glove_embedding(c, vocab)
   binary = tmp_path / "glove.bin"
   binary.write_bytes(b"\xff\xfe\x00\x81" * 50)
   c.model.text.glove = str(binary)
   with pytest.raises(UserError, match=r"glove.bin.*cannot be used.*GloVe text file"):
-    datasets.glove_embedding(c, vocab)
+    mbaf_iemocap.glove_embedding(c, vocab)
 
 
 def test_build_model_checks_the_matrix_and_merge_replaces_one_leaf():
-  from configs import iemocap_mbaf
-  from mbaf_jax.models import factory
   c = iemocap_mbaf.get_config("smoke")
   with pytest.raises(ValueError, match=r"text_embedding has shape \(8, 300\).*\(8, 16\)"):
     factory.build_model(c.model, "mbaf", vocab_size=8, max_tokens=16,
@@ -137,11 +136,6 @@ def test_build_model_checks_the_matrix_and_merge_replaces_one_leaf():
 # One smoke training run (compiles init + train + eval, ~20-30 s of CPU), hence slow.
 @pytest.mark.slow
 def test_smoke_training_with_glove_and_predict_without_the_file(tmp_path, capsys):
-  from configs import iemocap_mbaf
-  from mbaf_jax.data import synthetic
-  from train import datasets
-  from train import predict
-  from train import trainer
   synthetic.write_iemocap(str(tmp_path / "data"), size="demo", seed=0)
   c = iemocap_mbaf.get_config("III,smoke")
   c.fusions = "mbaf"

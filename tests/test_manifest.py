@@ -13,8 +13,10 @@ import pytest
 import soundfile as sf
 
 from configs import manifest as manifest_config
-from mbaf_jax.data.report import DataError
+from mbaf_jax.data import iemocap, synthetic
+from mbaf_jax.data.report import DataError, LoadSummary
 from train import datasets
+from train import main as main_lib
 from train import manifest_data
 from train.errors import UserError
 
@@ -24,7 +26,6 @@ CLASSES = ("ang", "hap", "neu", "sad")
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
   """(directory, rows): a tiny synthetic IEMOCAP corpus and its (audio, text, label, group)."""
-  from mbaf_jax.data import iemocap, synthetic  # pylint: disable=g-import-not-at-top
   base = tmp_path_factory.mktemp("byod")
   root = synthetic.write_iemocap(str(base), size="tiny", seed=3)
   c = iemocap.load_iemocap(root, verbose=False)
@@ -122,7 +123,6 @@ def test_bad_rows_are_counted_and_strict_raises(corpus, tmp_path):
 
 
 def _strict_summary():
-  from mbaf_jax.data.report import LoadSummary  # pylint: disable=g-import-not-at-top
   return LoadSummary(name="manifest", strict=True)
 
 
@@ -179,7 +179,6 @@ def test_mbaf_inputs(corpus, tmp_path):
 def test_smoke_training_run(corpus, tmp_path, variant="mbaf,smoke"):
   """train.main on a manifest, no code changes: metrics for the grouped fold (MBAF smoke: the
   cheaper model; the DMF inputs are checked in test_csv_and_jsonl_load_the_corpus)."""
-  from train import main as main_lib  # pylint: disable=g-import-not-at-top
   base, rows = corpus
   c = _config(_write_csv(os.path.join(base, "train.csv"), rows), variant, num_groups=2,
               max_folds=1)

@@ -5,12 +5,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import iemocap
+from configs import iemocap_mbaf
 from mbaf_jax import encoders
 from mbaf_jax.fusion import NaiveFusion
+from mbaf_jax.fusion.mbaf_blocks import FusionBlock
+from mbaf_jax.models import dmf
 from mbaf_jax.models import factory
 from mbaf_jax.models.cebs import CebsModel
 from mbaf_jax.models.dmf import DMFModel
 from mbaf_jax.models.heads import ClassifierHead
+from mbaf_jax.models.mbaf_iemocap import MBAFIemocapModel
 
 
 def _dmf_batch(b=3, s=800, l=6):
@@ -74,7 +79,6 @@ def test_cebs_model_structure_and_dropout():
 
 
 def test_factory_errors_name_the_option():
-  from configs import iemocap
   c = iemocap.get_config()
   with pytest.raises(ValueError, match="fusion kind"):
     factory.build_model(c.model, "concat")
@@ -119,8 +123,6 @@ def _sa(p, x):
 @pytest.mark.parametrize("placement", [pytest.param("I", marks=pytest.mark.slow),
                                        pytest.param("II", marks=pytest.mark.slow), "III"])
 def test_mbaf_iemocap_naive_is_encoders_attention_concat_head(placement):
-  from mbaf_jax.fusion.mbaf_blocks import FusionBlock
-  from mbaf_jax.models.mbaf_iemocap import MBAFIemocapModel
   model = MBAFIemocapModel(audio=encoders.SincNetAudioEncoder(**_AUDIO),
                            text=encoders.CnnRnnTextEncoder(**_TEXT),
                            fusion=FusionBlock(placement=placement, fusion="naive"),
@@ -165,7 +167,6 @@ def test_mbaf_iemocap_memory_written_in_training_only():
 
 
 def _mbaf_config(arg):
-  from configs import iemocap_mbaf
   return iemocap_mbaf.get_config(arg)
 
 
@@ -205,7 +206,6 @@ def test_merge_pretrained_substitutes_or_names_the_mismatch():
 
 
 def test_pretrained_import_error_becomes_value_error(monkeypatch):
-  from mbaf_jax.models import dmf
 
   def needs_torch(path):
     raise ImportError("No module named 'torch'")

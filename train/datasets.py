@@ -24,7 +24,7 @@ from mbaf_jax.errors import UserError
 from mbaf_jax.models import factory
 # The families' vocabulary and GloVe helpers, also importable from here.
 from mbaf_jax.models.dmf import build_word_vocab  # noqa: F401
-from mbaf_jax.models.mbaf_iemocap import GLOVE_KEY_SALT, glove_embedding  # noqa: F401
+from mbaf_jax.models.mbaf_iemocap import glove_embedding  # noqa: F401
 from mbaf_jax.models.mbaf_iemocap import WORD_VOCAB_FILE  # noqa: F401
 from mbaf_jax.models.mbaf_iemocap import load_word_vocab, save_word_vocab  # noqa: F401
 from train import manifest_data
