@@ -135,6 +135,7 @@ def base_config():
   c.data.validation = "speaker"  # LOSO validation: "speaker" | "random20"
   c.data.max_folds = 0  # 0: every fold; n: the first n (quick runs)
   c.data.max_examples = 0  # 0: all; n: a stratified subset (quick runs)
+  c.data.strict = False  # True: every skipped or unmatched item of the data set is an error
   c.data.max_seconds = 5.0  # DMF §2.1: first 5 s of audio
   c.data.sample_rate = 16000  # DMF §2.1 / MBAF §4.1
   c.data.max_tokens = 30  # DMF §2.1: 30 tokens
@@ -182,7 +183,6 @@ def base_config():
   # Train the fusion kinds of a run ("dmf,naive") at the same time, one thread each (one process
   # only); same results as one after the other. False: one after the other.
   c.train.concurrent_kinds = True
-  c.train.interrupt_after_steps = 0  # testing: stop (checkpointed) after n steps of this call
   return c
 
 

@@ -55,6 +55,7 @@ from train import distributed as dist
 from train import metrics as metrics_lib
 from train import progress as progress_lib
 from train import steps
+from train import validate
 from train.errors import NonFiniteLossError, UserError
 
 
@@ -182,41 +183,6 @@ def _local_block(n: int) -> slice:
   """This process's contiguous block of ``n`` global rows (all of them with one process)."""
   p, count = jax.process_index(), jax.process_count()
   return slice(p * (n // count), (p + 1) * (n // count))
-
-
-def layout(config) -> tuple[str, tuple]:
-  """``(parallelism, devices)`` from ``config.train``, checked against the batch sizes.
-
-  Raises:
-    UserError: unknown parallelism, bad num_devices, or a batch size that does not split over
-      the devices.
-  """
-  t = config.train
-  parallelism = t.get("parallelism", "jit")
-  if parallelism not in dist.PARALLELISMS:
-    raise UserError(f"config.train.parallelism={parallelism!r} is not one of "
-                    f"{dist.PARALLELISMS}: 'jit' shards the batch over a device mesh (default, "
-                    "multi-host capable), 'pmap' runs the same step under jax.pmap.")
-  avail = jax.local_devices() if parallelism == "pmap" else jax.devices()
-  n = int(t.num_devices)
-  if n < 0 or n > len(avail):
-    raise UserError(f"config.train.num_devices={n} but {len(avail)} devices are available; use "
-                    "0 (all) or a number up to that.")
-  if n and jax.process_count() > 1:
-    raise UserError(f"config.train.num_devices={n} with {jax.process_count()} processes; "
-                    "multi-host runs use every device (set it to 0).")
-  if parallelism == "pmap" and jax.process_count() > 1:
-    raise UserError("config.train.parallelism='pmap' drives one process's devices only; use "
-                    "'jit' for a multi-host run.")
-  devices = tuple(avail[: n or len(avail)])
-  for field in ("batch_size", "eval_batch_size"):
-    size = int(t[field])
-    if size < 1 or size % len(devices):
-      raise UserError(f"config.train.{field}={size} does not split evenly over the "
-                      f"{len(devices)} devices of this run (parallelism={parallelism!r}); set "
-                      f"it to a multiple of {len(devices)}, or choose the devices with "
-                      "config.train.num_devices.")
-  return parallelism, devices
 
 
 def _gather(ds: datasets.Dataset, idx: np.ndarray) -> dict:
@@ -567,9 +533,10 @@ def train_and_evaluate(config, workdir: str, stop: StopRequest | None = None,
     The metrics dict also written to ``workdir/metrics.json`` (by process 0).
   """
   try:
-    setup = dist.initialize_multihost(config)
+    setup = dist.initialize_multihost(config)  # before anything asks JAX for its devices
   except ValueError as e:
     raise UserError(f"multi-host settings: {e}") from e
+  validate.check_config(config)  # before any data is read or anything is written
   primary = setup.process_index == 0
   ckpt_lib.prepare_workdir(workdir, config, write=primary)
   out = RunOutput(workdir, primary, show_progress=config.train.progress)
@@ -577,7 +544,7 @@ def train_and_evaluate(config, workdir: str, stop: StopRequest | None = None,
   kinds = fusion_kinds(config)
   if not kinds:
     raise UserError("config.fusions is empty; expected e.g. 'dmf' or 'dmf,naive'.")
-  parallelism, devices = layout(config)
+  parallelism, devices = dist.layout(config)
   out.say(run_header(config, kinds, len(devices), parallelism, setup.process_count))
   ds = _load_dataset(config, workdir)
   if ds.summary is not None and getattr(ds.summary, "total_skipped", 0):

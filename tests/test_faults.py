@@ -1,0 +1,97 @@
+"""A user's mistakes end in one paragraph and exit status 2, never a traceback, and before
+anything is read or written (issue: reliability of the command-line tools)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import cebs
+from configs import iemocap
+from train import main as main_lib
+from train import validate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (overrides of configs/iemocap.py:smoke, text the message must contain)
+BAD_CONFIGS = {
+    "eval_every_epochs=0": ({"train.eval_every_epochs": 0},
+                            "config.train.eval_every_epochs=0 must be >= 1"),
+    "log_every_steps=0": ({"train.log_every_steps": 0},
+                          "config.train.log_every_steps=0 must be >= 1"),
+    "checkpoint_every_steps=0": ({"train.checkpoint_every_steps": 0},
+                                 "config.train.checkpoint_every_steps=0 must be >= 1"),
+    "keep_checkpoints=0": ({"train.keep_checkpoints": 0},
+                           "config.train.keep_checkpoints=0 must be >= 1"),
+    "batch_size=-4": ({"train.batch_size": -4}, "config.train.batch_size=-4 must be >= 1"),
+    "fusions=foo": ({"fusions": "foo"}, "fusion kind 'foo' is unknown"),
+    "fusions=empty": ({"fusions": ""}, "config.fusions is empty"),
+    "slots=0": ({"model.fusion.dmf.slots": 0}, "the dmf model cannot be built"),
+    "unknown fusion option": ({"model.fusion.dmf.slot": 3}, "does not accept"),
+    "optimiser misspelt": ({"optim.name": "adamm"}, "config.optim.name='adamm'"),
+    "learning_rate=0": ({"optim.learning_rate": 0.0}, "config.optim.learning_rate=0.0 must be > 0"),
+    "dataset unknown": ({"data.dataset": "iemocapp"}, "config.data.dataset='iemocapp' is unknown"),
+    "protocol": ({"data.protocol": "logo"}, "config.data.protocol='logo' does not apply to iemocap"),
+    "model unknown": ({"model.name": "dmff"}, "config.model.name='dmff' is unknown"),
+    "num_classes": ({"model.num_classes": 3}, "config.model.num_classes=3 but iemocap has 4"),
+    "parallelism": ({"train.parallelism": "shard"}, "config.train.parallelism='shard'"),
+    "num_devices": ({"train.num_devices": 99}, "config.train.num_devices=99"),
+}
+
+
+def _config(overrides):
+  c = iemocap.get_config("smoke")
+  with c.unlocked():
+    for dotted, value in overrides.items():
+      node = c
+      *parents, leaf = dotted.split(".")
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+  return c
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
+def test_a_bad_config_is_one_paragraph_exit_2_and_nothing_is_written(name, tmp_path, capsys):
+  overrides, expected = BAD_CONFIGS[name]
+  workdir = tmp_path / "run"
+  assert main_lib.run(_config(overrides), str(workdir)) == 2
+  err = capsys.readouterr().err
+  assert expected in err, err
+  assert "Traceback" not in err and err.strip().startswith("error: the config cannot run")
+  assert "Nothing was read or written" in err
+  assert not workdir.exists()  # no config.json, no corpus, no checkpoints
+
+
+def test_every_problem_is_listed_at_once():
+  found = validate.problems(_config({"train.log_every_steps": 0, "train.batch_size": -4,
+                                     "model.fusion.dmf.slots": 0}))
+  assert len(found) == 3, found
+  assert not any("multiple of" in p for p in found)  # batch_size=-4 is not "a multiple of 1"
+
+
+@pytest.mark.parametrize("get_config", [lambda: iemocap.get_config("demo"),
+                                        lambda: iemocap.get_config(), lambda: cebs.get_config()])
+def test_the_shipped_configs_have_no_problem(get_config):
+  assert validate.problems(get_config()) == []
+
+
+def test_cebs_mode_pair_is_checked():
+  c = cebs.get_config()
+  c.data.mode_pair = "F-VII"
+  assert any("config.data.mode_pair='F-VII'" in p for p in validate.problems(c))
+
+
+def test_the_command_line_says_it_in_one_paragraph(tmp_path):
+  """The real command: exit 2, one 'error:' paragraph, no traceback, nothing written."""
+  workdir = tmp_path / "run"
+  out = subprocess.run(
+      [sys.executable, "-m", "train.main", "--config=configs/iemocap.py:smoke",
+       f"--workdir={workdir}", "--config.train.log_every_steps=0",
+       "--config.model.fusion.dmf.slots=0"], cwd=ROOT, capture_output=True, text=True,
+      timeout=300)
+  assert out.returncode == 2, out.stderr
+  assert "Traceback" not in out.stderr
+  lines = [l for l in out.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: the config cannot run: (1)"), lines
+  assert not workdir.exists()

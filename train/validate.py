@@ -1,0 +1,177 @@
+"""Checks a whole run config before any data is read or anything is written.
+
+``check_config(config)`` finds every problem a user can fix in one pass — numeric fields out of
+range, unknown options (data set, protocol, mode pair, model family, fusion kind, optimiser), a
+fusion layer or encoder option the model rejects, a layout the devices cannot hold — and raises
+one :class:`~mbaf_jax.errors.UserError` that lists them all. The model is checked by an abstract
+initialisation (``jax.eval_shape``: shapes only, no weights, no data), so an option that only
+fails when the layer is set up (``slots=0``) is caught before the data set is loaded.
+"""
+import warnings
+
+import jax
+import numpy as np
+
+from configs.common import fusion_kinds
+from mbaf_jax import models
+from mbaf_jax.data import cebs as cebs_data
+from mbaf_jax.errors import UserError
+from mbaf_jax.models import factory
+from train import distributed as dist
+from train import optimizers
+from train import steps
+
+# Dotted config field → (lowest allowed value, what the field is). Integers unless listed in
+# _FLOATS; "min" is inclusive.
+_AT_LEAST = {
+    "seed": (0, "the PRNG seed"),
+    "train.batch_size": (1, "the global training batch"),
+    "train.eval_batch_size": (1, "the evaluation batch"),
+    "train.epochs": (1, "passes over each fold's training set"),
+    "train.max_steps": (0, "steps per fold (0: epochs decide)"),
+    "train.eval_every_epochs": (1, "validation every n epochs"),
+    "train.log_every_steps": (1, "TensorBoard training scalars every n steps"),
+    "train.checkpoint_every_steps": (1, "a resume checkpoint every n steps"),
+    "train.keep_checkpoints": (1, "checkpoints kept per fold"),
+    "train.num_devices": (0, "devices used (0: all)"),
+    "data.max_folds": (0, "folds trained (0: all)"),
+    "data.max_examples": (0, "examples used (0: all)"),
+    "data.max_tokens": (1, "tokens per transcript"),
+    "data.sample_rate": (1, "the audio sampling rate in Hz"),
+    "data.chunks": (1, "chunks per CEBS window"),
+    "data.chunk_samples": (1, "samples per CEBS chunk"),
+    "data.num_groups": (2, "folds of the grouped cross-validation"),
+    "model.num_classes": (2, "classes"),
+    "optim.memory_learning_rate": (0.0, "the fusion layer's learning rate"),
+    "optim.grad_clip_norm": (0.0, "the gradient-norm clip (0: off)"),
+}
+_ABOVE_ZERO = {
+    "data.max_seconds": "seconds of audio per utterance",
+    "optim.learning_rate": "the network's learning rate",
+}
+# Data set → (the protocols that apply to it, the classes its loader gives; None: from the data).
+_DATASETS = {"iemocap": (("loso", "8:1:1"), 4), "cebs": (("logo",), 3),
+             "manifest": (("group",), None)}
+_LOSO_VALIDATION = ("speaker", "random20")  # config.data.validation of IEMOCAP LOSO
+
+
+def _get(config, dotted: str):
+  node = config
+  for part in dotted.split("."):
+    if part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def _ranges(config) -> list:
+  problems = []
+  for field, (low, what) in _AT_LEAST.items():
+    value = _get(config, field)
+    if value is not None and value < low:
+      problems.append(f"config.{field}={value} must be >= {low} ({what})")
+  for field, what in _ABOVE_ZERO.items():
+    value = _get(config, field)
+    if value is not None and not value > 0:
+      problems.append(f"config.{field}={value} must be > 0 ({what})")
+  dropout = config.model.get("head_dropout", 0.0)
+  if not 0.0 <= dropout < 1.0:
+    problems.append(f"config.model.head_dropout={dropout} must be in [0, 1)")
+  return problems
+
+
+def _data(config) -> list:
+  d, problems = config.data, []
+  if d.dataset not in _DATASETS:
+    return [f"config.data.dataset={d.dataset!r} is unknown; expected one of {sorted(_DATASETS)}"]
+  protocols, classes = _DATASETS[d.dataset]
+  if d.protocol not in protocols:
+    problems.append(f"config.data.protocol={d.protocol!r} does not apply to {d.dataset}; "
+                    f"expected one of {protocols}")
+  if d.dataset == "iemocap" and d.protocol == "loso" and d.validation not in _LOSO_VALIDATION:
+    problems.append(f"config.data.validation={d.validation!r}; IEMOCAP LOSO validates on "
+                    f"one of {_LOSO_VALIDATION}")
+  if d.dataset == "cebs" and d.mode_pair not in cebs_data.MODE_PAIRS:
+    problems.append(f"config.data.mode_pair={d.mode_pair!r}; expected one of "
+                    f"{sorted(cebs_data.MODE_PAIRS)} (MBAF Table 2)")
+  if d.dataset == "manifest" and not d.data_dir:
+    problems.append("config.data.data_dir is empty; a manifest run needs the path of its "
+                    "CSV/JSONL manifest")
+  if classes is not None and config.model.num_classes != classes:
+    problems.append(f"config.model.num_classes={config.model.num_classes} but {d.dataset} "
+                    f"has {classes} classes")
+  return problems
+
+
+def _optimiser(config) -> list:
+  try:
+    fn = optimizers.optax_optimizer(config.optim.name)
+    optimizers.optimizer_kwargs(config.optim, fn)
+  except UserError as e:
+    return [str(e).rstrip(".")]
+  return []
+
+
+def _layout(config) -> list:
+  if min(config.train.batch_size, config.train.eval_batch_size) < 1:
+    return []  # reported by _ranges
+  try:
+    dist.layout(config)
+  except UserError as e:
+    return [str(e).rstrip(".")]
+  return []
+
+
+def _model(config) -> list:
+  """Builds every fusion kind's model and initialises it abstractly; with pretrained encoder
+  directories only their existence is checked here (loading them is the model build's work)."""
+  m = config.model
+  try:
+    factory.family(m.name)
+  except UserError as e:
+    return [str(e).rstrip(".")]
+  kinds = fusion_kinds(config)
+  if not kinds:
+    return ["config.fusions is empty; expected e.g. 'dmf' or 'dmf,naive'"]
+  pretrained = [f"config.model.{part}.pretrained={m[part].pretrained!r}"
+                for part in ("audio", "text")
+                if part in m and "pretrained" in m[part] and m[part].pretrained]
+  if pretrained:
+    return []
+  try:
+    batch = dict(models.dummy_batch(config, 2), mask=np.ones((2,), bool),
+                 label=np.zeros((2,), np.int32))
+  except (ValueError, TypeError, KeyError) as e:
+    return [f"config.data does not give the model's input shapes ({e})"]
+  problems = []
+  for kind in kinds:
+    try:
+      with warnings.catch_warnings():  # e.g. "no GloVe matrix": init is only abstract here
+        warnings.simplefilter("ignore")
+        model, _ = models.build_model(m, kind, vocab_size=8,
+                                      max_tokens=config.data.max_tokens)
+        steps.abstract_variables(model, batch, jax.random.key(0))
+    except (ValueError, TypeError) as e:
+      text = str(e).splitlines()[0].rstrip(".") if str(e) else type(e).__name__
+      problems.append(f"the {kind} model cannot be built from config.model ({text})")
+  return problems
+
+
+def problems(config) -> list:
+  """Every problem of ``config`` a user must fix, one sentence each (empty: it can run)."""
+  return (_ranges(config) + _data(config) + _optimiser(config) + _layout(config) +
+          _model(config))
+
+
+def check_config(config) -> None:
+  """Raises one UserError listing every problem of ``config`` (see :func:`problems`).
+
+  Raises:
+    UserError: the config cannot run; the message lists each problem and how to fix it.
+  """
+  found = problems(config)
+  if found:
+    listed = "; ".join(f"({i}) {p}" for i, p in enumerate(found, 1))
+    raise UserError(f"the config cannot run: {listed}. Nothing was read or written. Fix "
+                    f"{'it' if len(found) == 1 else 'them'} with --config.<field>=<value> "
+                    "(python -m train.main --help_config lists every field).")
