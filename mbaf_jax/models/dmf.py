@@ -175,18 +175,9 @@ def preprocessor(config, workdir: str, raw=None) -> factory.Preprocessing:
 
 
 def make_inputs(config, raw, pre: factory.Preprocessing) -> dict:
-  """Raw examples → the DMF batch (``input_spec``).
-
-  Args:
-    config: the run's config.
-    raw: ``{"waves", "texts"}`` and optionally ``"lengths"``: N mono waveforms at
-      ``config.data.sample_rate`` (a list, or an (N, S) zero-padded array whose valid samples
-      per row are ``lengths``) and N transcripts.
-    pre: ``preprocessor(config, workdir, ...)``.
-
-  Returns:
-    The batch dict of N rows.
-  """
+  """Raw audio + text examples (``factory`` module doc) → the DMF batch (``input_spec``): the
+  feature extractor's audio (first ``max_seconds``), the tokenizer's ids; ``pre`` is
+  ``preprocessor(config, workdir, ...)``. Returns the batch dict of N rows."""
   audio, text = pre.state
   waves, lengths = raw["waves"], raw.get("lengths")
   if lengths is not None:

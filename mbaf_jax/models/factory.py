@@ -15,6 +15,9 @@ dotted name is a full module path, for families outside the package). It owns it
                                             predict), checked against ``input_spec``
   text_embedding(config, workdir, verbose)  the run's pretrained word embedding, or None
 
+Raw examples are ``{"waves", "texts"}`` (+ optional ``"lengths"``) for audio + text: N mono
+waveforms at ``config.data.sample_rate`` — a list, or an (N, S) zero-padded array whose valid
+samples per row are ``lengths`` — and N transcripts; ``{"modes"}`` for physiological windows.
 ``build_model`` and ``dummy_batch`` below dispatch to the family of ``config.model.name``.
 """
 import dataclasses

@@ -222,19 +222,10 @@ def _fixed_waves(waves, lengths, samples: int):
 
 
 def make_inputs(config, raw, pre: factory.Preprocessing) -> dict:
-  """Raw examples → the MBAF IEMOCAP batch (``input_spec``): raw audio cut to ``max_seconds``
-  and zero-padded, word ids of the run's vocabulary.
-
-  Args:
-    config: the run's config.
-    raw: ``{"waves", "texts"}`` and optionally ``"lengths"``: N mono waveforms at
-      ``config.data.sample_rate`` (a list, or an (N, S) zero-padded array whose valid samples
-      per row are ``lengths``) and N transcripts.
-    pre: ``preprocessor(config, workdir, ...)``.
-
-  Returns:
-    The batch dict of N rows.
-  """
+  """Raw audio + text examples (``factory`` module doc) → the MBAF IEMOCAP batch
+  (``input_spec``): raw audio cut to ``max_seconds`` and zero-padded, word ids of the run's
+  vocabulary; ``pre`` is ``preprocessor(config, workdir, ...)``. Returns the batch dict of N
+  rows."""
   d = config.data
   x, lengths = _fixed_waves(raw["waves"], raw.get("lengths"),
                             int(round(d.max_seconds * d.sample_rate)))
