@@ -367,8 +367,8 @@ def smoke_init_params(data_dir):
   c = smoke_config(data_dir, "jit", 1, 1, layers=1)
   with tempfile.TemporaryDirectory() as d:
     ds = datasets.load_dataset(c, d)
-    runner = trainer.FoldRunner(c, "dmf", ds, "jit", jax.devices()[:1])
-    return runner.init_host_state(0).params
+    compiled = trainer.CompiledModel(c, "dmf", ds, "jit", jax.devices()[:1])
+    return compiled.init_host_state(0).params
 
 
 def test_layout_errors_name_the_setting():
