@@ -184,7 +184,7 @@ def test_run_output_compiles_before_progress_and_writes_best_with_latest(tmp_pat
 
   c = _smoke_config(data)
   c.fusions = "naive"
-  stop = threading.Event()
+  stop = trainer.StopRequest()
   with pytest.raises(KeyboardInterrupt, match=f"stopped after step {n // 2} of fold loso_s1"):
     trainer.train_and_evaluate(c, str(tmp_path / "resumed"), stop=stop,
                                on_step=lambda kind, fold, step: step == n // 2 and stop.set())
@@ -195,7 +195,7 @@ def test_run_output_compiles_before_progress_and_writes_best_with_latest(tmp_pat
 
 
 def test_run_kinds_runs_at_once_and_stops_every_kind_when_one_fails():
-  stop = threading.Event()
+  stop = trainer.StopRequest()
   started = threading.Barrier(2, timeout=30)
 
   def run_kind(kind):
@@ -208,7 +208,7 @@ def test_run_kinds_runs_at_once_and_stops_every_kind_when_one_fails():
     trainer.run_kinds(run_kind, ["dmf", "naive"], stop)
   assert stop.is_set()
   order = []
-  trainer.run_kinds(order.append, ["dmf", "naive"], threading.Event(), at_once=False)
+  trainer.run_kinds(order.append, ["dmf", "naive"], trainer.StopRequest(), at_once=False)
   assert order == ["dmf", "naive"]
 
 

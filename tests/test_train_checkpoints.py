@@ -206,10 +206,10 @@ def test_interrupted_run_resumes_bit_identical(tmp_path, parallelism):
     return step, tree
 
   trainer.train_and_evaluate(_smoke(data, parallelism), str(tmp_path / "straight"))
-  c = _smoke(data, parallelism)
-  c.train.interrupt_after_steps = 2
+  stop = trainer.StopRequest()
   with pytest.raises(KeyboardInterrupt):
-    trainer.train_and_evaluate(c, str(tmp_path / "resumed"))
+    trainer.train_and_evaluate(_smoke(data, parallelism), str(tmp_path / "resumed"), stop=stop,
+                               on_step=lambda kind, fold, step: step == 2 and stop.set())
   assert final_state(tmp_path / "resumed")[0] == 2
   out = trainer.train_and_evaluate(_smoke(data, parallelism), str(tmp_path / "resumed"))
   assert out["parallelism"] == parallelism and out["devices"] == jax.device_count()
