@@ -283,7 +283,7 @@ def smoke_config(data_dir, parallelism="jit", num_devices=0, folds=1, dropout=Fa
 
 def final_fold_state(workdir, fold="loso_s1"):
   """The last 'latest' checkpoint of a fold (host NumPy tree) and its step."""
-  ck = checkpoints.FoldCheckpointer(str(workdir / "ckpt" / "dmf" / fold), keep=2)
+  ck = checkpoints.FoldCheckpointer(checkpoints.fold_dir(str(workdir), "dmf", fold), keep=2)
   try:
     step = ck.latest_step()
     tree = ck.latest.restore(step, args=ocp.args.Composite(

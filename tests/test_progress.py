@@ -178,7 +178,8 @@ def test_run_output_compiles_before_progress_and_writes_best_with_latest(tmp_pat
   # 3 improvements, one best checkpoint written (the last), just before the final latest one.
   assert fold["best_step"] == fold["best_val_ua"] == n
   assert best_saves == [(n, [])]
-  ck = checkpoints.FoldCheckpointer(str(tmp_path / "straight" / "ckpt" / "naive" / "loso_s1"))
+  ck = checkpoints.FoldCheckpointer(
+      checkpoints.fold_dir(str(tmp_path / "straight"), "naive", "loso_s1"))
   assert ck.best_step() == fold["best_step"] and ck.latest_step() == n
   ck.close()
 

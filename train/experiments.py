@@ -41,6 +41,7 @@ import numpy as np
 
 from configs.common import fusion_kinds
 from mbaf_jax import models
+from train import checkpoints
 from train import main as main_lib
 from train import metrics as metrics_lib
 from train import optimizers
@@ -146,7 +147,7 @@ def config_differences(run_dir: str, config) -> list:
   """Fields in which ``config`` differs from the one stored in ``run_dir/config.json`` (by the
   trainer); [] when equal or when nothing readable is stored."""
   try:
-    with open(os.path.join(run_dir, "config.json")) as f:
+    with open(checkpoints.config_path(run_dir)) as f:
       stored = json.load(f).get("config")
   except (OSError, ValueError, AttributeError):
     return []
