@@ -279,7 +279,8 @@ def test_memory_group_is_the_module_that_owns_memory():
                  "['head']['kernel']": "network"}
   assert set(flat(optimizers.param_labels(params, _optim(), {})).values()) == {"network"}
   # Without the memory tree, the top-level fusion subtree (backward compatible).
-  assert flat(optimizers.param_labels(params, _optim()))["['fusion']['attention']['bias']"] == "memory"
+  labels = flat(optimizers.param_labels(params, _optim()))
+  assert labels["['fusion']['attention']['bias']"] == "memory"
 
 
 def test_adam_uses_memory_learning_rate_for_fusion_params():

@@ -133,9 +133,9 @@ def with_axis_name(model: nn.Module, axis_name: str | None) -> nn.Module:
   """The per-device copy of a full model for ``jax.pmap`` over ``axis_name``.
 
   The full models (``mbaf_jax.models``) hold their fusion layer as the field ``fusion``; a fusion
-  layer with an ``axis_name`` field (DualMemoryFusion, MBAF, the MBAF-I/II/III FusionBlock) gets it, so its writer all-gathers
-  the batch and its batch norm syncs statistics. Layers whose rows are independent
-  (NaiveFusion, encoders, heads: no batch statistics) need nothing.
+  layer with an ``axis_name`` field (DualMemoryFusion, MBAF, the MBAF-I/II/III FusionBlock) gets
+  it, so its writer all-gathers the batch and its batch norm syncs statistics. Layers whose rows
+  are independent (NaiveFusion, encoders, heads: no batch statistics) need nothing.
 
   Args:
     model: the full model (unbound).
