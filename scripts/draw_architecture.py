@@ -468,7 +468,7 @@ def draw(trace: Trace, path: str, dpi: int = 100) -> list:
   if any(c.path[:1] == ("fusion",) and len(c.path) == 2 for c in trace.calls):
     panels.append((panel_graph(trace, ("fusion",)),
                    "inside 'fusion' (its parameters are the optimiser group \"memory\" of "
-                   f"train/steps.py:param_labels; {trace.optim})"))
+                   f"train/optimizers.py:param_labels; {trace.optim})"))
   laid = []
   for (nodes, edges), title in panels:
     edges = _merge_memory_edges(edges)

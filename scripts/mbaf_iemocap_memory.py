@@ -2,29 +2,28 @@ r"""Device memory of the MBAF IEMOCAP train step at paper size, from XLA's compi
 ``memory_analysis()`` (compiled, never run): how ``window_chunk`` / ``remat`` of the SincNet
 encoder bound it (configs/iemocap_mbaf.py).
 
-  python scripts/mbaf_iemocap_memory.py --chunk 512 --remat          # the config's setting
-  python scripts/mbaf_iemocap_memory.py --chunk 0                    # whole utterances
-  python scripts/mbaf_iemocap_memory.py --variant II,nf --chunk 512 --remat
+  python -m scripts.mbaf_iemocap_memory --chunk 512 --remat          # the config's setting
+  python -m scripts.mbaf_iemocap_memory --chunk 0                    # whole utterances
+  python -m scripts.mbaf_iemocap_memory --variant II,nf --chunk 512 --remat
 
 Prints arguments / outputs / temporaries and the peak estimate (arguments + outputs + temporaries
 − donated aliases) in GiB. On CPU this takes ~30 s and ~2 GiB of host memory; nothing is
 allocated at the reported sizes.
 """
 import argparse
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import numpy as np
+
+from configs import iemocap_mbaf
+from mbaf_jax.models import factory
+from train import optimizers
+from train import steps
 
 
 def estimate(variant: str, chunk: int, remat: bool, vocab_size: int, batch_size: int = 0):
   """Returns ``(num_params, memory_analysis)`` of the compiled train step (state donated)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from configs import iemocap_mbaf  # pylint: disable=g-import-not-at-top
-  from mbaf_jax.models import factory  # pylint: disable=g-import-not-at-top
-  from train import steps  # pylint: disable=g-import-not-at-top
   c = iemocap_mbaf.get_config(variant)
   c.model.audio.kwargs.window_chunk = chunk or None
   c.model.audio.kwargs.remat = remat
@@ -36,7 +35,7 @@ def estimate(variant: str, chunk: int, remat: bool, vocab_size: int, batch_size:
                label=np.zeros((b,), np.int32))
   key = jax.random.key(0)
   shapes = steps.abstract_variables(model, batch, key)
-  tx = steps.make_optimizer(c.optim, shapes["params"], shapes.get("memory", {}))
+  tx = optimizers.make_optimizer(c.optim, shapes["params"], shapes.get("memory", {}))
   inputs = {k: v for k, v in batch.items() if k not in ("mask", "label")}
   state = jax.eval_shape(lambda: steps.create_state(dict(model.init(
       {"params": key, "memory": key, "dropout": key}, inputs, mask=batch["mask"])), tx))

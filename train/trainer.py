@@ -53,6 +53,7 @@ from train import checkpoints as ckpt_lib
 from train import datasets
 from train import distributed as dist
 from train import metrics as metrics_lib
+from train import optimizers
 from train import progress as progress_lib
 from train import steps
 from train import validate
@@ -232,7 +233,7 @@ class CompiledModel:
                       label=np.zeros((b,), np.int32))
     key = jax.random.key(config.seed)
     shapes = steps.abstract_variables(self.model, self.dummy, key)
-    self.tx = steps.make_optimizer(config.optim, shapes["params"], shapes.get("memory", {}))
+    self.tx = optimizers.make_optimizer(config.optim, shapes["params"], shapes.get("memory", {}))
     model, tx = self.model, self.tx
     self.train_fn = dist.make_parallel_train_step(
         lambda ax: steps.make_train_step(steps.with_axis_name(model, ax).apply, tx, ax),
@@ -345,7 +346,8 @@ def train_fold(model: CompiledModel, fold, fold_index: int, out: RunOutput,
   batcher = Batcher(len(fold.train), t.batch_size, seed=c.seed + fold_index, shuffle=True)
   total = t.max_steps or t.epochs * batcher.steps_per_epoch
   start, best_val_ua = 0, -1.0
-  restored = ckpt.restore_latest(target)
+  restored = ckpt.restore_latest(
+      target, report=lambda line: out.say(f"[{kind}/{fold.name}] {line}"))
   if restored is not None:
     tree, meta = restored
     host_state = steps.TrainState.from_saved(tree)
@@ -547,6 +549,8 @@ def train_and_evaluate(config, workdir: str, stop: StopRequest | None = None,
   parallelism, devices = dist.layout(config)
   out.say(run_header(config, kinds, len(devices), parallelism, setup.process_count))
   ds = _load_dataset(config, workdir)
+  ckpt_lib.check_dataset(workdir, ckpt_lib.dataset_fingerprint(ds.labels, ds.folds, ds.inputs),
+                         write=primary)
   if ds.summary is not None and getattr(ds.summary, "total_skipped", 0):
     out.say(ds.summary.format())
   out.say(f"{len(ds.labels)} examples, {len(ds.folds)} fold(s): "
