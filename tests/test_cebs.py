@@ -282,6 +282,28 @@ def test_missing_header_is_counted_naming_the_file(small_dir, tmp_path):
     _load_small(root, strict=True)
 
 
+def test_header_shorter_than_signal_file_counts_the_windows_lost(small_dir, tmp_path):
+  root = _copy(small_dir, tmp_path)
+  hea = os.path.join(root, "b001.hea")
+  lines = open(hea).read().split("\n")
+  name, n_sig, fs, sig_len = lines[0].split()[:4]
+  assert int(sig_len) == 30000  # 6 s: 5 windows
+  lines[0] = " ".join([name, n_sig, fs, "12000"] + lines[0].split()[4:])  # claims 2 windows' worth
+  open(hea, "w").write("\n".join(lines))
+  c = _load_small(root)
+  assert c.class_counts() == (7, 10, 10)
+  assert c.summary.counts == {cebs.HEADER_SHORT: 3}
+  (example,) = c.summary.examples[cebs.HEADER_SHORT]
+  assert "b001" in example and "header 12000 samples" in example and "signal file 30000" in example
+  report = c.summary.format()
+  assert f"3  {cebs.HEADER_SHORT}" in report and "read 27 windows, 6 records" in report
+  assert "basal 7  music 10  post_music 10" in report
+  with pytest.raises(DataError, match="header claims fewer samples"):
+    _load_small(root, strict=True)
+  # Reading only what the header covers loses nothing.
+  assert load_cebs(root, subjects=[1], seconds_per_state=2.4).summary.total_skipped == 0
+
+
 def test_truncated_dat_is_counted_naming_the_file(small_dir, tmp_path):
   root = _copy(small_dir, tmp_path)
   path = os.path.join(root, "b001.dat")

@@ -159,10 +159,20 @@ def test_parent_of_root_gets_a_hint(corpus_dir):
     iemocap.load_iemocap(os.path.dirname(corpus_dir[0]))
 
 
-def test_missing_dialog_dirs(root):
+def test_missing_dialog_dirs(root, corpus_dir):
+  """A session folder without dialog/transcriptions or sentences/wav is reported, its turns counted."""
   shutil.rmtree(os.path.join(root, "Session2", "dialog", "transcriptions"))
+  shutil.rmtree(os.path.join(root, "Session3", "sentences", "wav"))
+  with pytest.warns(UserWarning, match="Session2, Session3"):
+    c = iemocap.load_iemocap(root, verbose=False)
+  n = {s: sum(1 for u in corpus_dir[1]["utterances"] if u["session"] == s and u["label"] is not None)
+       for s in (2, 3)}
+  assert c.summary.counts == {"session folder without dialog/transcriptions": 1,
+                              "session folder without sentences/wav": 1,
+                              "missing transcript line": n[2], "missing wav": n[3]}
+  assert {u.session for u in c.utterances} == {1, 4, 5}
   with pytest.raises(DataError, match="transcriptions"):
-    iemocap.load_iemocap(root, verbose=False)
+    iemocap.load_iemocap(root, strict=True, verbose=False)
 
 
 def test_missing_transcript_line(root, corpus_dir):
@@ -270,7 +280,10 @@ def test_undecodable_text_file_and_crlf(root, corpus_dir):
   with open(_emo_path(root, u), "wb") as f:
     f.write(b"\xff\xfe\x00binary junk\x80\x81")
   c = iemocap.load_iemocap(root, verbose=False)
-  assert c.summary.counts == {"unreadable text file": 1}
+  # The dialog's turns lose their labels: its wavs and transcript lines are counted as unmatched.
+  n_dialog = sum(1 for x in corpus_dir[1]["utterances"] if x["dialog"] == u["dialog"])
+  assert c.summary.counts == {"unreadable text file": 1, "wav without label": n_dialog,
+                              "transcript line without label": n_dialog}
   assert _emo_path(root, u) in c.summary.examples["unreadable text file"][0]
   with pytest.raises(ValueError, match="sessions"):
     iemocap.load_iemocap(root, sessions="one", verbose=False)

@@ -3,8 +3,6 @@ import glob
 import hashlib
 import os
 import re
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ from mbaf_jax.data import audio
 from mbaf_jax.data import folds
 from mbaf_jax.data import iemocap
 from mbaf_jax.data import synthetic
+from mbaf_jax.data import synthetic_cebs
 
 
 @pytest.fixture(scope="module")
@@ -182,13 +181,30 @@ def test_cli_iemocap(tmp_path, capsys):
     synthetic.main(["mnist", "--out", str(tmp_path)])
 
 
-def test_cli_dispatches_cebs_lazily(tmp_path, capsys, monkeypatch):
+def test_cli_dispatches_cebs_through_the_atomic_writer(tmp_path, capsys, monkeypatch):
   calls = []
-  fake = types.ModuleType("mbaf_jax.data.synthetic_cebs")
-  fake.write_cebs = lambda out, **kw: calls.append((out, kw)) or os.path.join(out, "cebsdb")
-  monkeypatch.setitem(sys.modules, "mbaf_jax.data.synthetic_cebs", fake)
-  import mbaf_jax.data as data_pkg  # the submodule attribute is what `from ... import` finds first
-  monkeypatch.setattr(data_pkg, "synthetic_cebs", fake, raising=False)
+
+  def fake_write_cebs(out, **kw):
+    """Stands in for the record writer: one header in <out>/cebsdb and the manifest."""
+    calls.append((out, kw))
+    os.makedirs(os.path.join(out, "cebsdb"))
+    open(os.path.join(out, "cebsdb", "b001.hea"), "w").close()
+    open(os.path.join(out, synthetic_cebs.MANIFEST), "w").write("{}")
+
+  monkeypatch.setattr(synthetic_cebs, "write_cebs", fake_write_cebs)
   assert synthetic.main(["cebs", "--out", str(tmp_path), "--seed", "3", "--size", "tiny"]) == 0
-  assert calls == [(str(tmp_path), {"seed": 3, "size": "tiny"})]
-  assert capsys.readouterr().out.strip() == os.path.join(str(tmp_path), "cebsdb")
+  ((out, kw),) = calls
+  assert kw == {"subjects": 20, "seconds": None, "seed": 3, "size": "tiny"}
+  assert os.path.dirname(out) == str(tmp_path) and os.path.basename(out).startswith(".cebsdb.partial-")
+  root = os.path.join(str(tmp_path), "cebsdb")
+  assert capsys.readouterr().out.strip() == root
+  assert synthetic.is_complete(root)
+  assert sorted(os.listdir(tmp_path)) == sorted(["cebsdb", synthetic_cebs.MANIFEST])  # no partial left
+  # --out naming a file and a bad size: one sentence, exit 2.
+  with pytest.raises(SystemExit) as e:
+    synthetic.main(["cebs", "--out", os.path.join(root, "b001.hea")])
+  assert e.value.code == 2 and "is a file" in capsys.readouterr().err
+  monkeypatch.undo()  # the real writer checks its size before writing anything
+  with pytest.raises(SystemExit) as e:
+    synthetic.main(["cebs", "--out", str(tmp_path / "x"), "--size", "huge"])
+  assert e.value.code == 2 and "size must be one of" in capsys.readouterr().err

@@ -35,7 +35,10 @@ Bad input is reported, never dropped silently (:class:`LoadSummary`; with
 record (named in ``summary.info["missing_records"]``), a ``.dat`` without its
 ``.hea``, a truncated ``.dat`` (fewer bytes than the header promises), an
 unreadable header, a missing channel name, a wrong sampling rate, a flat
-channel, and windows with NaN samples (skipped one by one, counted).
+channel, windows with NaN samples (skipped one by one, counted) and the windows
+a header hides when it claims fewer samples than its signal file holds
+(counted per window). ``summary.format()`` is the report to print on every run:
+windows and records read, per class, skips, short records.
 """
 import dataclasses
 import os
@@ -57,6 +60,8 @@ NUM_SUBJECTS = 20
 SECONDS_PER_STATE = 300.0  # MBAF §4.2: 5 min per state
 # MBAF §4.2 class counts on the real data (basal, music, post-music).
 PAPER_COUNTS = (4977, 5000, 5000)
+# Skip reason of the windows a header hides: it claims fewer samples than the signal file holds.
+HEADER_SHORT = "windows lost: header claims fewer samples than the signal file holds"
 _FMT_BYTES = {"16": 2, "80": 1, "8": 1, "24": 3, "32": 4, "61": 2, "160": 2, "212": 1.5, "310": 4 / 3,
               "311": 4 / 3}
 
@@ -133,9 +138,31 @@ def _data_bytes_needed(header, sampto: int) -> dict:
   return {f: int(np.ceil(w * sampto)) + off for f, (w, off) in per_file.items()}
 
 
+def _samples_in_files(path: str, header):
+  """Samples per signal that the record's signal files hold (the fewest over its files); None if unknown."""
+  per_file = {}
+  for fname, fmt, offset in zip(header.file_name, header.fmt, header.byte_offset or [None] * header.n_sig):
+    width = _FMT_BYTES.get(str(fmt))
+    if width is None:
+      return None
+    rec = per_file.setdefault(fname, [0.0, offset or 0])
+    rec[0] += width
+  sizes = []
+  for fname, (frame, offset) in per_file.items():
+    fpath = os.path.join(path, fname)
+    if not os.path.exists(fpath) or frame <= 0:
+      return None
+    sizes.append(int((os.path.getsize(fpath) - offset) // frame))
+  return min(sizes) if sizes else None
+
+
 def _read_record(path: str, name: str, channel_names: dict, seconds_per_state: float,
-                 summary: LoadSummary):
-  """Reads one record's first ``seconds_per_state``; returns ``{mode: (n,) float64}`` or None if skipped."""
+                 summary: LoadSummary, window: int):
+  """Reads one record's first ``seconds_per_state``; returns ``{mode: (n,) float64}`` or None if skipped.
+
+  A header that claims fewer samples than its signal files hold costs the
+  windows in between; they are counted in ``summary`` (``window`` samples each).
+  """
   import wfdb  # pylint: disable=g-import-not-at-top
   base = os.path.join(path, name)
   hea, default_dat = base + ".hea", base + ".dat"
@@ -174,6 +201,13 @@ def _read_record(path: str, name: str, channel_names: dict, seconds_per_state: f
       summary.skip("truncated signal file",
                    f"{fpath}: {size} bytes, the header promises {needed} for the first {sampto} samples")
       return None
+  target = int(round(seconds_per_state * FS))
+  held = _samples_in_files(path, header)
+  if held is not None and held > sig_len and sampto < target:
+    lost = min(held, target) // window - sampto // window
+    if lost > 0:
+      summary.skip(HEADER_SHORT, f"{name}: header {sig_len} samples, signal file {held}: {lost} window(s)",
+                   n=lost)
   try:
     rec = wfdb.rdrecord(base, sampto=sampto, channels=[names.index(c) for c in channel_names.values()])
   except Exception as e:  # pylint: disable=broad-except
@@ -214,7 +248,7 @@ def load_cebs(root, strict: bool = False, modes: Sequence[str] = MODES,
     subjects: subject numbers to load (default 1..20).
     ecg_lead: ``"I"`` (default, the paper's ECG-I) or ``"II"``.
     normalize: ``"record"`` (z-score per channel per record) or ``"none"``.
-    verbose: print the summary.
+    verbose: print the report with its details.
 
   Returns:
     :class:`CebsCorpus` with ``signals[mode]`` of shape ``(N, chunks, chunk_samples)``.
@@ -249,7 +283,7 @@ def load_cebs(root, strict: bool = False, modes: Sequence[str] = MODES,
   labels, subj_ids, rec_names, starts = [], [], [], []
   per_record = {}
   for name in expected_records(subjects):
-    sigs = _read_record(path, name, channel_names, float(seconds_per_state), summary)
+    sigs = _read_record(path, name, channel_names, float(seconds_per_state), summary, win)
     if sigs is None:
       continue
     normed = {m: _normalize(x, normalize) for m, x in sigs.items()}
@@ -282,6 +316,8 @@ def load_cebs(root, strict: bool = False, modes: Sequence[str] = MODES,
       subjects=np.concatenate(subj_ids), records=np.concatenate(rec_names), starts=np.concatenate(starts),
       summary=summary)
   counts = corpus.class_counts()
+  summary.read.update({"windows": len(corpus), "records": len(per_record)})
+  summary.breakdown["per class"] = dict(zip(CLASSES, counts))
   summary.info["class_counts"] = dict(zip(CLASSES, counts))
   summary.info["windows_per_record"] = per_record
   full = int(float(seconds_per_state) * FS) // win * len(subjects or range(1, NUM_SUBJECTS + 1))
@@ -289,8 +325,12 @@ def load_cebs(root, strict: bool = False, modes: Sequence[str] = MODES,
   if len(set(counts)) > 1:
     summary.info["class_imbalance"] = (f"per-class windows {dict(zip(CLASSES, counts))} differ (short, "
                                        "missing or skipped records; see above)")
+  short = summary.info.get("short_records", {})
+  if short:
+    listed = ", ".join(f"{k} {v} s" for k, v in list(short.items())[:3]) + (", ..." if len(short) > 3 else "")
+    summary.warn(f"{len(short)} record(s) shorter than {float(seconds_per_state):g} s, fewer windows: {listed}")
   if verbose:
-    print(summary.format())
+    print(summary.format(details=True))
   return corpus
 
 

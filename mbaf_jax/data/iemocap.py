@@ -7,14 +7,21 @@ The 4-class set is ang, hap (with exc merged into it), neu, sad; every other
 label (xxx, fru, sur, fea, oth, dis) is excluded and counted by label. Labels
 outside the known set, malformed lines, utterances without a transcript line or
 without a wav are skipped and counted in the corpus :class:`LoadSummary`
-(``strict=True`` raises instead). The speaker is the session plus the letter
-after the *last* underscore of the utterance id (``Ses01F_impro01_M000`` is
-spoken by ``Ses01M``), not the dialog prefix.
+(``strict=True`` raises instead), and so is what no label matches: a sentence
+wav or a transcript line without an EmoEvaluation line, and a session folder
+without its ``dialog/EmoEvaluation``, ``dialog/transcriptions`` or
+``sentences/wav`` folder. A corpus whose utterances do not cover all five
+sessions gets a warning (leave-one-session-out needs Session1-5; an error with
+``strict=True``). The speaker is the session plus the letter after the *last*
+underscore of the utterance id (``Ses01F_impro01_M000`` is spoken by
+``Ses01M``), not the dialog prefix.
 
-After loading, the class and per-session counts are printed and, when the
-corpus looks like the full release (all 5 sessions present and at least 90 % of
-the 10,039 labelled turns), compared with the published 5,531 = 1,103 / 1,636
-/ 1,708 / 1,084 and the per-session table; a difference raises one warning.
+The summary's ``format()`` is the report to print on every run: utterances read,
+per session and per class, skips by reason with examples, warnings
+(``verbose=True`` prints it with its details). When the corpus looks like the
+full release (all 5 sessions present and at least 90 % of the 10,039 labelled
+turns), its counts are compared with the published 5,531 = 1,103 / 1,636 /
+1,708 / 1,084 and the per-session table; a difference raises one warning.
 Smaller corpora (the synthetic ones, a subset) are reported once as "not
 compared", without warnings.
 """
@@ -57,6 +64,7 @@ SUMMARY_LINE = re.compile(
     r"^\[(\d+\.\d+) - (\d+\.\d+)\]\t(\w+)\t(\w+)\t\[(\d+\.\d+), (\d+\.\d+), (\d+\.\d+)\]$")
 TRANSCRIPT_LINE = re.compile(r"^(Ses\w+) \[(\d+\.\d+)-(\d+\.\d+)\]:\s?(.*)$")
 UTTERANCE_ID = re.compile(r"^Ses0([1-5])[FM]_\w+_([FM])(\d{3})$")
+MENTIONED_ID = re.compile(r"\bSes0[1-5][FM]_\w+")  # an utterance id anywhere in a line
 XX_ID = re.compile(r"^Ses\w+_[FM]XX\w*$")
 NONSPEECH_TOKEN = re.compile(r"\[[A-Za-z]+\]")
 
@@ -135,12 +143,15 @@ def _read_text(path, summary):
     return []
 
 
-def parse_emo_evaluation(path, summary: LoadSummary):
+def parse_emo_evaluation(path, summary: LoadSummary, malformed_ids=None):
   """Parses the summary lines of one EmoEvaluation file.
 
   Args:
     path: ``<dialog>.txt`` under ``dialog/EmoEvaluation``.
     summary: malformed ``[`` lines and unrecognised lines are counted here.
+    malformed_ids: a set that receives the utterance ids named by malformed
+      lines (already counted, so their wav and transcript line are not
+      counted again as unmatched); None: not collected.
 
   Returns:
     list of ``(utterance_id, raw_label, start, end, (v, a, d))``.
@@ -152,6 +163,8 @@ def parse_emo_evaluation(path, summary: LoadSummary):
       continue  # header, blank, per-evaluator category (C-) and attribute (A-) lines
     m = SUMMARY_LINE.match(line)
     if m is None:
+      if malformed_ids is not None:
+        malformed_ids.update(MENTIONED_ID.findall(line))
       summary.skip("malformed EmoEvaluation line", f"{path}:{lineno}: {line[:80]!r} (expected "
                    "'[START - END]<TAB>ID<TAB>LABEL<TAB>[V, A, D]' with 4-decimal numbers)")
       continue
@@ -240,6 +253,62 @@ def compare_with_published(class_counts, session_counts, sessions_present, n_lab
   return True, diffs
 
 
+def loso_warning(missing, explicit: bool = False) -> str:
+  """The report's sentence for sessions without utterances (LOSO needs all five).
+
+  Args:
+    missing: session numbers (1..5) that gave no utterance.
+    explicit: the sessions were chosen by the caller (``sessions=``).
+
+  Returns:
+    One sentence naming the missing sessions.
+  """
+  names = ", ".join(f"Session{k}" for k in missing)
+  why = "not requested" if explicit else "missing or without usable utterances"
+  return (f"{names} {why}: leave-one-session-out (LOSO) over IEMOCAP needs Session1-5; "
+          f"these folds cover {5 - len(missing)} session(s)")
+
+
+def _wav_ids(wav_root):
+  """``{utterance_id: path}`` of the sentence wavs under ``sentences/wav/<dialog>/`` (no dotfiles)."""
+  found = {}
+  if not os.path.isdir(wav_root):
+    return found
+  for dialog in sorted(os.listdir(wav_root)):
+    ddir = os.path.join(wav_root, dialog)
+    if dialog.startswith(".") or not os.path.isdir(ddir):
+      continue
+    for name in sorted(os.listdir(ddir)):
+      if name.endswith(".wav") and not name.startswith(".") and os.path.isfile(os.path.join(ddir, name)):
+        found[name[:-4]] = os.path.join(ddir, name)
+  return found
+
+
+def _cross_check_session(emo_dir, tr_dir, wav_root, session_ids, transcript_ids, summary, counters):
+  """Counts what no EmoEvaluation line labels: wavs, transcript lines, transcription files.
+
+  Args:
+    emo_dir: the session's ``dialog/EmoEvaluation``.
+    tr_dir: the session's ``dialog/transcriptions``.
+    wav_root: the session's ``sentences/wav``.
+    session_ids: every id with an EmoEvaluation line in the session (any label).
+    transcript_ids: ``{id: transcription file}`` of the transcription files already read.
+    summary: where the unmatched items are counted (strict raises).
+    counters: transcript noise / XX counts of the files read here.
+  """
+  labelled_dialogs = {os.path.splitext(os.path.basename(p))[0] for p in _visible_txt(emo_dir)}
+  for tr_path in _visible_txt(tr_dir):
+    if os.path.splitext(os.path.basename(tr_path))[0] not in labelled_dialogs:
+      texts = parse_transcription(tr_path, summary, counters)
+      transcript_ids.update(dict.fromkeys(texts, tr_path))
+  for uid, tr_path in sorted(transcript_ids.items()):
+    if uid not in session_ids:
+      summary.skip("transcript line without label", f"{uid} in {tr_path}")
+  for uid, wav in _wav_ids(wav_root).items():
+    if uid not in session_ids:
+      summary.skip("wav without label", wav)
+
+
 def load_iemocap(root, strict: bool = False, sessions=None, check_wav: bool = True,
                  remove_nonspeech: bool = False, verbose: bool = True) -> IemocapCorpus:
   """Loads the 4-class IEMOCAP set (DMF §3.1 / MBAF §4.1: ang, hap+exc, neu, sad).
@@ -251,16 +320,21 @@ def load_iemocap(root, strict: bool = False, sessions=None, check_wav: bool = Tr
     check_wav: skip (count) labelled utterances whose wav file does not exist.
     remove_nonspeech: drop bracketed non-speech tokens (``[LAUGHTER]``) from the
       text; by default the transcript is kept verbatim, as public loaders do.
-    verbose: print the summary (skips, class/session/speaker counts).
+    verbose: print the report with its details (class/session/speaker counts).
 
   Returns:
-    An :class:`IemocapCorpus`; ``summary.info`` holds ``class_counts``,
+    An :class:`IemocapCorpus`; ``summary.read`` / ``summary.breakdown`` hold the
+    counts read, per session and per class, ``summary.warnings`` the missing
+    sessions, ``summary.counts`` the skips (a label without wav is
+    "missing wav", without transcript "missing transcript line"; "wav without
+    label", "transcript line without label", "session folder without ...");
+    ``summary.info`` holds ``class_counts``,
     ``session_counts`` (total, ang, hap, neu, sad), ``speaker_counts``,
     ``excluded_by_label``, ``published_check`` and the transcript noise counts.
 
   Raises:
     DataError: ``root`` missing or not an IEMOCAP release, a requested session
-      missing, or (strict) any skip.
+      missing, or (strict) any skip or fewer than five sessions.
   """
   root = os.path.abspath(os.fspath(root))
   found = _session_dirs(root)
@@ -287,21 +361,27 @@ def load_iemocap(root, strict: bool = False, sessions=None, check_wav: bool = Tr
     sdir = found[s]
     emo_dir = os.path.join(sdir, "dialog", "EmoEvaluation")
     tr_dir = os.path.join(sdir, "dialog", "transcriptions")
-    for d in (emo_dir, tr_dir):
+    wav_root = os.path.join(sdir, "sentences", "wav")
+    for d, sub in ((emo_dir, "dialog/EmoEvaluation"), (tr_dir, "dialog/transcriptions"),
+                   (wav_root, "sentences/wav")):
       if not os.path.isdir(d):
-        raise DataError(f"load_iemocap: {d!r} is missing; an IEMOCAP session holds dialog/EmoEvaluation "
-                        "and dialog/transcriptions (is the release complete?)")
+        summary.skip(f"session folder without {sub}", f"{d} is missing (is the release complete?)")
     emo_files = _visible_txt(emo_dir)
-    if not emo_files:
+    if not emo_files and os.path.isdir(emo_dir):
       summary.skip("session without EmoEvaluation files", emo_dir)
+    session_ids = set()  # every id an EmoEvaluation line of this session names (any label, or malformed)
+    transcript_ids = {}  # id -> transcription file, every non-XX transcript line of this session
     for emo_path in emo_files:
       dialog = os.path.splitext(os.path.basename(emo_path))[0]
       tr_path = os.path.join(tr_dir, dialog + ".txt")
       texts = parse_transcription(tr_path, summary, counters) if os.path.isfile(tr_path) else None
       if texts is None:
-        summary.skip("missing transcription file", f"{tr_path} (for {emo_path})")
+        if os.path.isdir(tr_dir):
+          summary.skip("missing transcription file", f"{tr_path} (for {emo_path})")
         texts = {}
-      for uid, raw, start, end, _ in parse_emo_evaluation(emo_path, summary):
+      transcript_ids.update(dict.fromkeys(texts, tr_path))
+      for uid, raw, start, end, _ in parse_emo_evaluation(emo_path, summary, session_ids):
+        session_ids.add(uid)
         where = f"{uid} in {emo_path}"
         m = UTTERANCE_ID.match(uid)
         if m is None or int(m[1]) != s:
@@ -322,7 +402,7 @@ def load_iemocap(root, strict: bool = False, sessions=None, check_wav: bool = Tr
         if uid not in texts:
           summary.skip("missing transcript line", f"{where} (no line for it in {tr_path})")
           continue
-        wav = os.path.join(sdir, "sentences", "wav", dialog_of(uid), uid + ".wav")
+        wav = os.path.join(wav_root, dialog_of(uid), uid + ".wav")
         if check_wav and not os.path.isfile(wav):
           summary.skip("missing wav", f"{wav} (labelled in {emo_path})")
           continue
@@ -330,6 +410,7 @@ def load_iemocap(root, strict: bool = False, sessions=None, check_wav: bool = Tr
         label = LABEL_TO_CLASS[raw]
         utterances.append(Utterance(uid, dialog_of(uid), s, speaker_of(uid), label, CLASSES[label],
                                     text, wav, start, end))
+    _cross_check_session(emo_dir, tr_dir, wav_root, session_ids, transcript_ids, summary, counters)
   utterances.sort(key=lambda u: u.id)
   class_counts, session_counts, speaker_counts = _counts(utterances)
   compared, diffs = compare_with_published(class_counts, session_counts, wanted, n_labelled)
@@ -343,11 +424,26 @@ def load_iemocap(root, strict: bool = False, sessions=None, check_wav: bool = Tr
       **dict(counters),
       "published_check": ("matches the published counts" if compared and not diffs else "; ".join(diffs)),
   })
+  summary.read.update({"utterances (4-class)": len(utterances), "sessions": len(session_counts),
+                       "other labels excluded": sum(excluded.values())})
+  summary.breakdown.update({
+      "per session": {f"Session{k}": v[0] for k, v in session_counts.items()},
+      "per class": class_counts,
+  })
+  missing = [k for k in range(1, 6) if k not in session_counts]
+  if missing:
+    message = loso_warning(missing, explicit=sessions is not None)
+    summary.warn(message)
+    if sessions is None:
+      if strict:
+        raise DataError(f"load_iemocap: {message} (strict mode: load all five sessions, or pass "
+                        "sessions= to choose a subset)")
+      warnings.warn(f"load_iemocap: {message}", stacklevel=2)
   if compared and diffs:
     warnings.warn("load_iemocap: 4-class counts differ from the published ones (5,531 = 1,103/1,636/1,708/"
                   "1,084): " + "; ".join(diffs) + f". Check the release under {root!r}.", stacklevel=2)
   if verbose:
-    print(summary.format())
+    print(summary.format(details=True))
   return IemocapCorpus(root, utterances, summary, excluded)
 
 

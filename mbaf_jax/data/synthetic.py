@@ -45,18 +45,32 @@ p_audio = p_text = 0.8 give 0.85, 0.85 and 0.97 (0.6 would give 0.70, 0.70,
 for a few hundred steps, learn both modes. Non-4-class utterances get a random
 style. Everything is deterministic given ``seed``.
 
-``write_cebs`` is the CEBS writer of :mod:`mbaf_jax.data.synthetic_cebs`,
-imported when called.
+``write_cebs`` runs the CEBS writer of :mod:`mbaf_jax.data.synthetic_cebs`
+the same way. Both write into a temporary sibling folder and rename it into
+place with a completion marker (:data:`MARKER`); :func:`is_complete` and
+:func:`is_partial` tell a finished corpus from one whose write was killed.
 """
 import argparse
 import json
 import math
 import os
+import shutil
+import socket
 import sys
+import warnings
 
 import numpy as np
 
+from mbaf_jax.data import synthetic_cebs
 from mbaf_jax.data.iemocap import CLASSES
+from mbaf_jax.data.report import DataError
+
+# Completion marker written last into a synthetic corpus root (JSON: the writer's arguments).
+MARKER = "synthetic_complete.json"
+IEMOCAP_ROOT = "IEMOCAP_full_release"  # folder write_iemocap writes under out_dir
+IEMOCAP_MANIFEST = "iemocap_synthetic_manifest.json"  # manifest beside it
+IEMOCAP_README = "Synthetic IEMOCAP-format corpus written by mbaf_jax.data.synthetic (not real speech).\n"
+CEBS_ROOT = "cebsdb"  # folder write_cebs writes under out_dir
 
 # size name -> 4-class utterances per session (split evenly over the 2 speakers and 4 classes).
 SIZES = {"tiny": 16, "demo": 64, "small": 200}
@@ -209,6 +223,12 @@ def write_iemocap(out_dir, size="small", seed: int = 0, sample_rate: int = 16000
                   p_audio: float = 0.8, p_text: float = 0.8, return_manifest: bool = False):
   """Writes a synthetic ``IEMOCAP_full_release`` (layout and quirks of the real one).
 
+  The corpus is written into a temporary sibling folder and renamed into place
+  with a completion marker (:data:`MARKER`, holding these arguments) inside.
+  A complete corpus written with the same arguments is reused as it is (not
+  rewritten); a partial one (no marker: a write that was killed) or one
+  written with other arguments is regenerated, with one warning.
+
   Args:
     out_dir: directory to write into (created); the corpus goes to
       ``<out_dir>/IEMOCAP_full_release`` and the manifest to
@@ -230,19 +250,42 @@ def write_iemocap(out_dir, size="small", seed: int = 0, sample_rate: int = 16000
     4-class label or None, session, speaker, text, start, end, audio/text
     expression flags) and ``manifest["class_counts"]`` / ``["excluded"]`` /
     ``["xx_ids"]`` / ``["noise_lines"]`` the totals a loader should find.
+
+  Raises:
+    ValueError: a bad argument.
+    DataError: ``<out_dir>/IEMOCAP_full_release`` exists and is not a
+      synthetic corpus (it is never overwritten).
   """
-  n_session = _per_session(size)
+  _per_session(size)  # validates size
   lo, hi = (float(x) for x in seconds)
   if not 0 < lo <= hi:
     raise ValueError(f"write_iemocap: seconds must be (min, max) with 0 < min <= max, got {seconds}")
   for name, p in (("p_audio", p_audio), ("p_text", p_text)):
     if not 0 <= p <= 1:
       raise ValueError(f"write_iemocap: {name} must be a probability in [0, 1], got {p}")
+  params = {"dataset": "iemocap", "size": size, "seed": seed, "sample_rate": sample_rate,
+            "seconds": [lo, hi], "p_audio": p_audio, "p_text": p_text}
+
+  def write(tmp_out):
+    return _write_iemocap_tree(tmp_out, size, seed, sample_rate, (lo, hi), p_audio, p_text)
+
+  root, manifest = write_atomically(out_dir, IEMOCAP_ROOT, IEMOCAP_MANIFEST, params, write)
+  return (root, manifest) if return_manifest else root
+
+
+def _write_iemocap_tree(out_dir, size, seed, sample_rate, seconds, p_audio, p_text):
+  """Writes ``<out_dir>/IEMOCAP_full_release`` and its manifest (see :func:`write_iemocap`).
+
+  Returns:
+    The manifest dict.
+  """
+  n_session = _per_session(size)
+  lo, hi = seconds
   rng = np.random.default_rng(seed)
-  root = os.path.join(os.path.abspath(os.fspath(out_dir)), "IEMOCAP_full_release")
+  root = os.path.join(os.path.abspath(os.fspath(out_dir)), IEMOCAP_ROOT)
   os.makedirs(os.path.join(root, "Documentation"), exist_ok=True)
   with open(os.path.join(root, "README.txt"), "w") as f:
-    f.write("Synthetic IEMOCAP-format corpus written by mbaf_jax.data.synthetic (not real speech).\n")
+    f.write(IEMOCAP_README)
   with open(os.path.join(root, "Documentation", "synthetic.txt"), "w") as f:
     f.write(f"seed={seed} size={size} p_audio={p_audio} p_text={p_text}\n")
   manifest = {"seed": seed, "size": size, "p_audio": p_audio, "p_text": p_text, "utterances": [],
@@ -340,15 +383,152 @@ def write_iemocap(out_dir, size="small", seed: int = 0, sample_rate: int = 16000
       manifest["excluded"][u["raw_label"]] = manifest["excluded"].get(u["raw_label"], 0) + 1
   manifest["bayes_accuracy"] = {"audio": 0.25 + 0.75 * p_audio, "text": 0.25 + 0.75 * p_text,
                                 "both": 0.25 + 0.75 * (1 - (1 - p_audio) * (1 - p_text))}
-  with open(os.path.join(os.path.dirname(root), "iemocap_synthetic_manifest.json"), "w") as f:
+  with open(os.path.join(os.path.dirname(root), IEMOCAP_MANIFEST), "w") as f:
     json.dump(manifest, f, indent=1)
-  return (root, manifest) if return_manifest else root
+  return manifest
 
 
-def write_cebs(*args, **kwargs):
-  """The synthetic CEBS writer (:func:`mbaf_jax.data.synthetic_cebs.write_cebs`), imported lazily."""
-  from mbaf_jax.data import synthetic_cebs  # pylint: disable=g-import-not-at-top
-  return synthetic_cebs.write_cebs(*args, **kwargs)
+def is_complete(root) -> bool:
+  """Whether ``root`` (an ``IEMOCAP_full_release`` or ``cebsdb`` folder) holds the completion marker."""
+  return os.path.isfile(os.path.join(os.fspath(root), MARKER))
+
+
+def _marker_params(root):
+  """The arguments stored in ``root``'s completion marker; None without a readable marker."""
+  try:
+    with open(os.path.join(root, MARKER)) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def _written_here(root) -> bool:
+  """Whether ``root`` was written by this module (marker, synthetic README or CEBS manifest)."""
+  if is_complete(root):
+    return True
+  try:
+    with open(os.path.join(root, "README.txt")) as f:
+      if f.read(len(IEMOCAP_README)) == IEMOCAP_README:
+        return True
+  except OSError:
+    pass
+  parent = os.path.dirname(os.path.normpath(root))
+  return (os.path.basename(os.path.normpath(root)) == CEBS_ROOT
+          and os.path.isfile(os.path.join(parent, synthetic_cebs.MANIFEST)))
+
+
+def is_partial(root) -> bool:
+  """Whether ``root`` is a synthetic corpus without its completion marker (a write was killed).
+
+  A real corpus is never partial: only folders this module wrote (its README or
+  manifest) count.
+  """
+  root = os.fspath(root)
+  return os.path.isdir(root) and not is_complete(root) and _written_here(root)
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def _remove_dead_partials(out_dir: str, name: str) -> None:
+  """Removes the temporary folders of earlier writes on this host whose process has died."""
+  prefix = f".{name}.partial-{socket.gethostname()}-"
+  for entry in os.listdir(out_dir):
+    if entry.startswith(prefix) and entry[len(prefix):].isdigit() and not _pid_alive(int(entry[len(prefix):])):
+      shutil.rmtree(os.path.join(out_dir, entry), ignore_errors=True)
+
+
+def write_atomically(out_dir, name: str, manifest_name: str, params: dict, write):
+  """Writes ``<out_dir>/<name>`` through a temporary sibling folder, marked complete, renamed into place.
+
+  Args:
+    out_dir: the output directory (created).
+    name: the corpus folder ``write`` creates under the directory it is given.
+    manifest_name: the manifest file ``write`` puts beside that folder.
+    params: the writer's arguments (JSON-serialisable), stored in the marker;
+      a complete corpus with equal arguments is reused, not rewritten.
+    write: ``write(tmp_dir)`` writes ``<tmp_dir>/<name>`` and
+      ``<tmp_dir>/<manifest_name>``; its return value is returned as the manifest.
+
+  Returns:
+    ``(root, manifest)``: the corpus folder and ``write``'s return value, or
+    the manifest read back from disk when an existing corpus is reused.
+
+  Raises:
+    DataError: ``out_dir`` is a file, or ``<out_dir>/<name>`` exists and was not
+      written by this module (it is never overwritten).
+  """
+  out_dir = os.path.abspath(os.fspath(out_dir))
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise DataError(f"cannot write a synthetic corpus into {out_dir!r}: it is a file; pass a directory "
+                    "(it is created when missing)")
+  final = os.path.join(out_dir, name)
+  params = json.loads(json.dumps(params))
+  manifest_path = os.path.join(out_dir, manifest_name)
+  if os.path.lexists(final):
+    if _marker_params(final) == params and os.path.isfile(manifest_path):
+      with open(manifest_path) as f:
+        return final, json.load(f)
+    if not os.path.isdir(final) or not _written_here(final):
+      raise DataError(f"{final!r} exists and is not a synthetic corpus written by mbaf_jax.data.synthetic; "
+                      "it is left untouched: pass another output directory, or remove it yourself")
+    why = ("was written with other arguments" if is_complete(final) else
+           "has no completion marker (its write was interrupted)")
+    warnings.warn(f"synthetic corpus {final} {why}; regenerating it", stacklevel=3)
+  os.makedirs(out_dir, exist_ok=True)
+  _remove_dead_partials(out_dir, name)
+  tmp = os.path.join(out_dir, f".{name}.partial-{socket.gethostname()}-{os.getpid()}")
+  shutil.rmtree(tmp, ignore_errors=True)
+  try:
+    manifest = write(tmp)
+    with open(os.path.join(tmp, name, MARKER), "w") as f:
+      json.dump(params, f, indent=1)
+    if _marker_params(final) == params and os.path.isfile(manifest_path):
+      return final, manifest  # an equal corpus was completed meanwhile (a concurrent writer): keep it
+    os.replace(os.path.join(tmp, manifest_name), manifest_path)
+    if os.path.lexists(final):
+      os.rename(final, os.path.join(tmp, name + ".old"))
+    os.rename(os.path.join(tmp, name), final)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return final, manifest
+
+
+def write_cebs(out_dir, subjects: int = 20, seconds=None, seed: int = 0, size="small") -> str:
+  """The synthetic CEBS corpus (:func:`mbaf_jax.data.synthetic_cebs.write_cebs`), written atomically.
+
+  The records are written into a temporary sibling folder and renamed into
+  place with a completion marker (:data:`MARKER`) inside; a complete corpus
+  written with the same arguments is reused, a partial one (or one written
+  with other arguments) is regenerated, with one warning.
+
+  Args:
+    out_dir: output directory (created); the records go to ``<out_dir>/cebsdb``.
+    subjects: number of subjects, 1..20.
+    seconds: seconds per basal and post-music record; overrides ``size``.
+    seed: random seed.
+    size: ``"tiny"``, ``"demo"``, ``"small"``, ``"full"`` or an int number of seconds.
+
+  Returns:
+    The ``cebsdb`` root path.
+
+  Raises:
+    ValueError: a bad argument.
+    DataError: ``<out_dir>/cebsdb`` exists and is not a synthetic corpus.
+  """
+  params = {"dataset": "cebs", "subjects": subjects, "seconds": seconds, "seed": seed, "size": size}
+
+  def write(tmp_out):
+    synthetic_cebs.write_cebs(tmp_out, subjects=subjects, seconds=seconds, seed=seed, size=size)
+
+  return write_atomically(out_dir, CEBS_ROOT, synthetic_cebs.MANIFEST, params, write)[0]
 
 
 def main(argv=None) -> int:
@@ -374,15 +554,18 @@ def main(argv=None) -> int:
         assert len(kw["seconds"]) == 2
       except (ValueError, AssertionError):
         p.error(f"--seconds must be 'min,max' (e.g. 0.5,1.5), got {args.seconds!r}")
-    try:
-      root = write_iemocap(args.out, size=args.size or "small", seed=args.seed, **kw)
-    except ValueError as e:
-      p.error(str(e))
+    writer = lambda: write_iemocap(args.out, size=args.size or "small", seed=args.seed, **kw)
   else:
     if args.seconds:
       p.error("--seconds applies to iemocap only")
     kw = {} if args.size is None else {"size": int(args.size) if args.size.isdigit() else args.size}
-    root = write_cebs(args.out, seed=args.seed, **kw)
+    writer = lambda: write_cebs(args.out, seed=args.seed, **kw)
+  try:
+    root = writer()
+  except (ValueError, DataError) as e:
+    p.error(str(e))
+  except OSError as e:
+    p.error(f"cannot write into {args.out!r}: {e.strerror or e} ({e.filename or args.out})")
   print(root)
   return 0
 
