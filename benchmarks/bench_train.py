@@ -22,12 +22,14 @@ if "--scaling" in sys.argv and "xla_force_host_platform_device_count" not in os.
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_force_host_platform_device_count=8").strip()
 
+import copy  # noqa: E402
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections as mlc  # noqa: E402
-import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from configs import iemocap  # noqa: E402
 from mbaf_jax import encoders  # noqa: E402
 from mbaf_jax.models import factory  # noqa: E402
 from train import distributed as dist  # noqa: E402
@@ -37,23 +39,18 @@ from train import timing  # noqa: E402
 
 
 def _model_config(quick: bool, dtype) -> mlc.ConfigDict:
-  from configs import iemocap  # pylint: disable=g-import-not-at-top
   c = iemocap.get_config("demo" if quick else None)
   return c
 
 
 def _build(c, kind, dtype):
-  model, _ = factory.build_model(c.model, kind)
+  """The DMF model of ``c`` computing in ``dtype`` (``config.model.dtype``: encoders, fusion
+  and head; parameters and memory stay float32)."""
   if dtype != jnp.float32:
-    model = model.clone(audio_config=_with_dtype(model.audio_config, dtype),
-                        text_config=_with_dtype(model.text_config, dtype),
-                        fusion=model.fusion.clone(dtype=dtype))
+    c = copy.deepcopy(c)
+    c.model.dtype = "bfloat16"
+  model, _ = factory.build_model(c.model, kind)
   return model
-
-
-def _with_dtype(cfg, dtype):
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  return dataclasses.replace(cfg, dtype=dtype)
 
 
 def _batch(c, b, seed=0):
