@@ -183,6 +183,9 @@ def base_config():
   # Train the fusion kinds of a run ("dmf,naive") at the same time, one thread each (one process
   # only); same results as one after the other. False: one after the other.
   c.train.concurrent_kinds = True
+  # True: delete the workdir's previous run (checkpoints, metrics, TensorBoard events,
+  # config.json; train.checkpoints.prepare_workdir) and start afresh
+  c.train.restart = False
   return c
 
 

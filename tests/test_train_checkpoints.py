@@ -123,7 +123,8 @@ def test_workdir_config_is_written_checked_and_read_back(tmp_path):
   assert config.model.name == a.model.name and config.fusions == a.fusions
   b = iemocap.get_config()
   b.model.fusion.dmf.slots = 30
-  with pytest.raises(UserError, match="different model/optimiser config"):
+  with pytest.raises(UserError, match=r"holds a different run .*model\.fusion\.dmf\.slots: "
+                     r"120 then, 30 now.*--config\.train\.restart=True"):
     checkpoints.prepare_workdir(w, b)
   with pytest.raises(UserError, match="--workdir is empty"):
     checkpoints.prepare_workdir("", a)

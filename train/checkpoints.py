@@ -16,15 +16,18 @@ it and ``train.predict`` loads with it. It checks the fingerprint, then the save
 the target's, before orbax reads any array, so a checkpoint of another config fails with a clear
 message instead of a shape error deep inside orbax.
 """
+import glob
 import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 from typing import Any, NamedTuple, Optional
 
 import jax
 import ml_collections as mlc
+import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
@@ -117,6 +120,31 @@ class CheckpointMismatchError(UserError):
     self.problem = problem  # what does not match, without the advice
 
 
+class CheckpointDamagedError(UserError):
+  """A checkpoint cannot be read (a missing or truncated array file, a damaged ``meta``): unlike
+  :class:`CheckpointMismatchError`, it belongs to this config, and an older one may be read.
+
+  Attributes:
+    step: the damaged checkpoint's step.
+    reason: what failed (the exception's type and message).
+  """
+
+  def __init__(self, where: str, step: int, reason: str):
+    super().__init__(f"the checkpoint {where} cannot be read ({reason}); it is damaged. Delete "
+                     "that folder to use the previous checkpoint, or use a fresh --workdir.")
+    self.step = step  # the damaged checkpoint's step
+    self.reason = reason  # the exception's type and message
+
+
+class CheckpointWriteError(UserError):
+  """Writing a checkpoint failed (disk full, read-only file system, no permission)."""
+
+
+# Substrings of the messages of errors that orbax / tensorstore raise for a failed write (they
+# do not always keep the OSError).
+_WRITE_FAULTS = ("No space left", "Read-only file system", "Permission denied", "Disk quota")
+
+
 def model_fingerprint(config) -> str:
   """A hash of everything that fixes the shapes of the saved state (model, optimiser, and the
   data shapes: the model family's ``DATA_FIELDS`` of ``config.data``); changing any of it makes
@@ -139,40 +167,264 @@ def model_fingerprint(config) -> str:
 
 
 # --------------------------------------------------------------------------- config.json
-def prepare_workdir(workdir: str, config, write: bool = True) -> None:
-  """Creates the workdir and stores the config in its config.json.
+# Config fields a rerun may change without refusing: none of them changes which steps run, what
+# they compute, or which state is "best" (prepare_workdir's docstring gives the rule).
+FREE_FIELDS = frozenset({
+    "name",  # the experiment's label in metrics.json
+    "fusions",  # each fusion kind has its own ckpt/<fusion>; a kind's options are compared
+    "data.cache_dir",  # where decoded audio is cached (the audio is the same)
+    "data.strict",  # only whether a skipped item is an error (the data fingerprint checks the rest)
+    "model.dtype",  # compute dtype; the state is saved in float32 (model_fingerprint)
+    "model.text.glove",  # a file path; the trained embedding is in the checkpoint
+    "train.eval_batch_size",  # evaluation rows per call (padded and masked)
+    "train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
+    "train.num_devices", "train.parallelism", "train.concurrent_kinds",  # equal results
+    "train.progress", "train.restart",  # what is shown; the restart request itself
+})
+# What --config.train.restart=True removes from a workdir (a file, a folder, or a file pattern).
+RUN_OUTPUTS = ("ckpt", "tb", "metrics.json", "confusion_*.png", CONFIG_FILE)
+DATA_FINGERPRINT = "data_fingerprint"  # config.json key of dataset_fingerprint()
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+  """A nested config dict → ``{"a.b.c": value}`` (tuples and lists compared as lists)."""
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flatten(v, f"{prefix}{k}."))
+    return out if out or not prefix else {prefix[:-1]: {}}
+  return {prefix[:-1]: list(tree) if isinstance(tree, (tuple, list)) else tree}
+
+
+def _fusion_option_is_free(key: str, old: dict, new: dict) -> bool:
+  """Options of a fusion kind that one of the two runs does not train never refuse."""
+  parts = key.split(".")
+  if len(parts) < 3 or parts[:2] != ["model", "fusion"]:
+    return False
+  kinds = [set(k.strip() for k in str(c.get("fusions", "")).split(",") if k.strip())
+           for c in (old, new)]
+  return not (parts[2] in kinds[0] and parts[2] in kinds[1])
+
+
+def config_differences(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
+  """The fields that make two runs different runs.
+
+  Args:
+    old: the config stored in a workdir's config.json (a dict).
+    new: this run's config, as a dict (``json.loads(config.to_json_best_effort())``).
+
+  Returns:
+    ``[(field, old value, new value)]`` of every field outside :data:`FREE_FIELDS` (and outside
+    the options of a fusion kind that one of the runs does not train) whose value differs, in
+    sorted order; a field missing on one side has the value ``"(absent)"``.
+  """
+  a, b = _flatten(old), _flatten(new)
+  out = []
+  for key in sorted(set(a) | set(b)):
+    x, y = a.get(key, "(absent)"), b.get(key, "(absent)")
+    if x == y or key in FREE_FIELDS or _fusion_option_is_free(key, old, new):
+      continue
+    out.append((key, x, y))
+  return out
+
+
+def _describe(differences: list) -> str:
+  return ", ".join(f"{k}: {x!r} then, {y!r} now" for k, x, y in differences)
+
+
+def _writable(path: str) -> Optional[str]:
+  """The folder that makes ``path`` unwritable (``path`` itself when it exists, else its
+  nearest existing parent), or None when it can be created and written."""
+  probe = os.path.abspath(path)
+  while not os.path.exists(probe):
+    parent = os.path.dirname(probe)
+    if parent == probe:
+      break
+    probe = parent
+  return None if os.access(probe, os.W_OK | os.X_OK) else probe
+
+
+def _remove_run(workdir: str, old: Optional[dict], new: dict, report) -> None:
+  """Removes the previous run of ``workdir`` (:data:`RUN_OUTPUTS`; also the generated synthetic
+  corpus ``data/`` when the data set or its size changed) and says so in one line."""
+  removed = []
+  names = list(RUN_OUTPUTS)
+  od, nd = (old or {}).get("data", {}), new.get("data", {})
+  if old and not nd.get("data_dir") and any(od.get(k) != nd.get(k)
+                                             for k in ("dataset", "synthetic_size")):
+    names.append("data")
+  for name in names:
+    for path in sorted(glob.glob(os.path.join(glob.escape(workdir), name))):
+      if os.path.isdir(path):
+        shutil.rmtree(path)
+      else:
+        os.remove(path)
+      removed.append(os.path.basename(path))
+  report(f"config.train.restart=True: removed the previous run from {workdir} "
+         f"({', '.join(removed) or 'nothing there'}); starting afresh.")
+
+
+def _os_error(what: str, path: str, e: OSError) -> UserError:
+  """A write that failed (disk full, read-only, no permission) as one paragraph."""
+  return UserError(f"cannot {what} {path} ({e.strerror or e}); nothing already saved is lost. "
+                   "Free disk space or fix the folder's permissions, then rerun the same command "
+                   "to resume (or pass a writable --workdir).")
+
+
+def prepare_workdir(workdir: str, config, write: bool = True, report=print) -> None:
+  """Creates the workdir and stores the config in its config.json, or refuses a rerun that
+  would mix two different runs.
+
+  The rule: a rerun in a workdir that holds a config.json resumes it when every field that can
+  change a result is equal: the seed, the schedule (``train.epochs``, ``max_steps``,
+  ``batch_size``, ``eval_every_epochs``), the data (every ``data.*`` field: dataset, data_dir,
+  protocol, validation, max_folds, max_examples, synthetic, synthetic_size, mode_pair, ...), the
+  model and the optimiser. The fields of :data:`FREE_FIELDS` may change (they only change what
+  is shown or logged, how often a checkpoint is written, the device layout, the compute dtype,
+  file locations, or the label), and so may the options of a fusion kind that one of the two
+  runs does not train. Anything else refuses with one paragraph naming each differing field
+  with its old and new values, and config.json is left as it was. The data actually loaded is
+  checked later, by :func:`check_dataset`.
 
   Args:
     workdir: the training workdir (created when missing).
-    config: the run's config.
+    config: the run's config; ``config.train.restart`` True removes the workdir's previous run
+      (:data:`RUN_OUTPUTS`: checkpoints, TensorBoard events, metrics, confusion PNGs,
+      config.json; also the generated synthetic corpus when its data set or size changed, never
+      the audio cache) and starts afresh.
     write: False checks only (processes other than 0 of a multi-host run).
+    report: prints the one line that says what a restart removed.
 
   Raises:
-    UserError: the workdir is empty, a file, or holds a config.json that is not JSON or was
-      written by a different model/optimiser config (its checkpoints would not fit).
+    UserError: the workdir is empty, a file, not writable (or its parent, when it does not
+      exist yet), holds a config.json that is not JSON, or holds a different run.
   """
   if not workdir:
     raise UserError("--workdir is empty; give a directory for checkpoints and metrics.")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"--workdir={workdir!r} is a file, not a directory. Pass a new or existing "
                     "directory (it will hold checkpoints, metrics.json and TensorBoard events).")
-  os.makedirs(workdir, exist_ok=True)
+  blocked = _writable(workdir)
+  if blocked is not None:
+    raise UserError(f"--workdir={workdir!r} cannot be written: {blocked!r} is read-only or not "
+                    "yours. Pass a --workdir in a writable folder, or fix its permissions.")
   path = config_path(workdir)
-  fp = model_fingerprint(config)
+  new = json.loads(config.to_json_best_effort())
+  restart = bool(config.train.get("restart", False))
+  stored = None
   if os.path.exists(path):
     try:
       with open(path) as f:
-        old = json.load(f)
+        stored = json.load(f)
     except (OSError, ValueError) as e:
-      raise UserError(f"{path} exists but is not readable JSON ({e}); remove it or use a fresh "
-                      "--workdir.") from e
-    if old.get("fingerprint") not in (None, fp):
-      raise UserError(f"--workdir={workdir!r} holds a run of a different model/optimiser config "
-                      f"(see {path}); resuming it with this config would mix checkpoints. Use a "
-                      "fresh --workdir, or rerun with the config stored there.")
+      if not restart:
+        raise UserError(f"{path} exists but is not readable JSON ({e}); remove it, use a fresh "
+                        "--workdir, or pass --config.train.restart=True.") from e
+  if restart and write and os.path.isdir(workdir):
+    _remove_run(workdir, (stored or {}).get("config"), new, report)
+    stored = None
+  elif stored is not None and not restart:
+    if isinstance(stored.get("config"), dict):
+      differences = config_differences(stored["config"], new)
+    elif stored.get("fingerprint") not in (None, model_fingerprint(config)):
+      differences = [("model/optimiser fingerprint", stored.get("fingerprint"),
+                      model_fingerprint(config))]
+    else:
+      differences = []
+    if differences:
+      raise UserError(
+          f"--workdir={workdir!r} holds a different run (its config.json differs in "
+          f"{_describe(differences)}); resuming it would mix the two runs' checkpoints and "
+          "results. Pass --workdir=<a new folder> for the new run, or "
+          "--config.train.restart=True to delete that run (checkpoints, metrics, TensorBoard "
+          "events) and start afresh; config.json was left as it was.")
   if write:
-    metrics_lib.write_json(path, {"fingerprint": fp,
-                                  "config": json.loads(config.to_json_best_effort())})
+    record = {"fingerprint": model_fingerprint(config), "config": new}
+    if stored and DATA_FINGERPRINT in stored:
+      record[DATA_FINGERPRINT] = stored[DATA_FINGERPRINT]
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      metrics_lib.write_json(path, record)
+    except OSError as e:
+      raise _os_error("write", path, e) from None
+
+
+def dataset_fingerprint(labels, folds, inputs) -> str:
+  """A hash of the data set a run loaded: its labels, every fold's name and indices, and every
+  input array (``blake2b`` over the bytes; an array over 256 MB is hashed over an even stride of
+  its rows, plus its shape).
+
+  Args:
+    labels: (N,) labels.
+    folds: ``mbaf_jax.data.folds.Fold`` s (``name``, ``train``, ``val``, ``test``).
+    inputs: the model-input arrays (a dict of arrays, or of tuples of arrays).
+
+  Returns:
+    ``"<N> examples, <K> folds, <hex digest>"`` (:func:`check_dataset` reads the counts back).
+  """
+  h = hashlib.blake2b(digest_size=16)
+
+  def add(x):
+    x = np.asarray(x)
+    h.update(f"{x.dtype}{x.shape}".encode())
+    if x.dtype == object:
+      h.update(repr(x.tolist()).encode())
+      return
+    if x.nbytes > _HASH_BYTES and x.ndim and len(x) > 1:
+      x = x[::-(-x.nbytes // _HASH_BYTES)]
+    h.update(np.ascontiguousarray(x).data)
+
+  add(labels)
+  for fold in folds:
+    h.update(str(fold.name).encode())
+    for part in (fold.train, fold.val, fold.test):
+      add(np.asarray(part, np.int64))
+  for key in sorted(inputs):
+    for x in inputs[key] if isinstance(inputs[key], tuple) else (inputs[key],):
+      h.update(str(key).encode())
+      add(x)
+  return f"{len(labels)} examples, {len(folds)} folds, {h.hexdigest()}"
+
+
+_HASH_BYTES = 256 << 20  # an input array larger than this is hashed over a stride of its rows
+
+
+def check_dataset(workdir: str, fingerprint: str, write: bool = True) -> None:
+  """Compares the data set just loaded with the one the workdir's run was trained on.
+
+  Args:
+    workdir: the training workdir (its config.json, written by :func:`prepare_workdir`).
+    fingerprint: :func:`dataset_fingerprint` of the data set just loaded.
+    write: True stores ``fingerprint`` in config.json when it holds none yet (the first run);
+      False checks only.
+
+  Raises:
+    UserError: config.json holds another data fingerprint (the data under ``data_dir``
+      changed since the run started), or it cannot be written.
+  """
+  path = config_path(workdir)
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+  except (OSError, ValueError):
+    return  # prepare_workdir wrote it, or refused; nothing to compare with
+  old = stored.get(DATA_FINGERPRINT)
+  if old == fingerprint:
+    return
+  if old is not None:
+    data_dir = stored.get("config", {}).get("data", {}).get("data_dir") or \
+        os.path.join(workdir, "data")
+    counts = lambda fp: fp.rsplit(", ", 1)[0]  # noqa: E731
+    raise UserError(
+        f"the data under {data_dir} changed since this workdir was written: {counts(fingerprint)} "
+        f"now vs {counts(old)} then (labels, folds or inputs differ); its checkpoints and results "
+        "belong to the old data. Restore the data, pass --workdir=<a new folder>, or "
+        "--config.train.restart=True to start afresh on the new data.")
+  if write:
+    try:
+      metrics_lib.write_json(path, dict(stored, **{DATA_FINGERPRINT: fingerprint}))
+    except OSError as e:
+      raise _os_error("write", path, e) from None
 
 
 def read_workdir_config(workdir: str) -> tuple[mlc.ConfigDict, Optional[str]]:
@@ -277,19 +529,42 @@ class FoldCheckpointer:
       raise ValueError(f"checkpoint kind {kind!r}; expected one of {KINDS}.")
     return self.best if kind == "best" else self.latest
 
+  def _save(self, kind: str, step: int, state_tree, meta: dict, **metrics) -> None:
+    """One orbax save; a failed write is a :class:`CheckpointWriteError` (the previous
+    checkpoints stay intact: orbax writes into a temporary folder and renames it at the end)."""
+    manager = self._manager(kind)
+    try:
+      manager.save(step, args=self._args(state_tree, meta), **metrics)
+      manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      if not (isinstance(e, OSError) or any(f in str(e) for f in _WRITE_FAULTS)):
+        raise
+      reason = getattr(e, "strerror", None) or str(e).splitlines()[0][:200]
+      raise CheckpointWriteError(
+          f"cannot write the {kind} checkpoint of step {step} in {manager.directory} "
+          f"({reason}). Nothing is lost: the previous checkpoints are intact. Free disk space or "
+          "fix the folder's permissions, then rerun the same command to resume from the last "
+          "checkpoint.") from None
+
   def save_latest(self, step: int, state_tree, meta: dict) -> None:
-    """Saves (replacing an existing checkpoint of the same step)."""
+    """Saves (an existing checkpoint of the same step is kept).
+
+    Raises:
+      CheckpointWriteError: the write failed (disk full, read-only, no permission).
+    """
     if step in self.latest.all_steps():
       return
-    self.latest.save(step, args=self._args(state_tree, meta))
-    self.latest.wait_until_finished()
+    self._save("latest", step, state_tree, meta)
 
   def save_best(self, step: int, state_tree, meta: dict, val_ua: float) -> None:
-    """Offers a checkpoint to the best-by-UA manager (kept only if it is the best so far)."""
+    """Offers a checkpoint to the best-by-UA manager (kept only if it is the best so far).
+
+    Raises:
+      CheckpointWriteError: the write failed (disk full, read-only, no permission).
+    """
     if step in self.best.all_steps():
       return
-    self.best.save(step, args=self._args(state_tree, meta), metrics={"val_ua": float(val_ua)})
-    self.best.wait_until_finished()
+    self._save("best", step, state_tree, meta, metrics={"val_ua": float(val_ua)})
 
   def latest_step(self) -> Optional[int]:
     return self.latest.latest_step()
@@ -330,11 +605,23 @@ class FoldCheckpointer:
 
     Raises:
       CheckpointMismatchError: the checkpoint's fingerprint differs from this checkpointer's,
-        or its arrays differ from the target's in number or shapes.
+        or its arrays differ from the target's in number or shapes (another config wrote it).
+      CheckpointDamagedError: the checkpoint cannot be read (its meta, its array metadata or an
+        array file is missing or damaged) although its shapes fit.
     """
     manager = self._manager(kind)
     where = self.path(kind, step)
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def damaged(e):
+      return CheckpointDamagedError(where, step, f"{type(e).__name__}: "
+                                    f"{str(e).splitlines()[0][:200] if str(e) else ''}")
+
+    try:
+      meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      if not isinstance(meta, dict):
+        raise ValueError(f"meta is a {type(meta).__name__}, not a JSON object")
+    except Exception as e:  # pylint: disable=broad-except  (orbax raises many types)
+      raise damaged(e) from e
     found = meta.get("fingerprint")
     if self.fingerprint and found != self.fingerprint:
       raise CheckpointMismatchError(
@@ -342,8 +629,13 @@ class FoldCheckpointer:
           f"(fingerprint {found} vs {self.fingerprint} now)",
           "Use a fresh --workdir for a new configuration, or run with the config that wrote it "
           "(its copy is in the workdir's config.json).")
-    saved = manager.item_metadata(step)["state"]
-    saved = getattr(saved, "tree", saved)
+    try:
+      saved = manager.item_metadata(step)["state"]
+      saved = getattr(saved, "tree", saved)
+      if not saved:
+        raise FileNotFoundError("the state item's metadata is missing")
+    except Exception as e:  # pylint: disable=broad-except
+      raise damaged(e) from e
     if isinstance(target, steps.TrainState):
       target = target.saveable()
     abstract = {k: jax.tree.map(_as_saved if v is None else ocp.utils.to_shape_dtype_struct,
@@ -359,16 +651,49 @@ class FoldCheckpointer:
     try:
       restored = manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract)))["state"]
-    except (ValueError, KeyError, TypeError) as e:
-      raise CheckpointMismatchError(
-          f"the checkpoint {where} does not match this model's state ({type(e).__name__}: {e})",
-          "Use a fresh --workdir.") from e
+    except Exception as e:  # pylint: disable=broad-except  (shapes fit: the files are damaged)
+      raise damaged(e) from e
     return restored, meta
 
-  def restore_latest(self, target) -> Optional[tuple[Any, dict]]:
-    """``(state_tree, meta)`` of the newest checkpoint, or None when there is none."""
-    step = self.latest_step()
-    return None if step is None else self.restore("latest", step, target)
+  def restore_latest(self, target, report=print) -> Optional[tuple[Any, dict]]:
+    """``(state_tree, meta)`` of the newest readable "latest" checkpoint, or None.
+
+    A damaged checkpoint (:class:`CheckpointDamagedError`) is deleted and the next older kept
+    one is tried; ``report`` gets one line saying which step was damaged and why, and which step
+    the fold resumes from (or that it starts from step 0 when none is readable).
+
+    Args:
+      target: as :meth:`restore`.
+      report: prints one line (the trainer passes its ``RunOutput.say``).
+
+    Returns:
+      ``(state_tree, meta)``, or None when there is no readable checkpoint.
+
+    Raises:
+      CheckpointMismatchError: a checkpoint of another config (never skipped).
+    """
+    damaged = []
+    for step in sorted(self.latest.all_steps(), reverse=True):
+      try:
+        restored = self.restore("latest", step, target)
+      except CheckpointDamagedError as e:
+        damaged.append(e)
+        shutil.rmtree(self.path("latest", step), ignore_errors=True)  # lets the step be saved again
+        self.latest.reload()
+        continue
+      if damaged:
+        report(f"{self._damage_note(damaged)}; resuming from step {step}, the newest readable "
+               "checkpoint.")
+      return restored
+    if damaged:
+      report(f"{self._damage_note(damaged)}; no readable checkpoint is left, so this fold starts "
+             "again from step 0.")
+    return None
+
+  def _damage_note(self, damaged: list) -> str:
+    steps_ = ", ".join(str(e.step) for e in damaged)
+    return (f"the checkpoint(s) of step {steps_} in {os.path.join(self.directory, 'latest')} "
+            f"could not be read ({damaged[0].reason}) and were removed")
 
   def restore_best(self, target) -> Optional[tuple[Any, dict]]:
     """``(state_tree, meta)`` of the best-by-validation-UA checkpoint, or None."""
