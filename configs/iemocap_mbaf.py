@@ -60,8 +60,8 @@ def get_config(arg=None):
       # MBAF §4.1 / ref. [47]: GloVe 300d. Path of a glove.*.txt file (e.g. glove.6B.300d.txt,
       # dimension = kwargs.embed_dim); its vectors initialise the embedding rows of the run's
       # vocabulary (<pad> row zero, words not in the file random, count printed;
-      # train.datasets.glove_embedding). "" = random init (the encoder warns). Inference reads
-      # the trained embedding from the checkpoint, not this file.
+      # mbaf_jax.models.mbaf_iemocap.glove_embedding). "" = random init (the encoder warns).
+      # Inference reads the trained embedding from the checkpoint, not this file.
       glove="",
       kwargs=common.mlc.ConfigDict(dict(
           embed_dim=300,  # MBAF §4.1: GloVe-300d

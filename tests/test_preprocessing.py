@@ -135,8 +135,8 @@ def test_transformers_pytorch_notice_is_silenced_and_real_warnings_kept():
   assert preprocessing.TORCH_NOTICE in stderr("import transformers\n")  # the notice exists
   for project_import in ("from mbaf_jax.encoders import preprocessing as p\n"
                          "p.AudioPreprocessor(None, max_seconds=0.1)\n",
-                         "from train import datasets\nimport tempfile\n"
-                         "datasets.build_word_vocab(['a b'], tempfile.mkdtemp())\n"):
+                         "from mbaf_jax.models import dmf\nimport tempfile\n"
+                         "dmf.build_word_vocab(['a b'], tempfile.mkdtemp())\n"):
     err = stderr(project_import + real)
     assert preprocessing.TORCH_NOTICE not in err, err
     assert "a real warning" in err and "another real one" in err, err

@@ -7,9 +7,9 @@ fields and the word is everything before them. An optional word2vec-style header
 ``"<count> <dim>"`` is accepted and checked.
 
 Nothing is downloaded: the file must be given by the user. Training sets it with
-``config.model.text.glove`` (configs/iemocap_mbaf.py; ``train.datasets.glove_embedding`` calls
-:func:`load_glove` for the run's vocabulary and the matrix replaces the text encoder's embedding
-after init); the default "" keeps a random, trainable embedding and the encoder warns.
+``config.model.text.glove`` (configs/iemocap_mbaf.py;
+``mbaf_jax.models.mbaf_iemocap.glove_embedding`` calls :func:`load_glove` for the run's
+vocabulary and the matrix replaces the text encoder's embedding after init); the default "" keeps a random, trainable embedding and the encoder warns.
 """
 import os
 from typing import Mapping, NamedTuple, Optional, Sequence, Union
