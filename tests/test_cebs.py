@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import wfdb
 
-from mbaf_jax.data import cebs, synthetic_cebs
+from mbaf_jax.data import cebs, synthetic, synthetic_cebs
 from mbaf_jax.data.cebs import MODE_PAIRS, load_cebs, logo_folds
 from mbaf_jax.data.report import DataError
 
@@ -392,10 +392,10 @@ def test_nothing_usable_and_bad_options(small_dir, tmp_path):
 
 @pytest.mark.slow
 def test_cli_writes_a_loadable_corpus(tmp_path):
-  from mbaf_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   assert synthetic.main(["cebs", "--out", str(tmp_path), "--size", "3", "--seed", "2"]) == 0
   manifest = json.load(open(tmp_path / synthetic_cebs.MANIFEST))
   assert manifest["seconds_per_state"] == 3.0 and manifest["seed"] == 2 and manifest["subjects"] == 20
+  assert synthetic.is_complete(str(tmp_path / "cebsdb"))
   c = load_cebs(str(tmp_path / "cebsdb"), seconds_per_state=manifest["seconds_per_state"])
   assert c.class_counts() == (40, 40, 40) and c.summary.total_skipped == 0
   assert len(np.unique(c.subjects)) == 20

@@ -389,7 +389,14 @@ def _write_iemocap_tree(out_dir, size, seed, sample_rate, seconds, p_audio, p_te
 
 
 def is_complete(root) -> bool:
-  """Whether ``root`` (an ``IEMOCAP_full_release`` or ``cebsdb`` folder) holds the completion marker."""
+  """Whether a synthetic corpus was written to the end.
+
+  Args:
+    root: an ``IEMOCAP_full_release`` or ``cebsdb`` folder.
+
+  Returns:
+    True when ``root`` holds the completion marker :data:`MARKER`.
+  """
   return os.path.isfile(os.path.join(os.fspath(root), MARKER))
 
 
@@ -418,10 +425,14 @@ def _written_here(root) -> bool:
 
 
 def is_partial(root) -> bool:
-  """Whether ``root`` is a synthetic corpus without its completion marker (a write was killed).
+  """Whether ``root`` is a synthetic corpus without its completion marker (its write was killed).
 
-  A real corpus is never partial: only folders this module wrote (its README or
-  manifest) count.
+  Args:
+    root: an ``IEMOCAP_full_release`` or ``cebsdb`` folder.
+
+  Returns:
+    True for a folder this module wrote (its README, or the CEBS manifest
+    beside it) that lacks the marker; a real corpus is never partial.
   """
   root = os.fspath(root)
   return os.path.isdir(root) and not is_complete(root) and _written_here(root)
@@ -480,7 +491,7 @@ def write_atomically(out_dir, name: str, manifest_name: str, params: dict, write
       raise DataError(f"{final!r} exists and is not a synthetic corpus written by mbaf_jax.data.synthetic; "
                       "it is left untouched: pass another output directory, or remove it yourself")
     why = ("was written with other arguments" if is_complete(final) else
-           "has no completion marker (its write was interrupted)")
+           "has no completion marker (its write was interrupted, or an older writer made it)")
     warnings.warn(f"synthetic corpus {final} {why}; regenerating it", stacklevel=3)
   os.makedirs(out_dir, exist_ok=True)
   _remove_dead_partials(out_dir, name)
