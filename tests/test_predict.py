@@ -291,3 +291,68 @@ def test_cli_npy_needs_a_cebs_workdir_message(tmp_path, capsys):
   w = _fake_workdir(tmp_path)
   assert predict.run(["--workdir", str(w), "--npy", "a.npy", "--wav", "b.wav"]) == 2
   assert "give exactly one input" in capsys.readouterr().err
+
+
+def test_output_is_checked_before_anything_is_loaded(tmp_path, capsys, monkeypatch):
+  """A missing --output folder (or a directory as --output) is one sentence, exit 2, before the
+  model is loaded or any prediction computed."""
+  def never(*args, **kwargs):
+    raise AssertionError("predict.load was called before --output was checked")
+  monkeypatch.setattr(predict, "load", never)
+  m = tmp_path / "m.csv"
+  m.write_text("wav,text\na.wav,hi\n")
+  for output, cause in ((tmp_path / "missing" / "x.csv", "does not exist"),
+                        (tmp_path, "is a directory")):
+    assert predict.run(["--workdir", str(tmp_path), "--manifest", str(m),
+                        "--output", str(output)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --output=") and cause in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_manifest_rows_training_manifest_and_bad_rows(tmp_path):
+  """read_manifest_rows: predict's wav,text CSV and a training manifest (audio,text,label,group;
+  CSV or JSONL) as it is; a bad row is kept with its line and problem."""
+  (tmp_path / "t.csv").write_text("audio,text,label,group\nclips/a.wav,hi,ang,s1\n,x,neu,s2\n")
+  rows = predict.read_manifest_rows(str(tmp_path / "t.csv"))
+  assert [(r.line, r.path, r.text, r.problem) for r in rows] == [
+      (2, str(tmp_path / "clips" / "a.wav"), "hi", ""), (3, "", "x", "empty 'audio' column")]
+  (tmp_path / "t.jsonl").write_text(
+      '{"audio": "/abs/b.wav", "text": "yo", "label": "sad", "group": "s1"}\n\n[1]\n')
+  rows = predict.read_manifest_rows(str(tmp_path / "t.jsonl"))
+  assert [(r.line, r.path, r.problem) for r in rows] == [
+      (1, "/abs/b.wav", ""), (3, "", "the line is not a JSON object")]
+  with pytest.raises(predict.PredictError, match=r"line 3: empty 'audio' column"):
+    predict.read_manifest(str(tmp_path / "t.csv"))
+
+
+def test_cli_bad_rows_are_reported_good_rows_written(trained, tmp_path, capsys):
+  """One bad manifest row no longer fails the batch: the good rows are written (same
+  probabilities as alone), the bad ones reported by line with their reason, exit 1; --strict
+  stops at the first bad row (exit 2, naming its line). A training manifest is accepted."""
+  _, workdir, wavs = trained
+  want = predict.load(workdir).predict_files(wavs[:2], ["hello", "bye now"])
+  junk = tmp_path / "junk.wav"
+  junk.write_bytes(b"RIFF not really a wav")
+  m = tmp_path / "train.csv"
+  with open(m, "w", newline="") as f:
+    csv.writer(f).writerows([["audio", "text", "label", "group"], [wavs[0], "hello", "ang", "1"],
+                             [str(tmp_path / "absent.wav"), "x", "ang", "1"],
+                             [str(junk), "y", "neu", "1"], ["", "z", "sad", "2"],
+                             [wavs[1], "bye now", "sad", "2"]])
+  out = tmp_path / "probs.csv"
+  capsys.readouterr()
+  assert predict.run(["--workdir", workdir, "--manifest", str(m), "--output", str(out)]) == 1
+  err = capsys.readouterr().err
+  assert "3 of 5 rows" in err and "Traceback" not in err
+  assert "line 3:" in err and "absent.wav" in err and "line 4:" in err and "junk.wav" in err
+  assert "line 5: empty 'audio' column" in err
+  rows = list(csv.DictReader(open(out)))
+  assert [r["wav"] for r in rows] == wavs[:2]
+  got = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows])
+  np.testing.assert_allclose(got, want, atol=2e-6)
+  out.unlink()
+  assert predict.run(["--workdir", workdir, "--manifest", str(m), "--output", str(out),
+                      "--strict"]) == 2
+  err = capsys.readouterr().err
+  assert "line 3:" in err and "absent.wav" in err and "--strict" in err and not out.exists()

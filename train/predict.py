@@ -6,9 +6,14 @@ MBAF IEMOCAP models) or for windows of physiological signals (CEBS).
   python -m train.predict --workdir=runs/demo --wav_dir wavs/ --transcripts texts.txt
   python -m train.predict --workdir=runs/cebs --npy ecg.npy resp.npy      (CEBS)
 
-``--manifest``: a CSV with a header and columns ``wav,text`` (relative paths are relative to the
-CSV's folder). ``--wav_dir`` + ``--transcripts``: a text file of lines ``<file name or stem>
-<transcript>`` (first whitespace separates them). Batch modes print a CSV (``wav,text,pred,
+``--manifest``: a CSV with a header and columns ``wav,text``, or a training manifest as it is
+(``train.manifest_data``: columns ``audio,text,label,group``, CSV or JSONL); relative paths are
+relative to the manifest's folder. A bad row (empty path, missing or unreadable audio file) is
+left out and reported by line with its reason; the other rows are written and the exit status
+is 1 (``--strict``: stop at the first bad row, exit 2). ``--output`` is checked for writability
+before anything is computed. ``--wav_dir`` + ``--transcripts``: a text file of lines
+``<file name or stem> <transcript>`` (first whitespace separates them; a line naming no file is a
+bad row, as above). Batch modes print a CSV (``wav,text,pred,
 p_<class>...``) to stdout or write it to ``--output``. ``--npy`` (CEBS): one ``.npy`` file per mode
 of the run's pair (F-IV: ECG then RESP), each ``(N, 6, 1000)`` windows (or one ``(6, 1000)``
 window) already cut and normalised as ``mbaf_jax.data.cebs.load_cebs`` does; prints a CSV
@@ -35,7 +40,7 @@ import io
 import json
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -323,49 +328,171 @@ def format_modes_csv(probs, classes) -> str:
 
 
 # --------------------------------------------------------------------------- batch inputs
-def read_manifest(path: str) -> tuple[list[str], list[str]]:
-  """``wav,text`` CSV (with header) → (paths resolved against the CSV's folder, texts)."""
+class InputRow(NamedTuple):
+  """One input of a batch mode (a manifest row or a ``--transcripts`` line)."""
+  line: int  # line number in the manifest / transcripts file (1-based; a CSV's header is 1)
+  path: str  # the audio file (resolved)
+  text: str  # its transcript
+  problem: str  # why the row cannot be used ("" when it can)
+
+
+_PATH_COLUMNS = ("wav", "audio")  # predict's own manifest names it wav; a training manifest audio
+
+
+def _manifest_records(path: str) -> list[tuple[int, dict | None]]:
+  """``(line, row dict with lower-cased keys)`` of a CSV/TSV (header line 1) or JSONL manifest;
+  a JSONL line that is not a JSON object gives ``(line, None)``."""
+  ext = os.path.splitext(path)[1].lower()
   try:
-    with open(path, newline="", encoding="utf-8") as f:
-      rows = list(csv.DictReader(f))
-  except OSError as e:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+      if ext in (".jsonl", ".ndjson", ".json"):
+        records = []
+        for i, line in enumerate(f, 1):
+          if line.strip():
+            try:
+              obj = json.loads(line)
+            except ValueError:
+              obj = None
+            records.append((i, {str(k).strip().lower(): v for k, v in obj.items()}
+                               if isinstance(obj, dict) else None))
+        return records
+      reader = csv.DictReader(f, delimiter="\t" if ext == ".tsv" else ",")
+      return [(i, {str(k).strip().lower(): v for k, v in r.items() if k is not None})
+              for i, r in enumerate(reader, 2)]
+  except (OSError, UnicodeDecodeError, csv.Error) as e:
     raise PredictError(f"--manifest={path!r} cannot be read ({e}).") from None
-  if not rows or not {"wav", "text"} <= set(rows[0]):
-    raise PredictError(f"--manifest={path!r} must be a CSV with a header row naming the columns "
-                       "'wav' and 'text' and at least one data row.")
+
+
+def read_manifest_rows(path: str) -> list[InputRow]:
+  """A manifest → one :class:`InputRow` per data row, bad rows included (with their problem).
+
+  Accepts predict's own CSV (columns ``wav,text``) and a training manifest as it is
+  (``train.manifest_data``: columns ``audio,text,label,group``, CSV/TSV or JSONL; other columns
+  are ignored). Relative paths are relative to the manifest's folder.
+
+  Raises:
+    PredictError: the file cannot be read, or has no audio-path or text column or no rows.
+  """
+  records = _manifest_records(path)
+  keys = set().union(*(r for _, r in records if r)) if records else set()
+  column = next((c for c in _PATH_COLUMNS if c in keys), None)
+  if column is None or "text" not in keys:
+    raise PredictError(f"--manifest={path!r} must name the columns 'wav' and 'text' (or 'audio' "
+                       "and 'text', as a training manifest does) in a header row (CSV) or in "
+                       "each JSON object (.jsonl), and hold at least one data row.")
   base = os.path.dirname(os.path.abspath(path))
-  paths = [r["wav"] if os.path.isabs(r["wav"] or "") else os.path.join(base, r["wav"] or "")
-           for r in rows]
-  for i, r in enumerate(rows, start=2):
-    if not r["wav"]:
-      raise PredictError(f"--manifest={path!r} line {i}: empty 'wav' column.")
-  return paths, [r["text"] or "" for r in rows]
+  rows = []
+  for i, r in records:
+    if r is None:
+      rows.append(InputRow(i, "", "", "the line is not a JSON object"))
+      continue
+    audio = r.get(column)
+    audio = "" if audio is None else str(audio).strip()
+    text = r.get("text")
+    text = "" if text is None else str(text)
+    problem = "" if audio else f"empty '{column}' column"
+    where = os.path.join(base, os.path.expanduser(audio)) if audio else ""
+    rows.append(InputRow(i, where, text, problem))
+  return rows
 
 
-def read_wav_dir(wav_dir: str, transcripts: str) -> tuple[list[str], list[str]]:
-  """``--wav_dir`` + ``--transcripts`` (lines ``<file or stem> <text>``) → (paths, texts)."""
+def read_manifest(path: str) -> tuple[list[str], list[str]]:
+  """A manifest (:func:`read_manifest_rows`) → ``(paths, texts)``; the first bad row raises,
+  naming its line."""
+  rows = read_manifest_rows(path)
+  for r in rows:
+    if r.problem:
+      raise PredictError(f"--manifest={path!r} line {r.line}: {r.problem}.")
+  return [r.path for r in rows], [r.text for r in rows]
+
+
+def read_wav_dir_rows(wav_dir: str, transcripts: str) -> list[InputRow]:
+  """``--wav_dir`` + ``--transcripts`` (lines ``<file or stem> <text>``) → one
+  :class:`InputRow` per non-empty line; a line naming no file of ``wav_dir`` has a problem.
+
+  Raises:
+    PredictError: ``wav_dir`` is not a directory, or ``transcripts`` cannot be read or is empty.
+  """
   if not os.path.isdir(wav_dir):
     raise PredictError(f"--wav_dir={wav_dir!r} is not a directory.")
   try:
     with open(transcripts, encoding="utf-8") as f:
-      lines = [ln.rstrip("\n") for ln in f if ln.strip()]
-  except OSError as e:
+      lines = [(i, ln.rstrip("\n")) for i, ln in enumerate(f, 1) if ln.strip()]
+  except (OSError, UnicodeDecodeError) as e:
     raise PredictError(f"--transcripts={transcripts!r} cannot be read ({e}); give a text file of "
                        "lines '<wav file name or stem> <transcript>'.") from None
   files = {f: f for f in os.listdir(wav_dir)}
   files.update({os.path.splitext(f)[0]: f for f in os.listdir(wav_dir)})
-  paths, texts = [], []
-  for i, ln in enumerate(lines, start=1):
+  rows = []
+  for i, ln in lines:
     name, _, text = ln.strip().partition(" ")
     name = name.split("\t")[0] if "\t" in name else name
     if name not in files:
-      raise PredictError(f"--transcripts={transcripts!r} line {i} names {name!r}, which is not a "
-                         f"file in --wav_dir={wav_dir!r}.")
-    paths.append(os.path.join(wav_dir, files[name]))
-    texts.append(text.strip())
-  if not paths:
+      rows.append(InputRow(i, os.path.join(wav_dir, name), text.strip(),
+                           f"names {name!r}, which is not a file in --wav_dir={wav_dir!r}"))
+    else:
+      rows.append(InputRow(i, os.path.join(wav_dir, files[name]), text.strip(), ""))
+  if not rows:
     raise PredictError(f"--transcripts={transcripts!r} has no lines.")
-  return paths, texts
+  return rows
+
+
+def read_wav_dir(wav_dir: str, transcripts: str) -> tuple[list[str], list[str]]:
+  """:func:`read_wav_dir_rows` → ``(paths, texts)``; the first bad line raises, naming it."""
+  rows = read_wav_dir_rows(wav_dir, transcripts)
+  for r in rows:
+    if r.problem:
+      raise PredictError(f"--transcripts={transcripts!r} line {r.line} {r.problem}.")
+  return [r.path for r in rows], [r.text for r in rows]
+
+
+def _decode_rows(rows: list[InputRow], sample_rate: int, strict: bool,
+                 source: str) -> tuple[list[InputRow], list, list[InputRow]]:
+  """Decodes the audio of every usable row.
+
+  Returns:
+    ``(good rows, their waveforms, bad rows)``; a bad row's ``problem`` says why.
+
+  Raises:
+    PredictError: ``strict`` and a row is bad (the first one, by line).
+  """
+  good, waves, bad = [], [], []
+  for r in rows:
+    if not r.problem:
+      try:
+        waves.append(read_waves([r.path], sample_rate)[0])
+        good.append(r)
+        continue
+      except PredictError as e:
+        r = r._replace(problem=str(e))
+    if strict:
+      raise PredictError(f"{source} line {r.line}: {r.problem} (--strict stops at the first bad "
+                         "row; leave it out to predict the other rows).")
+    bad.append(r)
+  return good, waves, bad
+
+
+def _bad_rows_message(bad: list[InputRow], total: int, source: str, shown: int = 5) -> str:
+  """One paragraph: how many rows failed, and the first ``shown`` by line with their reason."""
+  first = "; ".join(f"line {r.line}: {r.problem}" for r in bad[:shown])
+  more = f"; and {len(bad) - shown} more" if len(bad) > shown else ""
+  return (f"{len(bad)} of {total} rows of {source} could not be used and were left out of the "
+          f"output: {first}{more}.")
+
+
+def _check_output(path: str) -> None:
+  """Refuses an ``--output`` that cannot be written, before anything is computed."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if os.path.isdir(path):
+    raise PredictError(f"--output={path!r} is a directory; give a file path, e.g. "
+                       f"{os.path.join(path, 'predictions.csv')}.")
+  if not os.path.isdir(folder):
+    raise PredictError(f"--output={path!r}: the folder {folder!r} does not exist; create it "
+                       "first or write the CSV elsewhere.")
+  if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(path) and
+                                                   not os.access(path, os.W_OK)):
+    raise PredictError(f"--output={path!r} cannot be written (no permission in {folder!r}); "
+                       "choose a writable path.")
 
 
 def format_csv(paths, texts, probs, classes) -> str:
@@ -380,24 +507,35 @@ def format_csv(paths, texts, probs, classes) -> str:
 
 # --------------------------------------------------------------------------- CLI
 def run(argv: Sequence[str] | None = None) -> int:
-  """The command line (see module doc); returns the exit status (0 ok, 2 user error)."""
+  """The command line (see module doc).
+
+  Returns:
+    The exit status: 0 every input predicted; 1 a batch mode (``--manifest``, ``--wav_dir``)
+    left out some rows (the others are written; the bad ones are reported by line with their
+    reason); 2 a user error (nothing predicted), including the first bad row under ``--strict``.
+  """
   import argparse  # pylint: disable=g-import-not-at-top
   p = argparse.ArgumentParser(prog="python -m train.predict",
                               description="Class probabilities from a trained workdir.")
   p.add_argument("--workdir", required=True, help="directory written by train.main")
   p.add_argument("--wav", help="one audio file")
   p.add_argument("--text", help="its transcript (with --wav)")
-  p.add_argument("--manifest", help="CSV with columns wav,text")
+  p.add_argument("--manifest", help="CSV with columns wav,text, or a training manifest "
+                 "(audio,text,label,group; CSV or JSONL)")
   p.add_argument("--wav_dir", help="folder of audio files (with --transcripts)")
   p.add_argument("--transcripts", help="lines '<file or stem> <transcript>' (with --wav_dir)")
   p.add_argument("--npy", nargs="+", help="CEBS: one .npy of (N, 6, 1000) windows per mode")
   p.add_argument("--output", help="write the CSV here instead of stdout (batch modes)")
+  p.add_argument("--strict", action="store_true",
+                 help="stop at the first bad manifest row / transcripts line (exit 2) instead of "
+                      "leaving it out (exit 1)")
   p.add_argument("--fusion", default=None, help="fusion kind to load (default: first)")
   p.add_argument("--fold", default=None, help="fold to load (default: first)")
   p.add_argument("--checkpoint", default="best", choices=CHECKPOINT_KINDS)
   p.add_argument("--batch_size", type=int, default=8)
   args = p.parse_args(argv)
   modes = [bool(args.wav), bool(args.manifest), bool(args.wav_dir), bool(args.npy)]
+  bad, total, source = [], 0, ""
   try:
     if sum(modes) != 1:
       raise PredictError("give exactly one input: --wav FILE --text \"...\", --manifest CSV, "
@@ -406,6 +544,14 @@ def run(argv: Sequence[str] | None = None) -> int:
       raise PredictError("--wav needs --text \"<transcript>\" (the model uses audio and text).")
     if args.wav_dir and not args.transcripts:
       raise PredictError("--wav_dir needs --transcripts FILE (lines '<file or stem> <text>').")
+    if args.output:
+      _check_output(args.output)  # before any work that a failed write would throw away
+    rows = None
+    if args.manifest:
+      rows, source = read_manifest_rows(args.manifest), f"--manifest={args.manifest}"
+    elif args.wav_dir:
+      rows = read_wav_dir_rows(args.wav_dir, args.transcripts)
+      source = f"--transcripts={args.transcripts}"
     predictor = load(args.workdir, args.fusion, args.fold, args.checkpoint, args.batch_size)
     print(f"{predictor.describe()} from {args.workdir}", file=sys.stderr, flush=True)
     if (predictor.input_kind == "modes") != bool(args.npy):
@@ -419,15 +565,13 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.npy:
       probs = predictor(*read_npy_modes(args.npy))
       text = format_modes_csv(probs, predictor.classes)
+    elif args.wav:
+      probs = predictor.predict_files([args.wav], [args.text])
     else:
-      if args.wav:
-        paths, texts = [args.wav], [args.text]
-      elif args.manifest:
-        paths, texts = read_manifest(args.manifest)
-      else:
-        paths, texts = read_wav_dir(args.wav_dir, args.transcripts)
-      probs = predictor.predict_files(paths, texts)
-      text = format_csv(paths, texts, probs, predictor.classes)
+      total = len(rows)
+      rows, waves, bad = _decode_rows(rows, predictor.sample_rate, args.strict, source)
+      probs = predictor(waves, [r.text for r in rows])
+      text = format_csv([r.path for r in rows], [r.text for r in rows], probs, predictor.classes)
   except (PredictError, FileNotFoundError, NotADirectoryError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     return 2
@@ -437,11 +581,20 @@ def run(argv: Sequence[str] | None = None) -> int:
           + ", ".join(f"{c} {x:.4f}" for c, x in zip(predictor.classes, row)) + ")")
     return 0
   if args.output:
-    with open(args.output, "w", encoding="utf-8", newline="") as f:
-      f.write(text)
+    try:
+      with open(args.output, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    except OSError as e:
+      print(f"error: cannot write --output={args.output!r} ({e.strerror or e}).", file=sys.stderr,
+            flush=True)
+      return 2
     print(f"wrote {len(probs)} rows to {args.output}")
   else:
     sys.stdout.write(text)
+  if bad:
+    print(f"error: {_bad_rows_message(bad, total, source)} Fix or remove them and rerun "
+          "(--strict stops at the first one).", file=sys.stderr, flush=True)
+    return 1
   return 0
 
 
