@@ -122,6 +122,27 @@ def test_bad_rows_are_counted_and_strict_raises(corpus, tmp_path):
     manifest_data.read_manifest(path, (), _strict_summary())
 
 
+def test_duplicate_rows_are_kept_once_and_counted_conflicts_are_errors(corpus, tmp_path):
+  """A repeated row would land in training and validation (a leak): kept once, counted; the same
+  audio with another label or group is refused, naming the lines."""
+  base, rows = corpus
+  path = _write_csv(os.path.join(base, "dups.csv"), rows + [rows[0], dict(rows[1], text="x")])
+  paths, _, labels, _, _ = manifest_data.read_manifest(path, (), LoadSummary(name="m"))
+  assert len(paths) == len(set(paths)) == len(rows)
+  s = LoadSummary(name="m")
+  manifest_data.read_manifest(path, (), s)
+  assert s.counts[manifest_data.REASON_DUPLICATE] == 2
+  assert f"{path}:{len(rows) + 2} (= line 2)" in s.examples[manifest_data.REASON_DUPLICATE]
+  other = "sad" if rows[0]["label"] != "sad" else "ang"
+  path = _write_csv(os.path.join(base, "conflict.csv"),
+                    rows + [dict(rows[0], label=other), dict(rows[1], group="elsewhere")])
+  with pytest.raises(UserError, match=rf"2 row\(s\) repeat an audio file .*line {len(rows) + 2} "
+                     rf"repeats the audio of line 2 with another label"):
+    manifest_data.read_manifest(path, (), LoadSummary(name="m"))
+  with pytest.raises(DataError, match="duplicate of an earlier row"):
+    manifest_data.read_manifest(os.path.join(base, "dups.csv"), (), _strict_summary())
+
+
 def _strict_summary():
   return LoadSummary(name="manifest", strict=True)
 

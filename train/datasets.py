@@ -76,8 +76,8 @@ def resolve_iemocap_root(config, workdir: str) -> str:
                     "IEMOCAP_full_release directory (or its parent), or use a :demo config, "
                     "which generates a synthetic corpus.")
   candidates = [data_dir, os.path.join(data_dir, "IEMOCAP_full_release")]
-  for c in candidates:
-    if _is_iemocap_root(c):
+  for c in candidates:  # a synthetic corpus whose write was killed is written again
+    if _is_iemocap_root(c) and not (config.data.synthetic and synthetic.is_partial(c)):
       return c
   if config.data.synthetic:
     with phase(f"Generating the synthetic IEMOCAP-format corpus in {data_dir}"):
@@ -98,11 +98,12 @@ def resolve_cebs_root(config, workdir: str) -> str:
     raise UserError("config.data.data_dir is empty. Set --config.data.data_dir to the PhysioNet "
                     "cebsdb directory (WFDB records b001.., m001.., p001..), or use :demo.")
   for c in (data_dir, os.path.join(data_dir, "cebsdb")):
-    if os.path.isdir(c) and any(f.endswith(".hea") for f in os.listdir(c)):
+    if (os.path.isdir(c) and any(f.endswith(".hea") for f in os.listdir(c)) and
+        not (config.data.synthetic and synthetic.is_partial(c))):
       return c
   if config.data.synthetic:
     with phase(f"Generating the synthetic CEBS-format corpus in {data_dir}"):
-      return synthetic_cebs.write_cebs(data_dir, size=config.data.synthetic_size, seed=0)
+      return synthetic.write_cebs(data_dir, size=config.data.synthetic_size, seed=0)
   if not os.path.exists(data_dir):
     raise UserError(f"config.data.data_dir={data_dir!r} does not exist. Point it at the cebsdb "
                     "directory with the WFDB records.")
@@ -154,7 +155,7 @@ def audio_text_inputs(config, workdir: str, waves: np.ndarray, lengths: np.ndarr
 def _iemocap(config, workdir: str) -> Dataset:
   d = config.data
   root = resolve_iemocap_root(config, workdir)
-  corpus = iemocap.load_iemocap(root, verbose=False)
+  corpus = iemocap.load_iemocap(root, strict=bool(d.strict), verbose=False)
   if not corpus.utterances:
     raise UserError(f"no 4-class utterances found under {root!r}; is it the IEMOCAP release? "
                     f"{corpus.summary.format()}")
@@ -188,7 +189,7 @@ def _cebs(config, workdir: str) -> Dataset:
   seconds = float(manifest["seconds_per_state"]) if manifest else cebs.SECONDS_PER_STATE
   try:
     with phase(f"Loading the CEBS records of {d.mode_pair} from {root}"):
-      corpus = cebs.load_cebs(root, modes=cebs.MODE_PAIRS[d.mode_pair],
+      corpus = cebs.load_cebs(root, strict=bool(d.strict), modes=cebs.MODE_PAIRS[d.mode_pair],
                               seconds_per_state=seconds, chunks=d.chunks,
                               chunk_samples=d.chunk_samples)
   except ValueError as e:
@@ -225,8 +226,7 @@ def manifest_dataset(config, workdir: str) -> Dataset:
   if d.protocol != "group":
     raise UserError(f"config.data.protocol={d.protocol!r} does not apply to a manifest; use "
                     "'group' (grouped k-fold over the manifest's group column).")
-  strict = bool(d.get("strict", False)) if hasattr(d, "get") else False
-  summary = LoadSummary(name="manifest", strict=strict)
+  summary = LoadSummary(name="manifest", strict=bool(d.strict))
   path = os.path.expanduser(d.data_dir)
   paths, texts, labels, groups, names = manifest_data.read_manifest(
       path, manifest_data.class_names(config), summary)

@@ -20,8 +20,10 @@ Columns (other columns are ignored; names are case-insensitive):
          ``config.data.num_groups``-fold grouped cross-validation (``group_kfold``) over it.
 
 Rows with a missing field, an unreadable audio file or (with ``class_names``) an unknown label
-are skipped and counted in the printed summary; with ``config.data.strict = True`` (if the
-config has that field) the first one raises instead.
+are skipped and counted in the printed summary, and so is a repeated row (same audio file,
+label and group: the first is kept, so no recording is on both sides of a split); the same
+audio file with another label or group is an error. With ``config.data.strict = True`` the
+first skip raises instead.
 """
 import csv
 import json
@@ -36,6 +38,7 @@ COLUMNS = ("audio", "text", "label", "group")
 REASON_MISSING_FIELD = "row with a missing field"
 REASON_UNKNOWN_LABEL = "label not in config.data.class_names"
 REASON_BAD_LINE = "manifest line is not a JSON object"
+REASON_DUPLICATE = "duplicate of an earlier row (same audio file, label and group; first kept)"
 
 
 def _read_rows(path: str, summary) -> list:
@@ -92,7 +95,8 @@ def read_manifest(path: str, class_names=(), summary=None):
     int64 class indices, (N,) group ids as strings, and the class names.
 
   Raises:
-    UserError: the manifest is missing, of an unknown type, or lacks a column.
+    UserError: the manifest is missing, of an unknown type, or lacks a column; an audio file
+      appears twice with another label or group.
   """
   summary = summary if summary is not None else LoadSummary(name="manifest")
   if not path:
@@ -127,12 +131,29 @@ def read_manifest(path: str, class_names=(), summary=None):
                  group.strip()))
   names = tuple(class_names) if class_names else tuple(sorted({r[3] for r in kept}))
   index = {n: j for j, n in enumerate(names)}
-  out = []
+  out, first, conflicts = [], {}, []  # first: audio path → (line, label, group) of its first row
   for i, audio, text, label, group in kept:
     if label not in index:
       summary.skip(REASON_UNKNOWN_LABEL, f"{path}:{i} (label {label!r}; classes {list(names)})")
       continue
+    if audio in first:
+      j, label0, group0 = first[audio]
+      if (label0, group0) != (label, group):
+        differs = [f"{k} {a!r} vs {b!r}" for k, a, b in (("label", label0, label),
+                                                           ("group", group0, group)) if a != b]
+        conflicts.append(f"line {i} repeats the audio of line {j} with another "
+                         f"{' and '.join(differs)}")
+      else:  # kept once: two copies would land on both sides of a train/validation split
+        summary.skip(REASON_DUPLICATE, f"{path}:{i} (= line {j})")
+      continue
+    first[audio] = (i, label, group)
     out.append((audio, text, index[label], group))
+  if conflicts:
+    raise UserError(f"manifest {path!r}: {len(conflicts)} row(s) repeat an audio file with "
+                    f"another label or group ({'; '.join(conflicts[:5])}"
+                    f"{'; ...' if len(conflicts) > 5 else ''}); the same recording would be "
+                    "trained on and tested on, or carry two labels. Remove the repeated rows or "
+                    "fix their label/group.")
   paths = [r[0] for r in out]
   texts = [r[1] for r in out]
   labels = np.array([r[2] for r in out], np.int64)

@@ -551,7 +551,7 @@ def train_and_evaluate(config, workdir: str, stop: StopRequest | None = None,
   ds = _load_dataset(config, workdir)
   ckpt_lib.check_dataset(workdir, ckpt_lib.dataset_fingerprint(ds.labels, ds.folds, ds.inputs),
                          write=primary)
-  if ds.summary is not None and getattr(ds.summary, "total_skipped", 0):
+  if ds.summary is not None:  # what was read, per session / class, and what was not
     out.say(ds.summary.format())
   out.say(f"{len(ds.labels)} examples, {len(ds.folds)} fold(s): "
           f"{', '.join(f.name for f in ds.folds)}")
