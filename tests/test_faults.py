@@ -1,6 +1,9 @@
 """A user's mistakes end in one paragraph and exit status 2, never a traceback, and before
 anything is read or written (issue: reliability of the command-line tools)."""
+import glob
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -8,6 +11,8 @@ import pytest
 
 from configs import cebs
 from configs import iemocap
+from mbaf_jax.data import synthetic
+from train import datasets
 from train import main as main_lib
 from train import validate
 
@@ -95,3 +100,42 @@ def test_the_command_line_says_it_in_one_paragraph(tmp_path):
   lines = [l for l in out.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith("error: the config cannot run: (1)"), lines
   assert not workdir.exists()
+
+
+# --------------------------------------------------------------------------- data the loader cannot use
+@pytest.fixture(scope="module")
+def damaged_corpus(tmp_path_factory):
+  """A tiny synthetic corpus with one Session1 EmoEvaluation file and all of Session5 deleted,
+  and the number of wavs that file labelled."""
+  base = tmp_path_factory.mktemp("damaged")
+  root = synthetic.write_iemocap(str(base), size="tiny", seed=0)
+  label_file = sorted(glob.glob(os.path.join(root, "Session1/dialog/EmoEvaluation/*.txt")))[0]
+  dialog = os.path.splitext(os.path.basename(label_file))[0]
+  unlabelled = len(glob.glob(os.path.join(root, "Session1/sentences/wav", dialog, "*.wav")))
+  os.remove(label_file)
+  shutil.rmtree(os.path.join(root, "Session5"))
+  return root, unlabelled
+
+
+def test_a_damaged_corpus_is_reported_with_its_counts(damaged_corpus, tmp_path):
+  root, unlabelled = damaged_corpus
+  c = iemocap.get_config("smoke")
+  c.data.data_dir = root
+  with pytest.warns(UserWarning, match="Session5 missing"):
+    ds = datasets.load_dataset(c, str(tmp_path))
+  report = ds.summary.format()
+  assert re.search(rf"\b{unlabelled}\s+wav without label", report), report
+  assert "per session  Session1" in report and "Session5" not in report.split("warning")[0]
+  assert "LOSO" in report and "needs Session1-5" in report
+  assert len(ds.folds) == 2  # smoke: max_folds=2 of the 4 sessions present
+
+
+def test_strict_refuses_a_damaged_corpus_in_one_paragraph(damaged_corpus, tmp_path, capsys):
+  root, _ = damaged_corpus
+  c = iemocap.get_config("smoke")
+  c.data.data_dir = root
+  c.data.strict = True
+  assert main_lib.run(c, str(tmp_path / "run")) == 2
+  err = capsys.readouterr().err
+  assert err.strip().startswith("error:") and "Traceback" not in err
+  assert "strict mode" in err and ("without label" in err or "Session5" in err), err
