@@ -48,6 +48,7 @@ import numpy as np
 from configs.common import fusion_kinds
 from mbaf_jax import models
 from mbaf_jax.data.pipeline import Batcher, eval_batches
+from mbaf_jax.models import factory
 from mbaf_jax.models.factory import merge_pretrained
 from train import checkpoints as ckpt_lib
 from train import datasets
@@ -420,8 +421,6 @@ def train_fold(model: CompiledModel, fold, fold_index: int, out: RunOutput,
   return result
 
 
-MODEL_ENCODERS = {"dmf": "Wav2Vec2 + BERT encoders", "mbaf_iemocap": "SincNet/DCNN + CNN-RNN text "
-                  "encoders", "cebs": "LSTM encoders"}  # config.model.name → what the header says
 DATASET_NAMES = {"iemocap": "IEMOCAP", "cebs": "PhysioNet CEBS", "manifest": "a manifest"}
 
 
@@ -440,7 +439,7 @@ def run_header(config, kinds: list, num_devices: int, parallelism: str, processe
     data = f"a synthetic {data}-format corpus"
   elif d.data_dir:
     data = f"{data} ({d.data_dir})"
-  encoders = MODEL_ENCODERS.get(config.model.name, f"model {config.model.name}")
+  encoders = getattr(factory.family(config.model.name), "ENCODERS", f"model {config.model.name}")
   return (f"Training {' and '.join(kinds)} fusion ({encoders}) on {data}, {d.protocol} folds; "
           f"{num_devices} device{'s' * (num_devices > 1)} ({parallelism}, {processes} "
           f"process{'es' * (processes > 1)})")

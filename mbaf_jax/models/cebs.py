@@ -12,6 +12,8 @@ from mbaf_jax.models import factory
 from mbaf_jax.models.heads import ClassifierHead, ModelOutput
 
 DATA_FIELDS = ("chunks", "chunk_samples", "mode_pair")  # config.data fields of the shapes
+# What a run's header calls the model (optional: the family's name otherwise).
+ENCODERS = "LSTM encoders"
 NUM_MODES = 2  # every mode pair of MBAF §4.2 (F-IV, F-V, F-VI) has two modes
 
 

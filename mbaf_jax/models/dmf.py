@@ -15,6 +15,8 @@ from mbaf_jax.models import factory
 from mbaf_jax.models.heads import ClassifierHead, ModelOutput
 
 DATA_FIELDS = ("max_seconds", "sample_rate", "max_tokens")  # config.data fields of the shapes
+# What a run's header calls the model (optional: the family's name otherwise).
+ENCODERS = "Wav2Vec2 + BERT encoders"
 TOKENIZER_DIR = "tokenizer"  # the word-level vocabulary training builds, in the workdir
 
 

@@ -20,6 +20,8 @@ from mbaf_jax.models import factory
 from mbaf_jax.models.heads import ClassifierHead, ModelOutput
 
 DATA_FIELDS = ("max_seconds", "sample_rate", "max_tokens")  # config.data fields of the shapes
+# What a run's header calls the model (optional: the family's name otherwise).
+ENCODERS = "SincNet/DCNN + CNN-RNN text encoders"
 WORD_VOCAB_FILE = "vocab.json"  # the text encoder's word → id map, in the workdir
 GLOVE_KEY_SALT = 0x610E  # fold_in salt: PRNG key of the vectors of words missing from GloVe
 
