@@ -36,7 +36,8 @@ BAD_CONFIGS = {
     "optimiser misspelt": ({"optim.name": "adamm"}, "config.optim.name='adamm'"),
     "learning_rate=0": ({"optim.learning_rate": 0.0}, "config.optim.learning_rate=0.0 must be > 0"),
     "dataset unknown": ({"data.dataset": "iemocapp"}, "config.data.dataset='iemocapp' is unknown"),
-    "protocol": ({"data.protocol": "logo"}, "config.data.protocol='logo' does not apply to iemocap"),
+    "protocol": ({"data.protocol": "logo"},
+                 "config.data.protocol='logo' does not apply to iemocap"),
     "model unknown": ({"model.name": "dmff"}, "config.model.name='dmff' is unknown"),
     "num_classes": ({"model.num_classes": 3}, "config.model.num_classes=3 but iemocap has 4"),
     "parallelism": ({"train.parallelism": "shard"}, "config.train.parallelism='shard'"),
@@ -102,7 +103,7 @@ def test_the_command_line_says_it_in_one_paragraph(tmp_path):
   assert not workdir.exists()
 
 
-# --------------------------------------------------------------------------- data the loader cannot use
+# ------------------------------------------------------------------- data the loader cannot use
 @pytest.fixture(scope="module")
 def damaged_corpus(tmp_path_factory):
   """A tiny synthetic corpus with one Session1 EmoEvaluation file and all of Session5 deleted,

@@ -126,7 +126,8 @@ def test_run_output_compiles_before_progress_and_writes_best_with_latest(tmp_pat
   phases are printed with their times in order; every fold's progress starts after both steps
   are compiled (so its ETA excludes compilation) and is written as plain lines to a
   non-terminal stderr; the best state is written once, with the latest checkpoint, and is the
-  one tested (the best of 3 validations). An interrupted + resumed run ends with the same test metrics and best step."""
+  one tested (the best of 3 validations). An interrupted + resumed run ends with the same test
+  metrics and best step."""
   from mbaf_jax.data import synthetic  # pylint: disable=g-import-not-at-top
   from train import checkpoints  # pylint: disable=g-import-not-at-top
   data = synthetic.write_iemocap(str(tmp_path / "data"), size="tiny", seed=0)
@@ -186,7 +187,8 @@ def test_run_output_compiles_before_progress_and_writes_best_with_latest(tmp_pat
   c = _smoke_config(data)
   c.fusions = "naive"
   stop = trainer.StopRequest()
-  with pytest.raises(KeyboardInterrupt, match=f"stopped after step {n // 2} of fold loso_s1"):
+  with pytest.raises(KeyboardInterrupt,
+                     match=f"checkpointed after step {n // 2} of fold loso_s1"):
     trainer.train_and_evaluate(c, str(tmp_path / "resumed"), stop=stop,
                                on_step=lambda kind, fold, step: step == n // 2 and stop.set())
   resumed = trainer.train_and_evaluate(c, str(tmp_path / "resumed"))

@@ -57,7 +57,8 @@ def test_handlers_are_installed_only_on_the_main_thread():
 @pytest.mark.slow
 def test_sigint_during_a_real_run_checkpoints_and_the_rerun_resumes(tmp_path):
   """python -m train.main, SIGINT once steps are running → exit 130, "checkpointed", a latest
-  checkpoint at that step (not one of the every-5-steps ones); the same command again → "resumed at step N", finishes, exit 0."""
+  checkpoint at that step (not one of the every-5-steps ones); the same command again →
+  "resumed at step N", finishes, exit 0."""
   workdir = str(tmp_path / "run")
   cmd = [sys.executable, "-m", "train.main", "--config=configs/iemocap.py:smoke",
          f"--workdir={workdir}", "--config.fusions=naive", "--config.data.max_folds=1",
@@ -75,7 +76,8 @@ def test_sigint_during_a_real_run_checkpoints_and_the_rerun_resumes(tmp_path):
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == 130, (out, err)
   assert "SIGINT received: saving a checkpoint" in err, err
-  step = int(re.search(r"stopped after step (\d+) of fold (\S+) \(naive fusion\), checkpointed",
+  step = int(re.search(r"stopped: checkpointed after step (\d+) of fold (\S+) \(naive "
+                       r"fusion\); rerun the same command to resume",
                        err).group(1))
   assert 5 <= step < 40 and "Traceback" not in err
   assert sorted(int(d) for d in os.listdir(latest) if d.isdigit())[-1] == step

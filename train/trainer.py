@@ -99,7 +99,8 @@ class StopRequest:
 
 
 def is_time(step: int, every: int) -> bool:
-  """Whether ``step`` (steps done, 1-based) is a multiple of ``every`` (never for ``every <= 0``)."""
+  """Whether ``step`` (steps done, 1-based) is a multiple of ``every`` (never when
+  ``every <= 0``)."""
   return every > 0 and step % every == 0
 
 
@@ -401,8 +402,8 @@ def train_fold(model: CompiledModel, fold, fold_index: int, out: RunOutput,
         bar.close()
         tb.close()
         ckpt.close()
-        raise KeyboardInterrupt(f"stopped after step {step} of fold {fold.name} ({kind} fusion), "
-                                "checkpointed")
+        raise KeyboardInterrupt(f"checkpointed after step {step} of fold {fold.name} ({kind} "
+                                "fusion)")
   bar.close()
 
   final_state, best_step = state, total
