@@ -3,7 +3,8 @@ restore.
 
 Workdir layout (every path is built here)::
 
-  config.json                         the run's config and its fingerprint (prepare_workdir)
+  config.json                         the run's config, its model fingerprint and the fingerprint
+                                      of the data it loaded (prepare_workdir, check_dataset)
   ckpt/<fusion>/<fold>/latest/<step>/  keep-N newest checkpoints (resume)
   ckpt/<fusion>/<fold>/best/<step>/    the best-by-validation-UA checkpoint (max_to_keep=1)
 
@@ -14,7 +15,11 @@ optimiser state, batch stats, constants, memory, step, first non-finite step;
 the model config). :meth:`FoldCheckpointer.restore` is the one restore: the trainer resumes with
 it and ``train.predict`` loads with it. It checks the fingerprint, then the saved shapes against
 the target's, before orbax reads any array, so a checkpoint of another config fails with a clear
-message instead of a shape error deep inside orbax.
+message instead of a shape error deep inside orbax; a checkpoint whose files cannot be read is
+"damaged" (:class:`CheckpointDamagedError`), and :meth:`FoldCheckpointer.restore_latest` falls
+back to the newest readable one. A rerun in a workdir resumes the same run or is refused
+(:func:`prepare_workdir`, :func:`check_dataset`); a failed write is a one-paragraph
+:class:`~mbaf_jax.errors.UserError` that says nothing saved is lost.
 """
 import glob
 import hashlib
@@ -94,6 +99,28 @@ def _calling_file() -> str:
 
 
 _QUIET = _QuietOrbax()
+
+
+def _closed_loop_noise(unraisable) -> bool:
+  """Whether an unraisable exception is the "Event loop is closed" that tensorstore's late
+  callbacks raise after orbax gave up reading a damaged checkpoint (its other reads still
+  finish, into an event loop that is gone); the failure itself is reported, so these are noise."""
+  return (isinstance(unraisable.exc_value, RuntimeError)
+          and str(unraisable.exc_value) == "Event loop is closed")
+
+
+def _drop_closed_loop_noise() -> None:
+  """Wraps ``sys.unraisablehook`` (once) so that :func:`_closed_loop_noise` is not printed as a
+  traceback; every other unraisable exception is passed on."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_closed_loop_noise", False):
+    return
+
+  def hook(unraisable):
+    if not _closed_loop_noise(unraisable):
+      previous(unraisable)
+  hook.drops_closed_loop_noise = True
+  sys.unraisablehook = hook
 
 
 def quiet_orbax_logs() -> None:
@@ -502,6 +529,7 @@ class FoldCheckpointer:
     if keep < 1:
       raise ValueError(f"config.train.keep_checkpoints={keep} must be >= 1.")
     quiet_orbax_logs()
+    _drop_closed_loop_noise()
     self.directory = os.path.abspath(directory)
     self.fingerprint = fingerprint
     opts = dict(enable_async_checkpointing=False, create=create)
