@@ -359,8 +359,10 @@ def prepare_workdir(workdir: str, config, write: bool = True, report=print) -> N
     else:
       differences = []
     if differences:
+      model = any(k.split(".")[0] in ("model", "optim") for k, _, _ in differences)
       raise UserError(
-          f"--workdir={workdir!r} holds a different run (its config.json differs in "
+          f"--workdir={workdir!r} holds a different run "
+          f"({'of a different model/optimiser config; ' * model}its config.json differs in "
           f"{_describe(differences)}); resuming it would mix the two runs' checkpoints and "
           "results. Pass --workdir=<a new folder> for the new run, or "
           "--config.train.restart=True to delete that run (checkpoints, metrics, TensorBoard "
