@@ -377,7 +377,7 @@ def test_damaged_latest_checkpoint_of_a_real_run(finished, tmp_path, capsys, how
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert "Traceback" not in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
   else:
     capsys.readouterr()
     assert main_lib.run(_config(), w) == 0
