@@ -140,3 +140,23 @@ def test_strict_refuses_a_damaged_corpus_in_one_paragraph(damaged_corpus, tmp_pa
   err = capsys.readouterr().err
   assert err.strip().startswith("error:") and "Traceback" not in err
   assert "strict mode" in err and ("without label" in err or "Session5" in err), err
+
+
+def test_a_full_disk_while_writing_the_run_outputs_is_one_paragraph(tmp_path, monkeypatch):
+  """metrics.json / a PNG that cannot be written: a UserError naming the file, not a traceback."""
+  import errno
+  from train import metrics as metrics_lib
+  from train import trainer
+
+  def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  out = trainer.RunOutput(str(tmp_path), enabled=True)
+  monkeypatch.setattr(metrics_lib, "write_json", full)
+  monkeypatch.setattr(metrics_lib, "plot_confusion", full)
+  with pytest.raises(trainer.UserError, match=r"cannot write .*metrics.json \(No space left on "
+                     r"device\); the checkpoints already saved are intact"):
+    out.write_json("metrics.json", {})
+  with pytest.raises(trainer.UserError, match=r"cannot write .*c.png"):
+    out.plot_confusion(None, (), "c.png", "")
+  trainer.RunOutput(str(tmp_path), enabled=False).write_json("metrics.json", {})  # off process 0

@@ -7,9 +7,12 @@ r"""Training entry point (flax-examples style): parses flags, calls the trainer.
 ``--help_config`` (also part of ``--help``) lists the config files with their variants and every
 config field with its default and meaning, generated from the configs (``train.config_help``).
 
-Errors the user can fix (unknown config key, missing or wrong data_dir, a checkpoint of another
-config, a workdir that is a file, a non-finite loss) are printed as one paragraph and the run exits
-with status 2, without a traceback. Rerunning with the same --workdir resumes.
+The whole config is checked before anything is read or written (``train.validate``). Errors the
+user can fix (a bad config value, missing or wrong data_dir, a workdir of another run, a damaged
+data set with ``strict``, a full disk, a non-finite loss) are printed as one paragraph and the run
+exits with status 2, without a traceback. Rerunning with the same --workdir resumes; a different
+config there is refused (``--config.train.restart=True`` starts afresh). SIGINT / SIGTERM while a
+fold trains: a checkpoint at the next step, then exit status 130.
 
 Compiled XLA programs are kept in a persistent cache (``--compilation_cache_dir``, default
 ``$XDG_CACHE_HOME/mbaf_jax/xla`` or ``~/.cache/mbaf_jax/xla``; ``none`` turns it off), so a rerun of

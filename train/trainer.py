@@ -119,12 +119,15 @@ class _Scalars:
 
   def __init__(self, logdir: str):
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self.writer = SummaryWriter(logdir)
+    self.logdir = logdir
+    with _writing(logdir):
+      self.writer = SummaryWriter(logdir)
 
   def scalars(self, step: int, values: dict, prefix: str) -> None:
-    for k, v in values.items():
-      self.writer.add_scalar(f"{prefix}/{k}", float(v), int(step))
-    self.writer.flush()
+    with _writing(self.logdir):
+      for k, v in values.items():
+        self.writer.add_scalar(f"{prefix}/{k}", float(v), int(step))
+      self.writer.flush()
 
   def close(self) -> None:
     self.writer.close()
@@ -141,6 +144,18 @@ class _NullBar:
 
   def close(self) -> None:
     pass
+
+
+@contextlib.contextmanager
+def _writing(path: str):
+  """An OSError (disk full, read-only, permissions) while writing a run's output ``path`` becomes
+  a UserError that says what happened and that the checkpoints are intact."""
+  try:
+    yield
+  except OSError as e:
+    raise UserError(f"cannot write {path} ({e.strerror or e}); the checkpoints already saved are "
+                    "intact. Free disk space or fix the permissions, then rerun the same command "
+                    "to resume.") from None
 
 
 class RunOutput:
@@ -172,14 +187,15 @@ class RunOutput:
   def write_json(self, name: str, obj) -> None:
     """Writes ``workdir/<name>`` atomically."""
     if self.enabled:
-      with self._lock:
+      with self._lock, _writing(os.path.join(self.workdir, name)):
         metrics_lib.write_json(os.path.join(self.workdir, name), obj)
 
   def plot_confusion(self, cm, class_names, name: str, title: str) -> None:
     """Writes the confusion-matrix PNG ``workdir/<name>``."""
     if self.enabled:
-      with self._lock:
-        metrics_lib.plot_confusion(cm, class_names, os.path.join(self.workdir, name), title)
+      path = os.path.join(self.workdir, name)
+      with self._lock, _writing(path):
+        metrics_lib.plot_confusion(cm, class_names, path, title)
 
 
 def _local_block(n: int) -> slice:
