@@ -16,6 +16,8 @@ from train import datasets
 from train import main as main_lib
 from train import validate
 
+from overrides import set_fields  # tests/overrides.py
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (overrides of configs/iemocap.py:smoke, text the message must contain)
@@ -46,15 +48,7 @@ BAD_CONFIGS = {
 
 
 def _config(overrides):
-  c = iemocap.get_config("smoke")
-  with c.unlocked():
-    for dotted, value in overrides.items():
-      node = c
-      *parents, leaf = dotted.split(".")
-      for p in parents:
-        node = node[p]
-      node[leaf] = value
-  return c
+  return set_fields(iemocap.get_config("smoke"), overrides)
 
 
 @pytest.mark.parametrize("name", sorted(BAD_CONFIGS))

@@ -27,6 +27,8 @@ from train import main as main_lib
 from train import metrics as metrics_lib
 from train import steps
 
+from overrides import set_fields  # tests/overrides.py
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -35,13 +37,7 @@ def _config(**overrides):
   c = iemocap.get_config("smoke")
   c.fusions = "naive"
   c.train.checkpoint_every_steps = 1
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    node = c
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return set_fields(c, overrides)
 
 
 def _snapshot(workdir: str) -> dict:
