@@ -7,6 +7,11 @@ import os
 import numpy as np
 import pytest
 
+from configs import iemocap_mbaf
+from mbaf_jax.encoders import text_cnn_rnn
+from mbaf_jax.errors import UserError
+from mbaf_jax.models import mbaf_iemocap
+from train import datasets
 from train import predict
 
 CLASSES = ("ang", "hap", "neu", "sad")
@@ -251,33 +256,28 @@ def test_latest_checkpoint_and_inconsistent_or_damaged_workdirs(trained, tmp_pat
 
 
 def test_word_vocab_round_trip_and_errors(tmp_path):
-  """The MBAF text vocabulary training saves (train.datasets) is what inference reads."""
-  from train import datasets
-  from train.errors import UserError
+  """The MBAF text vocabulary training saves (the mbaf_iemocap family) is what inference reads."""
   vocab = {"<pad>": 0, "<unk>": 1, "happy": 2, "été": 3}
-  path = datasets.save_word_vocab(vocab, str(tmp_path))
+  path = mbaf_iemocap.save_word_vocab(vocab, str(tmp_path))
   assert path == str(tmp_path / "vocab.json")
-  assert datasets.load_word_vocab(str(tmp_path)) == vocab
+  assert mbaf_iemocap.load_word_vocab(str(tmp_path)) == vocab
   with pytest.raises(UserError, match=r"vocab.json is missing.*rerun training"):
-    datasets.load_word_vocab(str(tmp_path / "nope"))
+    mbaf_iemocap.load_word_vocab(str(tmp_path / "nope"))
   (tmp_path / "vocab.json").write_text("[1, 2]")
   with pytest.raises(UserError, match="not a word → id map"):
-    datasets.load_word_vocab(str(tmp_path))
+    mbaf_iemocap.load_word_vocab(str(tmp_path))
   (tmp_path / "vocab.json").write_text("{oops")
   with pytest.raises(UserError, match="not a readable word vocabulary"):
-    datasets.load_word_vocab(str(tmp_path))
+    mbaf_iemocap.load_word_vocab(str(tmp_path))
 
 
-def test_audio_text_inputs_mbaf_saves_the_vocab_it_encodes_with(tmp_path):
-  from configs import iemocap_mbaf
-  from mbaf_jax.encoders import text_cnn_rnn
-  from train import datasets
+def test_model_inputs_mbaf_saves_the_vocab_it_encodes_with(tmp_path):
   c = iemocap_mbaf.get_config("smoke")
   texts = ["Hello there, hello!", "I'm fine", ""]
   waves = np.ones((3, 20000), np.float32)
-  inputs, vocab_size = datasets.audio_text_inputs(c, str(tmp_path), waves,
-                                                  np.array([20000, 500, 0]), texts)
-  vocab = datasets.load_word_vocab(str(tmp_path))
+  inputs, vocab_size = datasets.model_inputs(
+      c, str(tmp_path), {"waves": waves, "lengths": np.array([20000, 500, 0]), "texts": texts})
+  vocab = mbaf_iemocap.load_word_vocab(str(tmp_path))
   assert vocab_size == len(vocab) == 2 + 6  # <pad>, <unk>, hello there , ! i'm fine
   ids, mask = text_cnn_rnn.encode_texts(texts, vocab, max_tokens=c.data.max_tokens)
   np.testing.assert_array_equal(inputs["token_ids"], ids)

@@ -22,11 +22,6 @@ from mbaf_jax.data import synthetic_cebs
 from mbaf_jax.data.report import LoadSummary
 from mbaf_jax.errors import UserError
 from mbaf_jax.models import factory
-# The families' vocabulary and GloVe helpers, also importable from here.
-from mbaf_jax.models.dmf import build_word_vocab  # noqa: F401
-from mbaf_jax.models.mbaf_iemocap import glove_embedding  # noqa: F401
-from mbaf_jax.models.mbaf_iemocap import WORD_VOCAB_FILE  # noqa: F401
-from mbaf_jax.models.mbaf_iemocap import load_word_vocab, save_word_vocab  # noqa: F401
 from train import manifest_data
 from train.progress import phase
 
@@ -146,12 +141,6 @@ def model_inputs(config, workdir: str, raw) -> tuple:
   return fam.make_inputs(config, raw, pre), pre.vocab_size
 
 
-def audio_text_inputs(config, workdir: str, waves: np.ndarray, lengths: np.ndarray, texts):
-  """``model_inputs`` of (audio, text) examples: (N, S) zero-padded waveforms at
-  ``config.data.sample_rate``, their (N,) valid samples and N transcripts."""
-  return model_inputs(config, workdir, {"waves": waves, "lengths": lengths, "texts": texts})
-
-
 def _iemocap(config, workdir: str) -> Dataset:
   d = config.data
   root = resolve_iemocap_root(config, workdir)
@@ -166,7 +155,8 @@ def _iemocap(config, workdir: str) -> Dataset:
     corpus, waves, lengths = iemocap.load_corpus_audio(corpus, sr=d.sample_rate,
                                                        max_seconds=d.max_seconds, cache_dir=cache)
     labels = corpus.labels.astype(np.int32)
-    inputs, vocab_size = audio_text_inputs(config, workdir, waves, lengths, corpus.texts)
+    inputs, vocab_size = model_inputs(config, workdir, {"waves": waves, "lengths": lengths,
+                                                      "texts": corpus.texts})
   if d.protocol == "loso":
     folds = folds_lib.loso_folds(corpus.utterances, validation=d.validation, seed=config.seed)
   elif d.protocol == "8:1:1":
@@ -262,7 +252,8 @@ def manifest_dataset(config, workdir: str) -> Dataset:
   summary.info.update(rows=len(labels), groups=int(n_ids),
                       classes=", ".join(f"{n}: {int((labels == j).sum())}"
                                         for j, n in enumerate(names)))
-  inputs, vocab_size = audio_text_inputs(config, workdir, waves, lengths, texts)
+  inputs, vocab_size = model_inputs(config, workdir,
+                                    {"waves": waves, "lengths": lengths, "texts": texts})
   return Dataset(inputs, labels, folds, tuple(names), vocab_size, summary)
 
 

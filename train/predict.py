@@ -46,6 +46,8 @@ import jax
 import numpy as np
 
 from mbaf_jax.data import cebs as cebs_data
+from mbaf_jax.data.audio import read_wav
+from mbaf_jax.data.report import DataError
 from mbaf_jax.errors import UserError
 from mbaf_jax.models import factory
 from train import checkpoints as ckpt_lib
@@ -212,8 +214,6 @@ class Predictor:
 
 def read_waves(paths: Sequence[str], sample_rate: int) -> list[np.ndarray]:
   """Decodes audio files (mono, resampled); an unreadable file raises naming it."""
-  from mbaf_jax.data.audio import read_wav  # pylint: disable=g-import-not-at-top
-  from mbaf_jax.data.report import DataError  # pylint: disable=g-import-not-at-top
   waves = []
   for p in paths:
     try:

@@ -47,6 +47,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from mbaf_jax.data.folds import group_kfold
 from mbaf_jax.data.report import DataError, LoadSummary
 
 CLASSES = ("basal", "music", "post_music")  # label 0, 1, 2 (record prefixes b, m, p)
@@ -347,6 +348,5 @@ def logo_folds(subjects, n_groups: int = 4, seed: int = 0, val_fraction: float =
     ``n_groups`` :class:`mbaf_jax.data.folds.Fold` named ``logo0..``; their test sets
     partition the windows and no subject is in both train and test.
   """
-  from mbaf_jax.data.folds import group_kfold  # pylint: disable=g-import-not-at-top
   return group_kfold(np.asarray(subjects), n_groups=n_groups, seed=seed, val_fraction=val_fraction,
                      name="logo")

@@ -34,6 +34,7 @@ import warnings
 
 import numpy as np
 
+from mbaf_jax.data import audio
 from mbaf_jax.data import folds as _folds
 from mbaf_jax.data.report import DataError, LoadSummary
 
@@ -457,7 +458,6 @@ def load_corpus_audio(corpus: IemocapCorpus, sr: int = 16000, max_seconds: float
   Returns:
     ``(corpus_kept, waves (N, S) float32, lengths (N,) int64)``.
   """
-  from mbaf_jax.data import audio  # pylint: disable=g-import-not-at-top
   waves, lengths = audio.load_waveforms(corpus.wav_paths, sr=sr, max_seconds=max_seconds,
                                         cache_dir=cache_dir, workers=workers, summary=corpus.summary)
   keep = np.flatnonzero(lengths > 0)
