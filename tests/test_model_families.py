@@ -201,7 +201,7 @@ def _physio3_config():
   return c
 
 
-@pytest.mark.parametrize("kind", ["naive", "mbaf"])
+@pytest.mark.parametrize("kind", ["mbaf"])  # MBAF: one memory over the three modes
 def test_a_third_modality_is_one_module_file(kind, tmp_path, monkeypatch):
   pkg = tmp_path / "toy_families"
   pkg.mkdir()
