@@ -132,20 +132,10 @@ def run_is_complete(run_dir: str, config) -> bool:
   return "table" in m and all(k in m.get("fusions", {}) for k in kinds)
 
 
-def _flatten(d, prefix=""):
-  """``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def config_differences(run_dir: str, config) -> list:
   """Fields in which ``config`` differs from the one stored in ``run_dir/config.json`` (by the
-  trainer); [] when equal or when nothing readable is stored."""
+  trainer) so that they are different runs (``checkpoints.config_differences``: fields such as
+  the logging cadence do not count); [] when equal or when nothing readable is stored."""
   try:
     with open(checkpoints.config_path(run_dir)) as f:
       stored = json.load(f).get("config")
@@ -153,8 +143,8 @@ def config_differences(run_dir: str, config) -> list:
     return []
   if not isinstance(stored, dict):
     return []
-  a, b = _flatten(stored), _flatten(json.loads(config.to_json_best_effort()))
-  return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+  return [field for field, _, _ in checkpoints.config_differences(
+      stored, json.loads(config.to_json_best_effort()))]
 
 
 def _trainer() -> Callable:
