@@ -363,8 +363,17 @@ def replicate(tree, devices, axis_name: str = BATCH_AXIS):
 
 
 def unreplicate(tree):
-  """The first device's copy of a pmap-replicated pytree."""
-  return jax.tree.map(lambda x: x[0], tree)
+  """The first device's copy of a pmap-replicated pytree, on the host (NumPy leaves; PRNG keys
+  stay keys). Each leaf is one transfer of the first device's buffer: no computation is
+  dispatched (indexing ``x[0]`` would launch one gather per leaf on the device)."""
+  def first(x):
+    if _is_key(x):
+      return jax.random.wrap_key_data(first(jax.random.key_data(x)),
+                                      impl=jax.random.key_impl(x))
+    if isinstance(x, jax.Array):
+      return np.asarray(x.addressable_shards[0].data)[0]
+    return np.asarray(x)[0]
+  return jax.tree.map(first, tree)
 
 
 def shard_for_pmap(batch, num_devices: int):
