@@ -14,6 +14,7 @@ from configs import iemocap, iemocap_mbaf
 from mbaf_jax.errors import UserError
 from mbaf_jax.models import factory
 from train import datasets
+from train import optimizers
 from train import steps
 
 N = 3  # examples
@@ -225,7 +226,7 @@ def test_a_third_modality_is_one_module_file(kind, tmp_path, monkeypatch):
   variables = steps.init_variables(model, batch, key)
   assert set(variables["params"]) == ({"audio", "text", "signal", "head"}
                                       | ({"fusion"} if kind == "mbaf" else set()))
-  tx = steps.make_optimizer(config.optim, variables["params"], variables.get("memory", {}))
+  tx = optimizers.make_optimizer(config.optim, variables["params"], variables.get("memory", {}))
   state = steps.create_state(variables, tx)
   new_state, metrics = jax.jit(steps.make_train_step(model.apply, tx))(state, batch, key)
   assert int(new_state.step) == 1 and np.isfinite(float(metrics["loss"]))

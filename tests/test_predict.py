@@ -12,6 +12,7 @@ from mbaf_jax.encoders import text_cnn_rnn
 from mbaf_jax.errors import UserError
 from mbaf_jax.models import mbaf_iemocap
 from train import datasets
+from train import optimizers
 from train import predict
 
 CLASSES = ("ang", "hap", "neu", "sad")
@@ -158,7 +159,7 @@ def _reference(config, workdir, wavs, texts):
   # The trainer's initial variables of fold 0 (trainer.FoldRunner.init_state's key).
   variables = steps.init_variables(model, batch,
                                    jax.random.fold_in(jax.random.key(config.seed), 0))
-  tx = steps.make_optimizer(config.optim, variables["params"], variables.get("memory", {}))
+  tx = optimizers.make_optimizer(config.optim, variables["params"], variables.get("memory", {}))
   state = steps.create_state(variables, tx)
   ck = ckpt_lib.FoldCheckpointer(os.path.join(workdir, "ckpt", "dmf", "loso_s1"),
                                  fingerprint=ckpt_lib.model_fingerprint(config))

@@ -24,7 +24,6 @@ import optax
 
 from mbaf_jax.fusion.dual_memory import DIAGNOSTICS
 from train import distributed as dist
-from train.optimizers import make_optimizer  # noqa: F401  (re-exported as steps.make_optimizer)
 
 COLLECTIONS = ("memory", "batch_stats", "constants")
 
