@@ -154,3 +154,12 @@ def test_a_full_disk_while_writing_the_run_outputs_is_one_paragraph(tmp_path, mo
   with pytest.raises(trainer.UserError, match=r"cannot write .*c.png"):
     out.plot_confusion(None, (), "c.png", "")
   trainer.RunOutput(str(tmp_path), enabled=False).write_json("metrics.json", {})  # off process 0
+
+
+def test_load_dataset_refuses_a_bad_data_config_before_reading(tmp_path):
+  """The library entry (without train.main) applies the same data checks, before any file."""
+  c = iemocap.get_config("smoke")
+  c.data.protocol = "logo"
+  with pytest.raises(validate.UserError, match="config.data.protocol='logo' does not apply"):
+    datasets.load_dataset(c, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()  # the synthetic corpus was not generated

@@ -23,6 +23,7 @@ from mbaf_jax.data.report import LoadSummary
 from mbaf_jax.errors import UserError
 from mbaf_jax.models import factory
 from train import manifest_data
+from train import validate
 from train.progress import phase
 
 IEMOCAP_CLASSES = ("ang", "hap", "neu", "sad")
@@ -159,19 +160,13 @@ def _iemocap(config, workdir: str) -> Dataset:
                                                       "texts": corpus.texts})
   if d.protocol == "loso":
     folds = folds_lib.loso_folds(corpus.utterances, validation=d.validation, seed=config.seed)
-  elif d.protocol == "8:1:1":
+  else:  # "8:1:1" (train.validate.data_problems allows no other)
     folds = [folds_lib.stratified_split(labels, (8, 1, 1), seed=config.seed)]
-  else:
-    raise UserError(f"config.data.protocol={d.protocol!r} does not apply to IEMOCAP; use 'loso' "
-                    "(DMF) or '8:1:1' (MBAF).")
   return Dataset(inputs, labels, folds, IEMOCAP_CLASSES, vocab_size, corpus.summary)
 
 
 def _cebs(config, workdir: str) -> Dataset:
   d = config.data
-  if d.mode_pair not in cebs.MODE_PAIRS:
-    raise UserError(f"config.data.mode_pair={d.mode_pair!r}; expected one of "
-                    f"{sorted(cebs.MODE_PAIRS)}.")
   root = resolve_cebs_root(config, workdir)
   # Real CEBS: the first 5 minutes of every record (MBAF §4.2); a synthetic corpus states its own
   # (shorter) record length in its manifest.
@@ -190,8 +185,6 @@ def _cebs(config, workdir: str) -> Dataset:
   keep = _subset(labels.size, labels, d.max_examples, config.seed)
   modes = tuple(np.asarray(x, np.float32)[keep] for x in corpus.pair(d.mode_pair))
   labels, subjects = labels[keep], np.asarray(corpus.subjects)[keep]
-  if d.protocol != "logo":
-    raise UserError(f"config.data.protocol={d.protocol!r} does not apply to CEBS; use 'logo'.")
   folds = cebs.logo_folds(subjects, n_groups=4, seed=config.seed, val_fraction=0.1)
   inputs, vocab_size = model_inputs(config, workdir, {"modes": modes})
   return Dataset(inputs, labels, folds, CEBS_CLASSES, vocab_size, corpus.summary)
@@ -263,17 +256,17 @@ def load_dataset(config, workdir: str) -> Dataset:
   Raises:
     UserError: missing or wrong data directory, protocol or mode pair.
   """
+  found = validate.data_problems(config)  # before anything is read
+  if found:
+    raise UserError(f"{'; '.join(found)}.")
   name = config.data.dataset
   if name == "iemocap":
     ds = _iemocap(config, workdir)
   elif name == "cebs":
     ds = _cebs(config, workdir)
-  elif name == "manifest":
+  else:  # "manifest"
     with phase(f"Loading the manifest {config.data.data_dir}"):
       ds = manifest_dataset(config, workdir)
-  else:
-    raise UserError(f"config.data.dataset={name!r} is unknown; expected 'iemocap', 'cebs' or "
-                    "'manifest' (a CSV/JSONL manifest of your own data).")
   if config.data.max_folds:
     ds.folds = ds.folds[: config.data.max_folds]
   ds.text_embedding = factory.family(config.model.name).text_embedding(

@@ -80,7 +80,9 @@ def _ranges(config) -> list:
   return problems
 
 
-def _data(config) -> list:
+def data_problems(config) -> list:
+  """The problems of ``config.data`` (data set, protocol, validation, mode pair, class count),
+  one sentence each; ``train.datasets.load_dataset`` refuses a config with any."""
   d, problems = config.data, []
   if d.dataset not in _DATASETS:
     return [f"config.data.dataset={d.dataset!r} is unknown; expected one of {sorted(_DATASETS)}"]
@@ -159,7 +161,7 @@ def _model(config) -> list:
 
 def problems(config) -> list:
   """Every problem of ``config`` a user must fix, one sentence each (empty: it can run)."""
-  return (_ranges(config) + _data(config) + _optimiser(config) + _layout(config) +
+  return (_ranges(config) + data_problems(config) + _optimiser(config) + _layout(config) +
           _model(config))
 
 
