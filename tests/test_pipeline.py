@@ -232,3 +232,14 @@ def test_process_slice_partitions_the_global_batch():
     pipeline.process_slice(idx, mask, 0, 3)
   with pytest.raises(ValueError, match="process_index=4"):
     pipeline.process_slice(idx, mask, 4, 4)
+
+
+def test_gather_takes_rows_of_tuples_of_arrays():
+  """CEBS inputs are a tuple of mode arrays: each is gathered row by row, the tuple kept."""
+  from mbaf_jax.data.pipeline import gather
+  a, b = np.arange(12).reshape(4, 3), np.arange(4) * 10.0
+  out = gather({"modes": (a, b), "y": np.arange(4)}, np.array([3, 0, 3]))
+  assert isinstance(out["modes"], tuple)
+  np.testing.assert_array_equal(out["modes"][0], a[[3, 0, 3]])
+  np.testing.assert_array_equal(out["modes"][1], [30.0, 0.0, 30.0])
+  np.testing.assert_array_equal(out["y"], [3, 0, 3])

@@ -47,7 +47,7 @@ import numpy as np
 
 from configs.common import fusion_kinds
 from mbaf_jax import models
-from mbaf_jax.data.pipeline import Batcher, eval_batches
+from mbaf_jax.data.pipeline import Batcher, eval_batches, gather
 from mbaf_jax.models import factory
 from mbaf_jax.models.factory import merge_pretrained
 from train import checkpoints as ckpt_lib
@@ -204,17 +204,17 @@ def _local_block(n: int) -> slice:
   return slice(p * (n // count), (p + 1) * (n // count))
 
 
-def _gather(ds: datasets.Dataset, idx: np.ndarray) -> dict:
-  def take(x):
-    return tuple(take(y) for y in x) if isinstance(x, tuple) else x[idx]
-  return {k: take(v) for k, v in ds.inputs.items()}
+def _batch(ds: datasets.Dataset, indices: np.ndarray, mask: np.ndarray) -> dict:
+  """This process's block of the global batch ``ds[indices]``: model inputs, mask and labels."""
+  block = _local_block(len(indices))
+  idx = indices[block]
+  return dict(gather(ds.inputs, idx), mask=mask[block], label=ds.labels[idx])
 
 
 def _warmup_batch(ds: datasets.Dataset, size: int, mask_value: bool) -> dict:
-  """This process's block of a global batch of ``size`` copies of row 0 (mask ``mask_value``):
-  the shapes and dtypes of a real batch, for compiling."""
-  idx = np.zeros((size,), np.int64)[_local_block(size)]
-  return dict(_gather(ds, idx), mask=np.full((len(idx),), mask_value, bool), label=ds.labels[idx])
+  """A batch of ``size`` copies of row 0 (mask ``mask_value``): the shapes and dtypes of a real
+  batch, for compiling."""
+  return _batch(ds, np.zeros((size,), np.int64), np.full((size,), mask_value, bool))
 
 
 def evaluate(eval_fn: dist.ParallelStep, state, ds: datasets.Dataset, indices: np.ndarray,
@@ -223,9 +223,7 @@ def evaluate(eval_fn: dist.ParallelStep, state, ds: datasets.Dataset, indices: n
   batches; each process feeds its block, every process gets the global predictions)."""
   preds = []
   for pos, mask in eval_batches(len(indices), batch_size):
-    rows = _local_block(len(pos))
-    idx = indices[pos][rows]
-    batch = dict(_gather(ds, idx), mask=mask[rows], label=ds.labels[idx])
+    batch = _batch(ds, indices[pos], mask)
     lp = eval_fn.get_rows(eval_fn(state, eval_fn.put_batch(batch)))
     preds.append(np.argmax(lp, -1)[mask])
   preds = np.concatenate(preds) if preds else np.zeros((0,), np.int64)
@@ -247,7 +245,7 @@ class CompiledModel:
                                                      max_tokens=config.data.max_tokens,
                                                      text_embedding=ds.text_embedding)
     b = config.train.batch_size
-    self.dummy = dict(_gather(ds, np.zeros((b,), np.int64)), mask=np.ones((b,), bool),
+    self.dummy = dict(gather(ds.inputs, np.zeros((b,), np.int64)), mask=np.ones((b,), bool),
                       label=np.zeros((b,), np.int32))
     key = jax.random.key(config.seed)
     shapes = steps.abstract_variables(self.model, self.dummy, key)
@@ -302,9 +300,7 @@ def _train_batches(batcher: Batcher, rows: np.ndarray, ds: datasets.Dataset):
   state (saved in every checkpoint), and it advances as each batch is taken."""
   while True:
     indices, mask = batcher.next()
-    block = _local_block(len(indices))
-    idx = rows[indices][block]
-    yield dict(_gather(ds, idx), mask=mask[block], label=ds.labels[idx])
+    yield _batch(ds, rows[indices], mask)
 
 
 def _train_scalars(train_fn: dist.ParallelStep, window: list, seconds: float) -> dict:

@@ -258,10 +258,10 @@ def _check_rows(arrays: Mapping[str, np.ndarray], n: int, owner: str):
 
 
 def gather(arrays: Mapping[str, np.ndarray], indices: np.ndarray) -> dict:
-  """``{name: array[indices]}`` along the first axis (nested dicts are gathered too).
+  """``{name: array[indices]}`` along the first axis (nested dicts and tuples are gathered too).
 
   Args:
-    arrays: dict of arrays (or nested dicts of arrays) sharing the first axis.
+    arrays: dict of arrays (or nested dicts / tuples of arrays) sharing the first axis.
     indices: (B,) integer indices.
 
   Returns:
@@ -277,6 +277,9 @@ def gather(arrays: Mapping[str, np.ndarray], indices: np.ndarray) -> dict:
   for name, a in arrays.items():
     if isinstance(a, Mapping):
       out[name] = gather(a, indices)
+      continue
+    if isinstance(a, tuple):  # e.g. one array per physiological mode
+      out[name] = tuple(gather({name: x}, indices)[name] for x in a)
       continue
     a = np.asarray(a)
     if a.ndim == 0:
