@@ -146,7 +146,7 @@ def torch_time(model_name, cfg, x, dtype_name, warmup, iters):
 
   fields = {k: v for k, v in dataclasses.asdict(cfg).items()
             if k not in ("dtype", "param_dtype", "remat", "stop_gradient_feature_encoder",
-                         "masked_group_norm")}
+                         "masked_group_norm", "pos_conv_impl")}
   dev = "cuda" if torch.cuda.is_available() else "cpu"
   tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
   if model_name == "wav2vec2":

@@ -335,7 +335,7 @@ def hf_config(model_name: str, cfg):
   import transformers  # pylint: disable=g-import-not-at-top
   fields = {k: v for k, v in dataclasses.asdict(cfg).items()
             if k not in ("dtype", "param_dtype", "remat", "stop_gradient_feature_encoder",
-                         "masked_group_norm")}
+                         "masked_group_norm", "pos_conv_impl")}
   cls = transformers.Wav2Vec2Config if model_name == "wav2vec2" else transformers.BertConfig
   return cls(**fields)
 

@@ -19,9 +19,11 @@ reference. The reference's first-layer GroupNorm (base) takes statistics over pa
 ``masked_group_norm=True`` restricts them to real samples (then padding changes nothing).
 Options beyond the reference: ``dtype``/``param_dtype``, ``remat``, ``layerdrop`` (computed with
 ``jnp.where`` so shapes stay static), ``stop_gradient_feature_encoder`` (skip the backward pass of
-the frozen conv stack, DMF §2.1). SpecAugment in training follows the reference
-(``apply_spec_augment``, ``mask_time_*`` spans → ``masked_spec_embed``, ``mask_feature_*`` → 0),
-drawn from the 'dropout' stream. Not implemented: adapters.
+the frozen conv stack, DMF §2.1), ``pos_conv_impl`` (how the grouped positional conv is
+differentiated: ``ops.conv.grouped_conv1d``, a fast weight gradient on CPU). SpecAugment in
+training follows the reference (``apply_spec_augment``, ``mask_time_*`` spans →
+``masked_spec_embed``, ``mask_feature_*`` → 0), drawn from the 'dropout' stream. Not
+implemented: adapters.
 """
 import dataclasses
 from typing import Any, Optional, Sequence
@@ -33,6 +35,7 @@ import numpy as np
 
 from mbaf_jax.encoders.outputs import (EncoderOutput, attention_bias, dot_product_attention,
                                        get_activation, masked_mean)
+from mbaf_jax.ops import conv as conv_ops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +73,7 @@ class Wav2Vec2Config:
   remat: bool = False  # nn.remat (gradient checkpointing) on each transformer layer
   stop_gradient_feature_encoder: bool = False  # no backprop through the frozen conv encoder
   masked_group_norm: bool = False  # GroupNorm stats over real samples only (reference: all)
+  pos_conv_impl: str = "auto"  # positional conv: "auto", "xla", "per_group" (ops.conv)
 
   def __post_init__(self):
     for name in ("conv_dim", "conv_kernel", "conv_stride"):
@@ -93,6 +97,9 @@ class Wav2Vec2Config:
         raise ValueError(f"Wav2Vec2Config: {name}={getattr(self, name)} must be in [0, 1).")
     get_activation(self.hidden_act)
     get_activation(self.feat_extract_activation)
+    if self.pos_conv_impl not in conv_ops.IMPLS:
+      raise ValueError(f"Wav2Vec2Config: pos_conv_impl={self.pos_conv_impl!r}; expected one of "
+                       f"{conv_ops.IMPLS}.")
 
   @classmethod
   def from_hf_dict(cls, d: dict, **overrides) -> "Wav2Vec2Config":
@@ -105,7 +112,7 @@ class Wav2Vec2Config:
                        "not supported by mbaf_jax. Use a checkpoint without adapters.")
     names = {f.name for f in dataclasses.fields(cls)} - {"dtype", "param_dtype", "remat",
                                                         "stop_gradient_feature_encoder",
-                                                        "masked_group_norm"}
+                                                        "masked_group_norm", "pos_conv_impl"}
     kwargs = {k: d[k] for k in names if k in d}
     kwargs.update(overrides)
     return cls(**kwargs)
@@ -349,13 +356,17 @@ class WeightNormConv(nn.Module):
   """Grouped 1-D conv with weight norm over all axes but the kernel axis (torch ``dim=2``).
 
   ``kernel[k] = weight_g[k] · weight_v[k] / ‖weight_v[k]‖`` with ``weight_v`` stored as
-  (K, in/groups, out); ``weight_g`` (K,) is initialised to ``‖weight_v[k]‖``.
+  (K, in/groups, out); ``weight_g`` (K,) is initialised to ``‖weight_v[k]‖``. The convolution is
+  ``ops.conv.grouped_conv1d``: on the CPU backend its weight gradient runs as one plain
+  convolution per group (XLA's own grouped weight gradient is ≈ 40× slower there); elsewhere
+  XLA's convolution (``impl``).
   """
   features: int  # output channels (= input channels)
   kernel: int  # kernel size K
   groups: int  # feature groups
   dtype: Any  # compute dtype
   param_dtype: Any  # parameter dtype
+  impl: str = "auto"  # ops.conv.grouped_conv1d implementation ("auto": per_group on CPU)
 
   @nn.compact
   def __call__(self, x):
@@ -371,9 +382,8 @@ class WeightNormConv(nn.Module):
     w = g.astype(jnp.float32)[:, None, None] * v32 / jnp.sqrt(
         jnp.sum(jnp.square(v32), axis=(1, 2), keepdims=True))
     pad = self.kernel // 2
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), w.astype(self.dtype), window_strides=(1,), padding=[(pad, pad)],
-        dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=self.groups)
+    y = conv_ops.grouped_conv1d(x.astype(self.dtype), w.astype(self.dtype), (pad, pad),
+                                self.groups, self.impl)
     return y + b.astype(self.dtype)
 
 
@@ -390,7 +400,7 @@ class PositionalConvEmbedding(nn.Module):
     cfg = self.config
     k = cfg.num_conv_pos_embeddings
     y = WeightNormConv(cfg.hidden_size, k, cfg.num_conv_pos_embedding_groups, cfg.dtype,
-                       cfg.param_dtype, name="conv")(x)
+                       cfg.param_dtype, cfg.pos_conv_impl, name="conv")(x)
     if k % 2 == 0:
       y = y[:, :-1]
     return get_activation(cfg.feat_extract_activation)(y)
