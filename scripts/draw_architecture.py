@@ -132,7 +132,7 @@ def trace_model(config_spec: str, name: str = "", caption: str = "") -> Trace:
                                    max_tokens=int(c.data.max_tokens))
   o = c.optim
   optim = f"{o.name}, lr {o.learning_rate:g} (network) / {o.memory_learning_rate:g} (fusion)"
-  return trace_module(model, factory.dummy_batch(c, BATCH), name, caption, optim)
+  return trace_module(model, factory.dummy_batch(c.data, c.model, BATCH), name, caption, optim)
 
 
 def trace_module(model, batch: dict, name: str = "", caption: str = "", optim: str = "") -> Trace:

@@ -31,7 +31,7 @@ def estimate(variant: str, chunk: int, remat: bool, vocab_size: int, batch_size:
   model, _ = factory.build_model(c.model, kind, vocab_size=vocab_size,
                                  max_tokens=c.data.max_tokens)
   b = batch_size or c.train.batch_size
-  batch = dict(factory.dummy_batch(c, b), mask=np.ones((b,), bool),
+  batch = dict(factory.dummy_batch(c.data, c.model, b), mask=np.ones((b,), bool),
                label=np.zeros((b,), np.int32))
   key = jax.random.key(0)
   shapes = steps.abstract_variables(model, batch, key)

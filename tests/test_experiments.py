@@ -283,7 +283,7 @@ def test_random_batch_shapes_ranges_and_seed():
   """train.timing.random_batch: dummy_batch's shapes, random values in range, same seed = same."""
   c = iemocap.get_config("demo")
   b = timing.random_batch(c, 3, seed=0)
-  zeros = models.dummy_batch(c, 3)
+  zeros = models.dummy_batch(c.data, c.model, 3)
   assert {k: v.shape for k, v in zeros.items()} == {k: b[k].shape for k in zeros}
   assert b["label"].shape == (3,) and b["mask"].all() and b["mask"].dtype == bool
   assert b["input_values"].dtype == np.float32 and b["input_values"].std() > 0.5

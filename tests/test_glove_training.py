@@ -55,7 +55,7 @@ def test_glove_embedding_rows_padding_and_missing_words(tmp_path, capsys):
   c, vocab, _ = _setup(tmp_path)
   assert vocab == {"<pad>": 0, "<unk>": 1, "fine": 2, "hello": 3, "there": 4, "!": 5, ",": 6,
                    "i'm": 7}
-  m = mbaf_iemocap.glove_embedding(c, vocab)
+  m = mbaf_iemocap.glove_embedding(c.model, vocab, seed=c.seed)
   assert m.shape == (8, DIM) and m.dtype == np.float32
   for w in ("hello", "there", "i'm"):  # exactly the file's vectors
     np.testing.assert_array_equal(m[vocab[w]], IN_FILE[w])
@@ -69,12 +69,13 @@ def test_glove_embedding_rows_padding_and_missing_words(tmp_path, capsys):
     np.testing.assert_allclose(m[i], noise[i], rtol=1e-6)
   out = capsys.readouterr().out
   assert "3/7 vocabulary words found, 4 missing" in out and "<unk>, fine, !, ," in out
-  np.testing.assert_array_equal(mbaf_iemocap.glove_embedding(c, vocab, verbose=False), m)  # same key
+  same_key = mbaf_iemocap.glove_embedding(c.model, vocab, seed=c.seed, verbose=False)
+  np.testing.assert_array_equal(same_key, m)
 
 
 def test_compiled_model_init_state_uses_the_glove_rows(tmp_path):
   c, vocab, ds = _setup(tmp_path)
-  ds.text_embedding = mbaf_iemocap.glove_embedding(c, vocab, verbose=False)
+  ds.text_embedding = mbaf_iemocap.glove_embedding(c.model, vocab, seed=c.seed, verbose=False)
   with warnings.catch_warnings():
     warnings.simplefilter("error", UserWarning)  # no "no GloVe matrix" warning
     runner = trainer.CompiledModel(c, "mbaf", ds, "jit", jax.devices()[:1])
@@ -91,22 +92,22 @@ def test_bad_glove_files_are_user_errors(tmp_path):
   c.model.text.glove = str(tmp_path / "nope.txt")
   with pytest.raises(UserError, match=r"config.model.text.glove='.*nope.txt' does not exist; "
                      r"expected a GloVe text file of 16-d vectors"):
-    mbaf_iemocap.glove_embedding(c, vocab)
+    mbaf_iemocap.glove_embedding(c.model, vocab, seed=c.seed)
   c.model.text.glove = _glove_file(tmp_path / "glove.6B.4d.txt",
                                    {"hello": np.ones(4), "there": np.zeros(4)})
   with pytest.raises(UserError, match=r"glove.6B.4d.txt.*vectors have dimension 4.*expected "
                      r"dim=16.*config.model.text.kwargs.embed_dim=16"):
-    mbaf_iemocap.glove_embedding(c, vocab)
+    mbaf_iemocap.glove_embedding(c.model, vocab, seed=c.seed)
   bad = tmp_path / "glove.bad.txt"
   bad.write_text("hello " + " ".join(["0.5"] * DIM) + "\nthere 1 2 x\n")
   c.model.text.glove = str(bad)
   with pytest.raises(UserError, match=r"glove.bad.txt:2: malformed line"):
-    mbaf_iemocap.glove_embedding(c, vocab)
+    mbaf_iemocap.glove_embedding(c.model, vocab, seed=c.seed)
   binary = tmp_path / "glove.bin"
   binary.write_bytes(b"\xff\xfe\x00\x81" * 50)
   c.model.text.glove = str(binary)
   with pytest.raises(UserError, match=r"glove.bin.*cannot be used.*GloVe text file"):
-    mbaf_iemocap.glove_embedding(c, vocab)
+    mbaf_iemocap.glove_embedding(c.model, vocab, seed=c.seed)
 
 
 def test_build_model_checks_the_matrix_and_merge_replaces_one_leaf():

@@ -61,12 +61,13 @@ def test_dummy_batch_is_what_make_inputs_gives_real_examples(name, tmp_path):
   config = get_config()
   assert config.model.name == name
   fam = factory.family(name)
+  data, model = config.data, config.model
   raw = make_raw(config)
-  pre = fam.preprocessor(config, str(tmp_path), raw)  # training: fitted and saved
-  batch = fam.make_inputs(config, raw, pre)
-  assert _shapes(batch) == _shapes(factory.dummy_batch(config, N))
-  assert _shapes(factory.dummy_batch(config, 5)) == _shapes(
-      factory.spec_batch(fam.input_spec(config), 5))
+  pre = fam.preprocessor(data, model, str(tmp_path), raw)  # training: fitted and saved
+  batch = fam.make_inputs(data, model, raw, pre)
+  assert _shapes(batch) == _shapes(factory.dummy_batch(data, model, N))
+  assert _shapes(factory.dummy_batch(data, model, 5)) == _shapes(
+      factory.spec_batch(fam.input_spec(data, model), 5))
   for field in fam.DATA_FIELDS:  # the fields that fix the shapes exist in the config
     assert field in config.data
   # Training goes through the same two calls (train.datasets.model_inputs).
@@ -74,15 +75,21 @@ def test_dummy_batch_is_what_make_inputs_gives_real_examples(name, tmp_path):
   assert vocab_size == pre.vocab_size
   jax.tree.map(np.testing.assert_array_equal, inputs, batch)
   # Inference: the preprocessing training saved, loaded (never rebuilt), and one list entry per
-  # example (cut to its length) as train.predict passes them: the same batch.
-  loaded = fam.preprocessor(config, str(tmp_path))
+  # example (cut to its length) per raw input, as train.inference passes them: the same batch.
+  loaded = fam.preprocessor(data, model, str(tmp_path))
   assert loaded.vocab_size == pre.vocab_size
   if "modes" in raw:
-    per_example = {"modes": tuple(list(m) for m in raw["modes"])}
+    columns = [list(m) for m in raw["modes"]]
   else:
-    per_example = {"waves": [w[:n] for w, n in zip(raw["waves"], raw["lengths"])],
-                   "texts": list(raw["texts"])}
-  jax.tree.map(np.testing.assert_array_equal, fam.make_inputs(config, per_example, loaded),
+    columns = [[w[:n] for w, n in zip(raw["waves"], raw["lengths"])], list(raw["texts"])]
+  specs = fam.raw_inputs(data, model)
+  assert len(specs) == len(columns)
+  for spec, column in zip(specs, columns):
+    assert spec.kind in factory.RAW_KINDS
+    if spec.kind == "array":
+      assert np.shape(column[0]) == spec.shape
+  per_example = fam.raw_examples(data, model, columns)
+  jax.tree.map(np.testing.assert_array_equal, fam.make_inputs(data, model, per_example, loaded),
                batch)
 
 
@@ -91,13 +98,13 @@ def test_inference_never_builds_a_vocabulary(tmp_path):
                             (lambda: iemocap_mbaf.get_config("smoke"), "vocab.json is missing")):
     config = get_config()
     with pytest.raises(UserError, match=match):
-      factory.family(config.model.name).preprocessor(config, str(tmp_path))
+      factory.family(config.model.name).preprocessor(config.data, config.model, str(tmp_path))
   assert not list(tmp_path.iterdir())
 
 
 def test_make_inputs_rejects_a_batch_that_breaks_the_schema():
   config = iemocap_mbaf.get_config("smoke")
-  spec = factory.family("mbaf_iemocap").input_spec(config)
+  spec = factory.family("mbaf_iemocap").input_spec(config.data, config.model)
   good = factory.spec_batch(spec, 2)
   with pytest.raises(ValueError, match=r"shape \(2, 7\)"):
     factory.conform(spec, dict(good, token_ids=np.zeros((2, 7), np.int32)))
@@ -112,7 +119,7 @@ def test_unknown_family_names_the_known_ones():
                      r"\('cebs', 'dmf', 'mbaf_iemocap'\)"):
     factory.build_model(config.model, "dmf")
   with pytest.raises(UserError, match="is unknown"):
-    factory.dummy_batch(config, 2)
+    factory.dummy_batch(config.data, config.model, 2)
   with pytest.raises(UserError, match=r"'heads'.*not a model family; it lacks \['DATA_FIELDS'"):
     factory.family("heads")
   with pytest.raises(UserError, match="no_such_pkg.fam' is unknown"):
@@ -136,7 +143,7 @@ from mbaf_jax.models.heads import ClassifierHead, ModelOutput
 
 DATA_FIELDS = mbaf_iemocap.DATA_FIELDS + ("signal_steps", "signal_features")
 preprocessor = mbaf_iemocap.preprocessor  # the word vocabulary (workdir/vocab.json)
-text_embedding = mbaf_iemocap.text_embedding  # GloVe, when config.model.text.glove is set
+text_embedding = mbaf_iemocap.text_embedding  # GloVe, when model.text.glove is set
 
 
 class Physio3Model(nn.Module):
@@ -177,15 +184,24 @@ def build(model_config, fusion_kind, *, vocab_size=None, max_tokens=None, text_e
   return model, pretrained
 
 
-def input_spec(config):
-  d = config.data
-  return dict(mbaf_iemocap.input_spec(config),
-              signal=factory.Field((d.signal_steps, d.signal_features), np.float32))
+def input_spec(data, model):
+  return dict(mbaf_iemocap.input_spec(data, model),
+              signal=factory.Field((data.signal_steps, data.signal_features), np.float32))
 
 
-def make_inputs(config, raw, pre):
-  batch = mbaf_iemocap.make_inputs(config, raw, pre)
-  return factory.conform(input_spec(config), dict(batch, signal=raw["signal"]))
+def make_inputs(data, model, raw, pre):
+  batch = mbaf_iemocap.make_inputs(data, model, raw, pre)
+  return factory.conform(input_spec(data, model), dict(batch, signal=raw["signal"]))
+
+
+def raw_inputs(data, model):
+  signal = factory.RawInput("signal", "array", (data.signal_steps, data.signal_features))
+  return mbaf_iemocap.raw_inputs(data, model) + (signal,)
+
+
+def raw_examples(data, model, columns):
+  return dict(mbaf_iemocap.raw_examples(data, model, columns[:2]),
+              signal=np.asarray(columns[2], np.float32))
 '''
 
 
@@ -217,7 +233,7 @@ def test_a_third_modality_is_one_module_file(kind, tmp_path, monkeypatch):
 
   # What the trainer does: inputs through the family, the model through build_model.
   inputs, vocab_size = datasets.model_inputs(config, workdir, raw)
-  assert _shapes(inputs) == _shapes(factory.dummy_batch(config, N))
+  assert _shapes(inputs) == _shapes(factory.dummy_batch(config.data, config.model, N))
   model, pretrained = factory.build_model(config.model, kind, vocab_size=vocab_size,
                                           max_tokens=config.data.max_tokens)
   assert pretrained == {}

@@ -154,7 +154,7 @@ def test_mbaf_iemocap_naive_is_encoders_attention_concat_head(placement):
 def test_mbaf_iemocap_memory_written_in_training_only():
   c = _mbaf_config("I,smoke")
   model, _ = factory.build_model(c.model, "mbaf", vocab_size=30, max_tokens=c.data.max_tokens)
-  batch = {k: v[:4] for k, v in factory.dummy_batch(c, 4).items()}
+  batch = {k: v[:4] for k, v in factory.dummy_batch(c.data, c.model, 4).items()}
   batch["waves"] = np.random.default_rng(0).normal(size=batch["waves"].shape).astype(np.float32)
   v = jax.jit(model.init)({"params": jax.random.key(0), "memory": jax.random.key(1)}, batch)
   mem = v["memory"]["fusion"]["fusion"]["memory"]

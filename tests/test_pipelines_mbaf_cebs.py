@@ -59,7 +59,7 @@ def _initial_memory(config, kind, workdir, fold_index=0):
   model, _ = models.build_model(config.model, kind, vocab_size=vocab,
                                 max_tokens=config.data.max_tokens)
   b = config.train.batch_size
-  batch = dict(factory.dummy_batch(config, b), mask=np.ones((b,), bool))
+  batch = dict(factory.dummy_batch(config.data, config.model, b), mask=np.ones((b,), bool))
   key = jax.random.fold_in(jax.random.key(config.seed), fold_index)
   return model, steps.init_variables(model, batch, key)["memory"]
 

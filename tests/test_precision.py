@@ -41,7 +41,8 @@ def _batch(name):
   """A random batch of the smoke config's shapes, with labels and a padded last row."""
   rng = np.random.default_rng(0)
   batch = {}
-  for k, v in factory.dummy_batch(_config(name, "float32"), B).items():
+  c = _config(name, "float32")
+  for k, v in factory.dummy_batch(c.data, c.model, B).items():
     if k == "modes":
       batch[k] = tuple(rng.normal(size=x.shape).astype(np.float32) for x in v)
     elif k in ("input_ids", "token_ids"):

@@ -1,9 +1,10 @@
 """Config → in-memory, fixed-shape model inputs + folds, through the real loaders.
 
-``load_dataset(config, workdir)`` finds (or, for the demo, generates) the corpus, loads it with
-``mbaf_jax.data``, preprocesses every example once into arrays of N rows (the model inputs of
-``config.model``'s family: its ``preprocessor`` and ``make_inputs``, the same ones inference
-uses) and builds the folds of the paper's protocol. Batches are then gathered by index on the
+``load_dataset(data, model, family, seed, workdir)`` (the config's ``data`` and ``model``
+sections, the model family module and the seed: parts of ``train.validate.RunPlan``) finds (or,
+for the demo, generates) the corpus, loads it with ``mbaf_jax.data``, preprocesses every example
+once into arrays of N rows (the model inputs of the family: its ``preprocessor`` and
+``make_inputs``, the same ones inference uses) and builds the folds of the paper's protocol. Batches are then gathered by index on the
 host.
 """
 import dataclasses
@@ -23,7 +24,7 @@ from mbaf_jax.data.report import LoadSummary
 from mbaf_jax.errors import UserError
 from mbaf_jax.models import factory
 from train import manifest_data
-from train import validate
+from train import workdir as workdir_lib
 from train.progress import phase
 
 IEMOCAP_CLASSES = ("ang", "hap", "neu", "sad")
@@ -59,25 +60,24 @@ def _is_iemocap_root(path: str) -> bool:
       os.path.join(path, "Session1", "dialog"))
 
 
-def resolve_iemocap_root(config, workdir: str) -> str:
-  """The ``IEMOCAP_full_release`` directory of ``config.data.data_dir`` (generated for the demo).
+def resolve_iemocap_root(data, workdir: str) -> str:
+  """The ``IEMOCAP_full_release`` directory of ``data.data_dir`` (generated for the demo).
 
   Raises:
     UserError: data_dir missing / not an IEMOCAP release.
   """
-  data_dir = config.data.data_dir or (os.path.join(workdir, "data") if config.data.synthetic
-                                      else "")
+  data_dir = data.data_dir or (workdir_lib.data_dir(workdir) if data.synthetic else "")
   if not data_dir:
     raise UserError("config.data.data_dir is empty. Set --config.data.data_dir to the "
                     "IEMOCAP_full_release directory (or its parent), or use a :demo config, "
                     "which generates a synthetic corpus.")
   candidates = [data_dir, os.path.join(data_dir, "IEMOCAP_full_release")]
   for c in candidates:  # a synthetic corpus whose write was killed is written again
-    if _is_iemocap_root(c) and not (config.data.synthetic and synthetic.is_partial(c)):
+    if _is_iemocap_root(c) and not (data.synthetic and synthetic.is_partial(c)):
       return c
-  if config.data.synthetic:
+  if data.synthetic:
     with phase(f"Generating the synthetic IEMOCAP-format corpus in {data_dir}"):
-      return synthetic.write_iemocap(data_dir, size=config.data.synthetic_size, seed=0)
+      return synthetic.write_iemocap(data_dir, size=data.synthetic_size, seed=0)
   if not os.path.exists(data_dir):
     raise UserError(f"config.data.data_dir={data_dir!r} does not exist. Point it at the "
                     "IEMOCAP_full_release directory (the one holding Session1..Session5).")
@@ -86,20 +86,19 @@ def resolve_iemocap_root(config, workdir: str) -> str:
                   "Session5 with dialog/EmoEvaluation, dialog/transcriptions, sentences/wav).")
 
 
-def resolve_cebs_root(config, workdir: str) -> str:
-  """The ``cebsdb`` directory of ``config.data.data_dir`` (generated for the demo)."""
-  data_dir = config.data.data_dir or (os.path.join(workdir, "data") if config.data.synthetic
-                                      else "")
+def resolve_cebs_root(data, workdir: str) -> str:
+  """The ``cebsdb`` directory of ``data.data_dir`` (generated for the demo)."""
+  data_dir = data.data_dir or (workdir_lib.data_dir(workdir) if data.synthetic else "")
   if not data_dir:
     raise UserError("config.data.data_dir is empty. Set --config.data.data_dir to the PhysioNet "
                     "cebsdb directory (WFDB records b001.., m001.., p001..), or use :demo.")
   for c in (data_dir, os.path.join(data_dir, "cebsdb")):
     if (os.path.isdir(c) and any(f.endswith(".hea") for f in os.listdir(c)) and
-        not (config.data.synthetic and synthetic.is_partial(c))):
+        not (data.synthetic and synthetic.is_partial(c))):
       return c
-  if config.data.synthetic:
+  if data.synthetic:
     with phase(f"Generating the synthetic CEBS-format corpus in {data_dir}"):
-      return synthetic.write_cebs(data_dir, size=config.data.synthetic_size, seed=0)
+      return synthetic.write_cebs(data_dir, size=data.synthetic_size, seed=0)
   if not os.path.exists(data_dir):
     raise UserError(f"config.data.data_dir={data_dir!r} does not exist. Point it at the cebsdb "
                     "directory with the WFDB records.")
@@ -121,8 +120,8 @@ def _subset(n: int, labels: np.ndarray, k: int, seed: int) -> np.ndarray:
   return np.sort(np.concatenate(picked))
 
 
-def model_inputs(config, workdir: str, raw) -> tuple:
-  """The model inputs of ``config.model``'s family for the training examples ``raw``.
+def model_inputs(data, model, family, workdir: str, raw) -> tuple:
+  """The model inputs of ``family`` for the training examples ``raw``.
 
   The family's ``preprocessor`` is fitted on ``raw`` and saved in ``workdir`` (DMF: a
   word-level BERT vocabulary in ``workdir/tokenizer`` when no tokenizer directory is configured;
@@ -130,44 +129,43 @@ def model_inputs(config, workdir: str, raw) -> tuple:
   ``make_inputs`` turns ``raw`` into the model-input arrays.
 
   Args:
-    config: the run's config (``data`` and ``model`` sections).
+    data: the config's ``data`` section.
+    model: the config's ``model`` section.
+    family: the model family module (``mbaf_jax.models.factory.family``).
     workdir: the run's workdir.
     raw: the family's raw examples (``{"waves", "lengths", "texts"}`` or ``{"modes"}``).
 
   Returns:
     ``(inputs, vocab_size)``: the model-input arrays (N rows each) and the text vocabulary size.
   """
-  fam = factory.family(config.model.name)
-  pre = fam.preprocessor(config, workdir, raw)
-  return fam.make_inputs(config, raw, pre), pre.vocab_size
+  pre = family.preprocessor(data, model, workdir, raw)
+  return family.make_inputs(data, model, raw, pre), pre.vocab_size
 
 
-def _iemocap(config, workdir: str) -> Dataset:
-  d = config.data
-  root = resolve_iemocap_root(config, workdir)
+def _iemocap(d, model, family, seed: int, workdir: str) -> Dataset:
+  root = resolve_iemocap_root(d, workdir)
   corpus = iemocap.load_iemocap(root, strict=bool(d.strict), verbose=False)
   if not corpus.utterances:
     raise UserError(f"no 4-class utterances found under {root!r}; is it the IEMOCAP release? "
                     f"{corpus.summary.format()}")
-  keep = _subset(len(corpus.utterances), corpus.labels, d.max_examples, config.seed)
+  keep = _subset(len(corpus.utterances), corpus.labels, d.max_examples, seed)
   corpus = corpus.subset(keep)
-  cache = d.cache_dir or os.path.join(workdir, "cache")
+  cache = d.cache_dir or workdir_lib.cache_dir(workdir)
   with phase(f"Loading {len(corpus.utterances)} utterances (audio and text) from {root}"):
     corpus, waves, lengths = iemocap.load_corpus_audio(corpus, sr=d.sample_rate,
                                                        max_seconds=d.max_seconds, cache_dir=cache)
     labels = corpus.labels.astype(np.int32)
-    inputs, vocab_size = model_inputs(config, workdir, {"waves": waves, "lengths": lengths,
+    inputs, vocab_size = model_inputs(d, model, family, workdir, {"waves": waves, "lengths": lengths,
                                                       "texts": corpus.texts})
   if d.protocol == "loso":
-    folds = folds_lib.loso_folds(corpus.utterances, validation=d.validation, seed=config.seed)
+    folds = folds_lib.loso_folds(corpus.utterances, validation=d.validation, seed=seed)
   else:  # "8:1:1" (train.validate.data_problems allows no other)
-    folds = [folds_lib.stratified_split(labels, (8, 1, 1), seed=config.seed)]
+    folds = [folds_lib.stratified_split(labels, (8, 1, 1), seed=seed)]
   return Dataset(inputs, labels, folds, IEMOCAP_CLASSES, vocab_size, corpus.summary)
 
 
-def _cebs(config, workdir: str) -> Dataset:
-  d = config.data
-  root = resolve_cebs_root(config, workdir)
+def _cebs(d, model, family, seed: int, workdir: str) -> Dataset:
+  root = resolve_cebs_root(d, workdir)
   # Real CEBS: the first 5 minutes of every record (MBAF §4.2); a synthetic corpus states its own
   # (shorter) record length in its manifest.
   manifest = synthetic_cebs.read_manifest(root)
@@ -182,44 +180,46 @@ def _cebs(config, workdir: str) -> Dataset:
   labels = np.asarray(corpus.labels, np.int32)
   if labels.size == 0:
     raise UserError(f"no CEBS windows could be read from {root!r}. {corpus.summary.format()}")
-  keep = _subset(labels.size, labels, d.max_examples, config.seed)
+  keep = _subset(labels.size, labels, d.max_examples, seed)
   modes = tuple(np.asarray(x, np.float32)[keep] for x in corpus.pair(d.mode_pair))
   labels, subjects = labels[keep], np.asarray(corpus.subjects)[keep]
-  folds = cebs.logo_folds(subjects, n_groups=4, seed=config.seed, val_fraction=0.1)
-  inputs, vocab_size = model_inputs(config, workdir, {"modes": modes})
+  folds = cebs.logo_folds(subjects, n_groups=4, seed=seed, val_fraction=0.1)
+  inputs, vocab_size = model_inputs(d, model, family, workdir, {"modes": modes})
   return Dataset(inputs, labels, folds, CEBS_CLASSES, vocab_size, corpus.summary)
 
 
-def manifest_dataset(config, workdir: str) -> Dataset:
+def manifest_dataset(d, model, family, seed: int, workdir: str) -> Dataset:
   """The Dataset of a manifest (``config.data.dataset == "manifest"``, ``train.manifest_data``).
 
   Args:
-    config: the run's config: ``data.data_dir`` (the manifest), ``data.class_names``,
-      ``data.num_groups``, ``data.protocol`` ("group"), ``data.validation`` ("random<NN>": NN % of
-      each fold's training rows validate, "none": no validation, else 10 %), audio/text sizes.
+    d: the config's ``data`` section: ``data_dir`` (the manifest), ``class_names``,
+      ``num_groups``, ``protocol`` ("group"), ``validation`` ("random<NN>": NN % of each fold's
+      training rows validate, "none": no validation, else 10 %), audio/text sizes.
+    model: the config's ``model`` section (``num_classes``).
+    family: the model family module.
+    seed: the run's seed (subset, folds).
     workdir: the run's workdir (audio cache and tokenizer when not configured).
 
   Returns:
     A Dataset with grouped k-fold folds named ``group0..``.
 
   Raises:
-    UserError: bad manifest, too few groups or classes, class count ≠ config.model.num_classes.
+    UserError: bad manifest, too few groups or classes, class count ≠ model.num_classes.
   """
-  d = config.data
   if d.protocol != "group":
     raise UserError(f"config.data.protocol={d.protocol!r} does not apply to a manifest; use "
                     "'group' (grouped k-fold over the manifest's group column).")
   summary = LoadSummary(name="manifest", strict=bool(d.strict))
   path = os.path.expanduser(d.data_dir)
   paths, texts, labels, groups, names = manifest_data.read_manifest(
-      path, manifest_data.class_names(config), summary)
+      path, manifest_data.class_names(d), summary)
   if not paths:
     raise UserError(f"manifest {path!r}: no usable rows. {summary.format()}")
-  keep = _subset(len(paths), labels, d.max_examples, config.seed)
+  keep = _subset(len(paths), labels, d.max_examples, seed)
   paths = [paths[i] for i in keep]
   texts = [texts[i] for i in keep]
   labels, groups = labels[keep], groups[keep]
-  cache = d.cache_dir or os.path.join(workdir, "cache")
+  cache = d.cache_dir or workdir_lib.cache_dir(workdir)
   waves, lengths = audio_lib.load_waveforms(paths, sr=d.sample_rate, max_seconds=d.max_seconds,
                                             cache_dir=cache, workers=2, summary=summary)
   ok = np.flatnonzero(lengths > 0)
@@ -229,10 +229,10 @@ def manifest_dataset(config, workdir: str) -> Dataset:
   waves, lengths = waves[ok], lengths[ok]
   texts = [texts[i] for i in ok]
   labels, groups = labels[ok].astype(np.int32), groups[ok]
-  if len(names) != config.model.num_classes:
+  if len(names) != model.num_classes:
     raise UserError(f"manifest {path!r} has {len(names)} classes {list(names)} but "
-                    f"config.model.num_classes={config.model.num_classes}; pass "
-                    f"--config.model.num_classes={len(names)} (or fix the labels / set "
+                    f"model.num_classes={model.num_classes}; pass "
+                    f"--model.num_classes={len(names)} (or fix the labels / set "
                     "--config.data.class_names).")
   n_ids = np.unique(groups).size
   if not 2 <= d.num_groups <= n_ids:
@@ -240,35 +240,37 @@ def manifest_dataset(config, workdir: str) -> Dataset:
                     "group value(s); grouped cross-validation needs 2 <= num_groups <= that "
                     "number (set --config.data.num_groups, or use finer groups).")
   val_fraction = manifest_data.val_fraction(d.validation)
-  folds = folds_lib.group_kfold(groups, n_groups=d.num_groups, seed=config.seed,
+  folds = folds_lib.group_kfold(groups, n_groups=d.num_groups, seed=seed,
                                 val_fraction=val_fraction, name="group")
   summary.info.update(rows=len(labels), groups=int(n_ids),
                       classes=", ".join(f"{n}: {int((labels == j).sum())}"
                                         for j, n in enumerate(names)))
-  inputs, vocab_size = model_inputs(config, workdir,
+  inputs, vocab_size = model_inputs(d, model, family, workdir,
                                     {"waves": waves, "lengths": lengths, "texts": texts})
   return Dataset(inputs, labels, folds, tuple(names), vocab_size, summary)
 
 
-def load_dataset(config, workdir: str) -> Dataset:
-  """Loads ``config.data.dataset`` for ``config.model`` (see module doc).
+def load_dataset(data, model, family, seed: int, workdir: str) -> Dataset:
+  """Loads ``data.dataset`` for the model family (see module doc).
+
+  Args:
+    data: the config's ``data`` section, checked (``train.validate``).
+    model: the config's ``model`` section.
+    family: the model family module.
+    seed: the run's seed (subsets, folds, word vectors).
+    workdir: the run's workdir (a generated corpus, the audio cache, the fitted preprocessing).
 
   Raises:
-    UserError: missing or wrong data directory, protocol or mode pair.
+    UserError: missing or wrong data directory, or no usable examples.
   """
-  found = validate.data_problems(config)  # before anything is read
-  if found:
-    raise UserError(f"{'; '.join(found)}.")
-  name = config.data.dataset
-  if name == "iemocap":
-    ds = _iemocap(config, workdir)
-  elif name == "cebs":
-    ds = _cebs(config, workdir)
-  else:  # "manifest"
-    with phase(f"Loading the manifest {config.data.data_dir}"):
-      ds = manifest_dataset(config, workdir)
-  if config.data.max_folds:
-    ds.folds = ds.folds[: config.data.max_folds]
-  ds.text_embedding = factory.family(config.model.name).text_embedding(
-      config, workdir, verbose=jax.process_index() == 0)
+  load = {"iemocap": _iemocap, "cebs": _cebs, "manifest": manifest_dataset}[data.dataset]
+  if data.dataset == "manifest":
+    with phase(f"Loading the manifest {data.data_dir}"):
+      ds = load(data, model, family, seed, workdir)
+  else:
+    ds = load(data, model, family, seed, workdir)
+  if data.max_folds:
+    ds.folds = ds.folds[: data.max_folds]
+  ds.text_embedding = family.text_embedding(data, model, workdir, seed=seed,
+                                            verbose=jax.process_index() == 0)
   return ds

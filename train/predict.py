@@ -239,8 +239,9 @@ def _preparer(config, family, pre, input_kind: str):
   """Per-example argument columns → the model's batch: the family's ``make_inputs`` with the
   preprocessing training saved (``pre``), exactly as training builds its inputs."""
   if input_kind == "modes":
-    return lambda *modes: family.make_inputs(config, {"modes": modes}, pre)
-  return lambda waves, texts: family.make_inputs(config, {"waves": waves, "texts": texts}, pre)
+    return lambda *modes: family.make_inputs(config.data, config.model, {"modes": modes}, pre)
+  return lambda waves, texts: family.make_inputs(config.data, config.model,
+                                                {"waves": waves, "texts": texts}, pre)
 
 
 def load(workdir: str, fusion: str | None = None, fold: str | None = None,
@@ -279,7 +280,7 @@ def load(workdir: str, fusion: str | None = None, fold: str | None = None,
                  window_shape=(int(d.chunks), int(d.chunk_samples)))
     rate = int(cebs_data.FS)
   try:
-    pre = family.preprocessor(config, workdir)  # loads the saved tokenizer / vocabulary
+    pre = family.preprocessor(config.data, config.model, workdir)  # the saved tokenizer / vocab
   except UserError as e:
     raise PredictError(str(e)) from None
   prepare = _preparer(config, family, pre, extra.get("input_kind", "audio_text"))

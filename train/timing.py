@@ -91,7 +91,7 @@ def random_batch(config, batch_size: int, seed: int = 0) -> dict:
     The batch as a dict of NumPy arrays (``dummy_batch``'s keys plus ``label`` and ``mask``).
   """
   rng = np.random.default_rng(seed)
-  batch = models.dummy_batch(config, batch_size)
+  batch = models.dummy_batch(config.data, config.model, batch_size)
   batch["input_values"] = rng.normal(size=batch["input_values"].shape).astype(np.float32)
   batch["input_ids"] = rng.integers(5, 1000 if config.model.text.size == "base" else 100,
                                     size=batch["input_ids"].shape).astype(np.int32)

@@ -62,25 +62,31 @@ def build(model_config, fusion_kind: str, *, vocab_size: int | None = None,
   return CebsModel(encoder=encoder, fusion=fusion, **head), {}
 
 
-def input_spec(config) -> dict:
-  """The batch schema: one (chunks, chunk_samples) window per mode of ``config.data.mode_pair``."""
-  d = config.data
-  n = len(cebs_data.MODE_PAIRS.get(d.mode_pair, ())) or NUM_MODES
-  window = factory.Field((int(d.chunks), int(d.chunk_samples)), np.float32)
+def mode_names(data) -> tuple:
+  """The modes of ``data.mode_pair`` in batch order (F-IV: ``("ECG", "RESP")``)."""
+  return tuple(cebs_data.MODE_PAIRS.get(data.mode_pair, ()))
+
+
+def input_spec(data, model) -> dict:
+  """The batch schema: one (chunks, chunk_samples) window per mode of ``data.mode_pair``."""
+  del model
+  n = len(mode_names(data)) or NUM_MODES
+  window = factory.Field((int(data.chunks), int(data.chunk_samples)), np.float32)
   return {"modes": (window,) * n}
 
 
-def preprocessor(config, workdir: str, raw=None) -> factory.Preprocessing:
+def preprocessor(data, model, workdir: str, raw=None) -> factory.Preprocessing:
   """Nothing to fit or load: the windows come cut and normalised (``mbaf_jax.data.cebs``)."""
-  del config, workdir, raw
+  del data, model, workdir, raw
   return factory.Preprocessing()
 
 
-def make_inputs(config, raw, pre: factory.Preprocessing = None) -> dict:
+def make_inputs(data, model, raw, pre: factory.Preprocessing = None) -> dict:
   """Raw windows → the CEBS batch (``input_spec``).
 
   Args:
-    config: the run's config.
+    data: ``config.data`` (``mode_pair``, ``chunks``, ``chunk_samples``).
+    model: ``config.model``.
     raw: ``{"modes": (mode_1, mode_2)}``, each N windows of (chunks, chunk_samples) (an array
       or a list of arrays), normalised as ``mbaf_jax.data.cebs.load_cebs`` does.
     pre: unused (``preprocessor``).
@@ -89,11 +95,26 @@ def make_inputs(config, raw, pre: factory.Preprocessing = None) -> dict:
     The batch dict of N rows.
   """
   del pre
-  return factory.conform(input_spec(config),
+  return factory.conform(input_spec(data, model),
                          {"modes": tuple(np.asarray(m, np.float32) for m in raw["modes"])})
 
 
-def text_embedding(config, workdir: str, verbose: bool = True):
+def text_embedding(data, model, workdir: str, *, seed: int, verbose: bool = True):
   """None: no text."""
-  del config, workdir, verbose
+  del data, model, workdir, seed, verbose
   return None
+
+
+def raw_inputs(data, model) -> tuple:
+  """One window array per mode of ``data.mode_pair``, named after the mode (F-IV: ECG, RESP)."""
+  del model
+  shape = (int(data.chunks), int(data.chunk_samples))
+  note = "windows cut and normalised as mbaf_jax.data.cebs.load_cebs does"
+  return tuple(factory.RawInput(name, "array", shape, int(cebs_data.FS), note)
+               for name in mode_names(data))
+
+
+def raw_examples(data, model, columns) -> dict:
+  """One column of windows per mode → ``{"modes"}`` (``make_inputs``)."""
+  del data, model
+  return {"modes": tuple(np.asarray(c, np.float32) for c in columns)}

@@ -120,9 +120,10 @@ def build(model_config, fusion_kind: str, *, vocab_size: int | None = None,
 
 
 # --------------------------------------------------------------------------- inputs
-def input_spec(config) -> dict:
+def input_spec(data, model) -> dict:
   """The batch schema: S = round(max_seconds · sample_rate) samples, L = max_tokens tokens."""
-  d = config.data
+  del model  # the shapes are the data's
+  d = data
   s, n = int(round(d.max_seconds * d.sample_rate)), int(d.max_tokens)
   return {"input_values": factory.Field((s,), np.float32),
           "audio_mask": factory.Field((s,), np.int32, 1),
@@ -147,13 +148,19 @@ def build_word_vocab(texts, out_dir: str) -> str:
   return out_dir
 
 
-def preprocessor(config, workdir: str, raw=None) -> factory.Preprocessing:
+def preprocessor(data, model, workdir: str, raw=None) -> factory.Preprocessing:
   """The audio feature extractor and the tokenizer (DMF §2.1: "the feature extractor and
   tokenizer associated with each encoder").
 
-  The tokenizer is ``config.data.tokenizer``, else ``config.model.text.pretrained``, else the
-  word-level vocabulary of ``workdir/tokenizer``: built from ``raw["texts"]`` in training,
-  loaded (never rebuilt) for inference (``raw`` None).
+  The tokenizer is ``data.tokenizer``, else ``model.text.pretrained``, else the word-level
+  vocabulary of ``workdir/tokenizer``: built from ``raw["texts"]`` in training, loaded (never
+  rebuilt) for inference (``raw`` None).
+
+  Args:
+    data: ``config.data`` (``tokenizer``, ``max_seconds``, ``sample_rate``, ``max_tokens``).
+    model: ``config.model`` (``audio.pretrained``, ``text.pretrained``).
+    workdir: the run's workdir.
+    raw: the training examples (``{"texts", ...}``), or None for inference.
 
   Returns:
     ``Preprocessing(len(tokenizer), (AudioPreprocessor, TextPreprocessor))``.
@@ -161,7 +168,7 @@ def preprocessor(config, workdir: str, raw=None) -> factory.Preprocessing:
   Raises:
     UserError: (inference) the workdir's tokenizer is missing.
   """
-  d, m = config.data, config.model
+  d, m = data, model
   tok_dir = d.tokenizer or m.text.pretrained
   audio = encoders.AudioPreprocessor(m.audio.pretrained or None, max_seconds=d.max_seconds,
                                      sampling_rate=d.sample_rate)
@@ -176,23 +183,35 @@ def preprocessor(config, workdir: str, raw=None) -> factory.Preprocessing:
   return factory.Preprocessing(len(text.tokenizer), (audio, text))
 
 
-def make_inputs(config, raw, pre: factory.Preprocessing) -> dict:
+def make_inputs(data, model, raw, pre: factory.Preprocessing) -> dict:
   """Raw audio + text examples (``factory`` module doc) → the DMF batch (``input_spec``): the
   feature extractor's audio (first ``max_seconds``), the tokenizer's ids; ``pre`` is
-  ``preprocessor(config, workdir, ...)``. Returns the batch dict of N rows."""
+  ``preprocessor(data, model, workdir, ...)``. Returns the batch dict of N rows."""
   audio, text = pre.state
   waves, lengths = raw["waves"], raw.get("lengths")
   if lengths is not None:
     waves = [w[:max(int(n), 1)] for w, n in zip(waves, lengths)]
   a = audio(list(waves))
   t = text([str(x) for x in raw["texts"]])
-  return factory.conform(input_spec(config), {
+  return factory.conform(input_spec(data, model), {
       "input_values": a["input_values"], "audio_mask": a["attention_mask"],
       "input_ids": t["input_ids"], "text_mask": t["attention_mask"],
       "token_type_ids": t["token_type_ids"]})
 
 
-def text_embedding(config, workdir: str, verbose: bool = True):
+def text_embedding(data, model, workdir: str, *, seed: int, verbose: bool = True):
   """None: BERT's embedding comes with its pretrained directory (``build``)."""
-  del config, workdir, verbose
+  del data, model, workdir, seed, verbose
   return None
+
+
+def raw_inputs(data, model) -> tuple:
+  """``(waves, texts)``: a waveform at ``data.sample_rate`` and its transcript per example."""
+  del model
+  return factory.audio_text_inputs(data)
+
+
+def raw_examples(data, model, columns) -> dict:
+  """``(waves, texts)`` columns → ``{"waves", "texts"}`` (``make_inputs``)."""
+  del data, model
+  return factory.audio_text_examples(columns)

@@ -2,23 +2,32 @@
 fusion layer, the compute dtype and the substitution of pretrained weights.
 
 A model family is a module ``mbaf_jax/models/<name>.py`` (``config.model.name`` = ``<name>``; a
-dotted name is a full module path, for families outside the package). It owns its whole contract:
+dotted name is a full module path, for families outside the package). It owns its whole contract
+and takes the config sections it needs, ``data`` (``config.data``) and ``model``
+(``config.model``), never the whole run config:
 
-  DATA_FIELDS                               config.data fields that fix the input shapes
-  input_spec(config)                        {key: Field} — the batch schema (nested in tuples)
+  DATA_FIELDS                          config.data fields that fix the input shapes
+  input_spec(data, model)              {key: Field} — the batch schema (nested in tuples)
   build(model_config, fusion_kind, *, vocab_size=None, max_tokens=None, text_embedding=None)
-                                            → (model, pretrained)
-  preprocessor(config, workdir, raw=None)   → Preprocessing: fitted on the training examples
-                                            ``raw`` and saved in ``workdir``, or (raw None)
-                                            loaded from what training saved
-  make_inputs(config, raw, pre)             raw examples → the model's batch (training and
-                                            predict), checked against ``input_spec``
-  text_embedding(config, workdir, verbose)  the run's pretrained word embedding, or None
+                                       → (model, pretrained)
+  preprocessor(data, model, workdir, raw=None)
+                                       → Preprocessing: fitted on the training examples ``raw``
+                                       and saved in ``workdir``, or (raw None) loaded from what
+                                       training saved
+  make_inputs(data, model, raw, pre)   raw examples → the model's batch (training and
+                                       inference), checked against ``input_spec``
+  text_embedding(data, model, workdir, *, seed, verbose=True)
+                                       the run's pretrained word embedding, or None
+  raw_inputs(data, model)              → tuple of RawInput: what one example is at inference,
+                                       in the predictor's argument order
+  raw_examples(data, model, columns)   one sequence per raw input (``raw_inputs`` order) → the
+                                       raw examples ``make_inputs`` takes
 
 Raw examples are ``{"waves", "texts"}`` (+ optional ``"lengths"``) for audio + text: N mono
-waveforms at ``config.data.sample_rate`` — a list, or an (N, S) zero-padded array whose valid
-samples per row are ``lengths`` — and N transcripts; ``{"modes"}`` for physiological windows.
-``build_model`` and ``dummy_batch`` below dispatch to the family of ``config.model.name``.
+waveforms at ``data.sample_rate`` — a list, or an (N, S) zero-padded array whose valid samples
+per row are ``lengths`` — and N transcripts; ``{"modes"}`` for physiological windows.
+``build_model`` below dispatches to the family of ``model_config.name``, ``dummy_batch`` to the
+family of ``model.name``.
 """
 import dataclasses
 import importlib
@@ -37,7 +46,8 @@ FUSION_KINDS = ("dmf", "naive", "mbaf")
 DTYPES = ("float32", "bfloat16")  # config.model.dtype: the compute dtype
 PACKAGE = "mbaf_jax.models"  # a plain family name is a module of this package
 CONTRACT = ("DATA_FIELDS", "input_spec", "build", "preprocessor", "make_inputs",
-            "text_embedding")  # the names every family module defines
+            "text_embedding", "raw_inputs", "raw_examples")  # the names every family defines
+RAW_KINDS = ("audio", "text", "array")  # what a RawInput holds (RawInput.kind)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +57,22 @@ class Field:
   shape: tuple  # per-example shape
   dtype: Any  # numpy dtype of the array
   fill: Any = 0  # dummy_batch value
+
+
+@dataclasses.dataclass(frozen=True)
+class RawInput:
+  """One input of an example at inference (``raw_inputs``): a predictor's argument and the way
+  a source of it is read.
+
+  ``kind`` is "audio" (a mono waveform at ``sample_rate``, read from an audio file), "text" (a
+  transcript) or "array" (float32 values of shape ``shape`` per example, e.g. a window of a
+  physiological signal sampled at ``sample_rate``, read from a ``.npy`` file of N examples).
+  """
+  name: str  # the predictor's argument name, e.g. "waves", "texts", "ECG"
+  kind: str  # one of RAW_KINDS
+  shape: tuple = ()  # "array": the shape of one example
+  sample_rate: int | None = None  # Hz of an "audio" waveform or of the signal of an "array"
+  note: str = ""  # what one example must be, for error messages (e.g. how it is cut)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,16 +200,33 @@ def build_model(model_config, fusion_kind: str, vocab_size: int | None = None,
                                          max_tokens=max_tokens, text_embedding=text_embedding)
 
 
+def audio_text_inputs(data) -> tuple:
+  """The raw inputs of an audio + text family: ``waves`` (mono, at ``data.sample_rate``) and
+  ``texts`` (one transcript per waveform)."""
+  return (RawInput("waves", "audio", sample_rate=int(data.sample_rate),
+                   note="a mono waveform (1-D float array); longer ones are cut to "
+                        "data.max_seconds"),
+          RawInput("texts", "text", note="its transcript"))
+
+
+def audio_text_examples(columns) -> dict:
+  """``(waves, texts)`` columns → the raw examples ``{"waves", "texts"}`` of an audio + text
+  family."""
+  waves, texts = columns
+  return {"waves": list(waves), "texts": [str(t) for t in texts]}
+
+
 def spec_batch(spec, batch_size: int):
   """A batch of ``batch_size`` rows from an input schema (``Field`` leaves, each row filled
   with the field's ``fill``)."""
   return jax.tree.map(lambda f: np.full((batch_size,) + tuple(f.shape), f.fill, f.dtype), spec)
 
 
-def dummy_batch(config, batch_size: int) -> dict:
-  """A batch with the shapes and dtypes of a real batch of ``config`` (for init / eval_shape):
-  the family's ``input_spec`` filled with zeros (masks with ones, lengths full)."""
-  return spec_batch(family(config.model.name).input_spec(config), batch_size)
+def dummy_batch(data, model, batch_size: int) -> dict:
+  """A batch with the shapes and dtypes of a real batch (for init / eval_shape): the
+  ``input_spec(data, model)`` of the family ``model.name`` filled with zeros (masks with ones,
+  lengths full)."""
+  return spec_batch(family(model.name).input_spec(data, model), batch_size)
 
 
 def conform(spec, batch):

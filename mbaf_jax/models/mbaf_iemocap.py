@@ -144,9 +144,10 @@ def build(model_config, fusion_kind: str, *, vocab_size: int | None = None,
 
 
 # --------------------------------------------------------------------------- inputs
-def input_spec(config) -> dict:
+def input_spec(data, model) -> dict:
   """The batch schema: S = round(max_seconds · sample_rate) samples, L = max_tokens words."""
-  d = config.data
+  del model  # the shapes are the data's
+  d = data
   s, n = int(round(d.max_seconds * d.sample_rate)), int(d.max_tokens)
   return {"waves": factory.Field((s,), np.float32),
           "lengths": factory.Field((), np.int32, s),
@@ -188,7 +189,7 @@ def load_word_vocab(workdir: str) -> dict:
   return vocab
 
 
-def preprocessor(config, workdir: str, raw=None) -> factory.Preprocessing:
+def preprocessor(data, model, workdir: str, raw=None) -> factory.Preprocessing:
   """The text encoder's word → id map: built from ``raw["texts"]`` and saved as
   ``workdir/vocab.json`` in training; loaded from there (never rebuilt) for inference
   (``raw`` None).
@@ -199,7 +200,7 @@ def preprocessor(config, workdir: str, raw=None) -> factory.Preprocessing:
   Raises:
     UserError: (inference) the vocabulary file is missing or unreadable.
   """
-  del config  # the vocabulary has no options
+  del data, model  # the vocabulary has no options
   if raw is None:
     vocab = load_word_vocab(workdir)
   else:
@@ -223,34 +224,35 @@ def _fixed_waves(waves, lengths, samples: int):
   return x, n
 
 
-def make_inputs(config, raw, pre: factory.Preprocessing) -> dict:
+def make_inputs(data, model, raw, pre: factory.Preprocessing) -> dict:
   """Raw audio + text examples (``factory`` module doc) → the MBAF IEMOCAP batch
   (``input_spec``): raw audio cut to ``max_seconds`` and zero-padded, word ids of the run's
-  vocabulary; ``pre`` is ``preprocessor(config, workdir, ...)``. Returns the batch dict of N
-  rows."""
-  d = config.data
+  vocabulary; ``pre`` is ``preprocessor(data, model, workdir, ...)``. Returns the batch dict of
+  N rows."""
+  d = data
   x, lengths = _fixed_waves(raw["waves"], raw.get("lengths"),
                             int(round(d.max_seconds * d.sample_rate)))
   ids, mask = text_cnn_rnn.encode_texts(list(raw["texts"]), pre.state,
                                         max_tokens=int(d.max_tokens))
-  return factory.conform(input_spec(config), {"waves": x, "lengths": lengths,
+  return factory.conform(input_spec(data, model), {"waves": x, "lengths": lengths,
                                               "token_ids": ids, "text_mask": mask})
 
 
 # --------------------------------------------------------------------------- GloVe
-def glove_embedding(config, vocab: dict, verbose: bool = True) -> np.ndarray:
-  """The MBAF text encoder's initial embedding from ``config.model.text.glove`` (MBAF §4.1:
+def glove_embedding(model, vocab: dict, *, seed: int, verbose: bool = True) -> np.ndarray:
+  """The MBAF text encoder's initial embedding from ``model.text.glove`` (MBAF §4.1:
   GloVe-300d, via its ref. [47]).
 
   Row ``i`` is the GloVe vector of the word with id ``i`` (lowercased lookup as a fallback);
   row 0 (``<pad>``) is zeros; words not in the file (``<unk>`` among them) get
   N(0, σ²) vectors, σ = the standard deviation of the vectors found (0.1 if none), drawn from
-  ``fold_in(key(config.seed), GLOVE_KEY_SALT)`` — the same matrix for every fold and process
+  ``fold_in(key(seed), GLOVE_KEY_SALT)`` — the same matrix for every fold and process
   (not in paper).
 
   Args:
-    config: the run's config (``model.text.glove``, ``model.text.kwargs.embed_dim``, ``seed``).
+    model: ``config.model`` (``text.glove``, ``text.kwargs.embed_dim``).
     vocab: the run's word → id map (``text_cnn_rnn.build_vocab``, saved as ``vocab.json``).
+    seed: the run's seed (``config.seed``).
     verbose: print how many vocabulary words were found / missing.
 
   Returns:
@@ -258,11 +260,11 @@ def glove_embedding(config, vocab: dict, verbose: bool = True) -> np.ndarray:
 
   Raises:
     UserError: the file is missing, unreadable, malformed or of another dimension than
-      ``config.model.text.kwargs.embed_dim``.
+      ``model.text.kwargs.embed_dim``.
   """
-  path = config.model.text.glove
-  dim = int(config.model.text.kwargs.get("embed_dim", 300))
-  key = jax.random.fold_in(jax.random.key(config.seed), GLOVE_KEY_SALT)
+  path = model.text.glove
+  dim = int(model.text.kwargs.get("embed_dim", 300))
+  key = jax.random.fold_in(jax.random.key(seed), GLOVE_KEY_SALT)
   expected = (f"a GloVe text file of {dim}-d vectors (one word and {dim} numbers per line, "
               f"e.g. glove.6B.{dim}d.txt) to match config.model.text.kwargs.embed_dim={dim}")
   try:
@@ -283,9 +285,22 @@ def glove_embedding(config, vocab: dict, verbose: bool = True) -> np.ndarray:
   return table.matrix
 
 
-def text_embedding(config, workdir: str, verbose: bool = True):
-  """The GloVe matrix of the run's vocabulary (``workdir/vocab.json``) when
-  ``config.model.text.glove`` is set (``glove_embedding``), else None (random init)."""
-  if not config.model.text.get("glove", ""):
+def text_embedding(data, model, workdir: str, *, seed: int, verbose: bool = True):
+  """The GloVe matrix of the run's vocabulary (``workdir/vocab.json``) when ``model.text.glove``
+  is set (``glove_embedding`` with ``seed``), else None (random init)."""
+  del data
+  if not model.text.get("glove", ""):
     return None
-  return glove_embedding(config, load_word_vocab(workdir), verbose=verbose)
+  return glove_embedding(model, load_word_vocab(workdir), seed=seed, verbose=verbose)
+
+
+def raw_inputs(data, model) -> tuple:
+  """``(waves, texts)``: a waveform at ``data.sample_rate`` and its transcript per example."""
+  del model
+  return factory.audio_text_inputs(data)
+
+
+def raw_examples(data, model, columns) -> dict:
+  """``(waves, texts)`` columns → ``{"waves", "texts"}`` (``make_inputs``)."""
+  del data, model
+  return factory.audio_text_examples(columns)
