@@ -1,4 +1,4 @@
-"""Bring-your-own-data manifests (train/manifest_data.py, configs/manifest.py).
+"""Bring-your-own-data manifests (mbaf_jax/data/manifest.py, configs/manifest.py).
 
 The manifests are written from the synthetic IEMOCAP corpus; the loader's output is checked
 against the corpus itself (labels, texts, audio decoded independently with soundfile) and the
@@ -14,11 +14,12 @@ import soundfile as sf
 
 from configs import manifest as manifest_config
 from mbaf_jax.data import iemocap, synthetic
+from mbaf_jax.data import manifest
 from mbaf_jax.data.report import DataError, LoadSummary
-from train import datasets
 from train import main as main_lib
-from train import manifest_data
 from train.errors import UserError
+
+import plans  # tests/plans.py
 
 CLASSES = ("ang", "hap", "neu", "sad")
 
@@ -62,9 +63,9 @@ def _config(manifest, variant="smoke", **data):
 
 def test_csv_and_jsonl_load_the_corpus(corpus, tmp_path):
   base, rows = corpus
-  csv_ds = datasets.manifest_dataset(
+  csv_ds = plans.manifest_dataset(
       _config(_write_csv(os.path.join(base, "m.csv"), rows)), str(tmp_path / "w1"))
-  json_ds = datasets.manifest_dataset(
+  json_ds = plans.manifest_dataset(
       _config(_write_jsonl(os.path.join(base, "m.jsonl"), rows)), str(tmp_path / "w2"))
   want = np.array([CLASSES.index(r["label"]) for r in rows])
   for ds in (csv_ds, json_ds):
@@ -97,11 +98,11 @@ def test_class_names_order_and_unknown_labels_are_skipped(corpus, tmp_path):
   path = _write_csv(os.path.join(base, "order.csv"), rows)
   c = _config(path, class_names="sad,neu,hap")  # 'ang' rows are unknown → skipped
   c.model.num_classes = 3
-  ds = datasets.manifest_dataset(c, str(tmp_path))
+  ds = plans.manifest_dataset(c, str(tmp_path))
   kept = [r for r in rows if r["label"] != "ang"]
   np.testing.assert_array_equal(ds.labels, [("sad", "neu", "hap").index(r["label"])
                                             for r in kept])
-  assert ds.summary.counts[manifest_data.REASON_UNKNOWN_LABEL] == len(rows) - len(kept)
+  assert ds.summary.counts[manifest.REASON_UNKNOWN_LABEL] == len(rows) - len(kept)
 
 
 def test_bad_rows_are_counted_and_strict_raises(corpus, tmp_path):
@@ -111,15 +112,15 @@ def test_bad_rows_are_counted_and_strict_raises(corpus, tmp_path):
   path = _write_jsonl(os.path.join(base, "bad.jsonl"), bad + rows[3:])
   with open(path, "a") as f:
     f.write("not json\n")
-  ds = datasets.manifest_dataset(_config(path), str(tmp_path))
+  ds = plans.manifest_dataset(_config(path), str(tmp_path))
   assert len(ds.labels) == len(rows) - 3
   s = ds.summary
-  assert s.counts[manifest_data.REASON_MISSING_FIELD] == 2
-  assert s.counts[manifest_data.REASON_BAD_LINE] == 1
+  assert s.counts[manifest.REASON_MISSING_FIELD] == 2
+  assert s.counts[manifest.REASON_BAD_LINE] == 1
   assert sum(n for r, n in s.counts.items() if "file" in r or "unreadable" in r) >= 1, s.format()
   assert s.total_skipped == 4
   with pytest.raises(DataError, match="missing field|no such file|unreadable|not a JSON"):
-    manifest_data.read_manifest(path, (), _strict_summary())
+    manifest.load_manifest(path, (), _strict_summary())
 
 
 def test_duplicate_rows_are_kept_once_and_counted_conflicts_are_errors(corpus, tmp_path):
@@ -127,20 +128,39 @@ def test_duplicate_rows_are_kept_once_and_counted_conflicts_are_errors(corpus, t
   audio with another label or group is refused, naming the lines."""
   base, rows = corpus
   path = _write_csv(os.path.join(base, "dups.csv"), rows + [rows[0], dict(rows[1], text="x")])
-  paths, _, labels, _, _ = manifest_data.read_manifest(path, (), LoadSummary(name="m"))
+  paths, _, labels, _, _ = manifest.load_manifest(path, (), LoadSummary(name="m"))
   assert len(paths) == len(set(paths)) == len(rows)
   s = LoadSummary(name="m")
-  manifest_data.read_manifest(path, (), s)
-  assert s.counts[manifest_data.REASON_DUPLICATE] == 2
-  assert f"{path}:{len(rows) + 2} (= line 2)" in s.examples[manifest_data.REASON_DUPLICATE]
+  manifest.load_manifest(path, (), s)
+  assert s.counts[manifest.REASON_DUPLICATE] == 2
+  assert f"{path}:{len(rows) + 2} (= line 2)" in s.examples[manifest.REASON_DUPLICATE]
   other = "sad" if rows[0]["label"] != "sad" else "ang"
   path = _write_csv(os.path.join(base, "conflict.csv"),
                     rows + [dict(rows[0], label=other), dict(rows[1], group="elsewhere")])
   with pytest.raises(UserError, match=rf"2 row\(s\) repeat an audio file .*line {len(rows) + 2} "
                      rf"repeats the audio of line 2 with another label"):
-    manifest_data.read_manifest(path, (), LoadSummary(name="m"))
+    manifest.load_manifest(path, (), LoadSummary(name="m"))
   with pytest.raises(DataError, match="duplicate of an earlier row"):
-    manifest_data.read_manifest(os.path.join(base, "dups.csv"), (), _strict_summary())
+    manifest.load_manifest(os.path.join(base, "dups.csv"), (), _strict_summary())
+
+
+def test_read_manifest_rows_with_lines_bom_and_alternative_columns(tmp_path):
+  """The one reader: a TSV with a byte order mark and upper-case names, a column read under
+  either of two names, paths resolved against the manifest's folder, a bad row kept with its
+  line and reason (and counted by a summary)."""
+  p = tmp_path / "m.tsv"
+  p.write_bytes("\ufeffAudio\tText\textra\n a/b.wav \t hi \tz\n\tx\tz\n".encode("utf-8"))
+  s = LoadSummary(name="m")
+  rows = manifest.read_manifest(str(p), [("wav", "audio"), "text"], may_be_empty=("text",),
+                                path_columns=("wav",), summary=s)
+  assert rows == [manifest.Row(2, {"wav": str(tmp_path / "a" / "b.wav"), "text": " hi "}),
+                  manifest.Row(3, {"wav": "", "text": ""}, "empty 'audio' column")]
+  assert s.counts[manifest.REASON_MISSING_FIELD] == 1 and f"{p}:3" in s.examples[
+      manifest.REASON_MISSING_FIELD][0]
+  with pytest.raises(UserError, match=r"has no column\(s\) \['label'\] \(found \['audio', "):
+    manifest.read_manifest(str(p), ["audio", "label"])
+  with pytest.raises(UserError, match=r"cannot be read"):
+    manifest.read_manifest(str(tmp_path / "absent.jsonl"), ["audio"])
 
 
 def _strict_summary():
@@ -150,25 +170,25 @@ def _strict_summary():
 def test_user_errors(corpus, tmp_path):
   base, rows = corpus
   with pytest.raises(UserError, match=r"no column\(s\) \['group'\]"):
-    datasets.manifest_dataset(
+    plans.manifest_dataset(
         _config(_write_csv(os.path.join(base, "nogroup.csv"), rows, ("audio", "text", "label"))),
         str(tmp_path))
   with pytest.raises(UserError, match="does not exist"):
-    datasets.manifest_dataset(_config(os.path.join(base, "absent.csv")), str(tmp_path))
+    plans.manifest_dataset(_config(os.path.join(base, "absent.csv")), str(tmp_path))
   with pytest.raises(UserError, match="data_dir is empty"):
-    datasets.manifest_dataset(_config(""), str(tmp_path))
+    plans.manifest_dataset(_config(""), str(tmp_path))
   with pytest.raises(UserError, match="extension"):
     open(os.path.join(base, "m.txt"), "w").close()
-    datasets.manifest_dataset(_config(os.path.join(base, "m.txt")), str(tmp_path))
+    plans.manifest_dataset(_config(os.path.join(base, "m.txt")), str(tmp_path))
   path = _write_csv(os.path.join(base, "ok.csv"), rows)
   c = _config(path)
   c.model.num_classes = 3
   with pytest.raises(UserError, match="num_classes=4"):
-    datasets.manifest_dataset(c, str(tmp_path))
+    plans.manifest_dataset(c, str(tmp_path))
   with pytest.raises(UserError, match="num_groups=99"):
-    datasets.manifest_dataset(_config(path, num_groups=99), str(tmp_path))
+    plans.manifest_dataset(_config(path, num_groups=99), str(tmp_path))
   with pytest.raises(UserError, match="protocol"):
-    datasets.manifest_dataset(_config(path, protocol="loso"), str(tmp_path))
+    plans.manifest_dataset(_config(path, protocol="loso"), str(tmp_path))
 
 
 def test_configs():
@@ -185,7 +205,7 @@ def test_configs():
 def test_mbaf_inputs(corpus, tmp_path):
   """The MBAF variant gets raw waves (first 0.5 s, as decoded by soundfile) and token ids."""
   base, rows = corpus
-  ds = datasets.manifest_dataset(
+  ds = plans.manifest_dataset(
       _config(_write_csv(os.path.join(base, "mb.csv"), rows), "mbaf,smoke"), str(tmp_path))
   assert ds.inputs["waves"].shape == (len(rows), 8000)
   for i in (0, 7):

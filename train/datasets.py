@@ -18,12 +18,11 @@ from mbaf_jax.data import audio as audio_lib
 from mbaf_jax.data import cebs
 from mbaf_jax.data import folds as folds_lib
 from mbaf_jax.data import iemocap
+from mbaf_jax.data import manifest as manifest_lib
 from mbaf_jax.data import synthetic
 from mbaf_jax.data import synthetic_cebs
 from mbaf_jax.data.report import LoadSummary
 from mbaf_jax.errors import UserError
-from mbaf_jax.models import factory
-from train import manifest_data
 from train import workdir as workdir_lib
 from train.progress import phase
 
@@ -188,8 +187,62 @@ def _cebs(d, model, family, seed: int, workdir: str) -> Dataset:
   return Dataset(inputs, labels, folds, CEBS_CLASSES, vocab_size, corpus.summary)
 
 
+def manifest_class_names(data) -> tuple:
+  """``data.class_names`` ("a,b,c" or a list) as a tuple; () = the manifest's sorted labels."""
+  raw = data.class_names
+  if isinstance(raw, (list, tuple)):
+    return tuple(str(x).strip() for x in raw if str(x).strip())
+  return tuple(x.strip() for x in str(raw or "").split(",") if x.strip())
+
+
+def val_fraction(validation: str) -> float:
+  """"none" → 0, "random<NN>" → NN / 100, anything else (e.g. the LOSO "speaker") → 0.1."""
+  v = str(validation)
+  if v == "none":
+    return 0.0
+  if v.startswith("random") and v[6:].isdigit() and 0 <= int(v[6:]) < 100:
+    return int(v[6:]) / 100
+  return 0.1  # not in paper
+
+
+def manifest_path(data) -> str:
+  """The manifest file ``data.data_dir`` names (``data.dataset == "manifest"``).
+
+  Raises:
+    UserError: data_dir is empty, a directory or missing.
+  """
+  path = os.path.expanduser(data.data_dir)
+  if not path:
+    raise UserError("config.data.data_dir is empty; for dataset='manifest' set "
+                    "--config.data.data_dir=/path/to/manifest.csv (or .jsonl) with the columns "
+                    "audio,text,label,group.")
+  if os.path.isdir(path):
+    raise UserError(f"config.data.data_dir={path!r} is a directory; for dataset='manifest' it "
+                    "must be the manifest file itself (.csv or .jsonl).")
+  if not os.path.isfile(path):
+    raise UserError(f"manifest {path!r} does not exist; set --config.data.data_dir to a .csv or "
+                    ".jsonl file with the columns audio,text,label,group.")
+  return path
+
+
+def class_names(data) -> tuple:
+  """The class names of the data set of ``data`` (``config.data``), in label order: IEMOCAP's,
+  CEBS's, or a manifest's (``data.class_names``, else the sorted labels of its rows, by the
+  rule training applies).
+
+  Raises:
+    UserError: a manifest without ``class_names`` that cannot be read.
+  """
+  if data.dataset == "iemocap":
+    return IEMOCAP_CLASSES
+  if data.dataset == "cebs":
+    return CEBS_CLASSES
+  return manifest_class_names(data) or manifest_lib.load_manifest(manifest_path(data)).class_names
+
+
 def manifest_dataset(d, model, family, seed: int, workdir: str) -> Dataset:
-  """The Dataset of a manifest (``config.data.dataset == "manifest"``, ``train.manifest_data``).
+  """The Dataset of a manifest (``config.data.dataset == "manifest"``,
+  ``mbaf_jax.data.manifest.load_manifest``).
 
   Args:
     d: the config's ``data`` section: ``data_dir`` (the manifest), ``class_names``,
@@ -210,9 +263,9 @@ def manifest_dataset(d, model, family, seed: int, workdir: str) -> Dataset:
     raise UserError(f"config.data.protocol={d.protocol!r} does not apply to a manifest; use "
                     "'group' (grouped k-fold over the manifest's group column).")
   summary = LoadSummary(name="manifest", strict=bool(d.strict))
-  path = os.path.expanduser(d.data_dir)
-  paths, texts, labels, groups, names = manifest_data.read_manifest(
-      path, manifest_data.class_names(d), summary)
+  path = manifest_path(d)
+  paths, texts, labels, groups, names = manifest_lib.load_manifest(
+      path, manifest_class_names(d), summary)
   if not paths:
     raise UserError(f"manifest {path!r}: no usable rows. {summary.format()}")
   keep = _subset(len(paths), labels, d.max_examples, seed)
@@ -239,9 +292,8 @@ def manifest_dataset(d, model, family, seed: int, workdir: str) -> Dataset:
     raise UserError(f"config.data.num_groups={d.num_groups} but the manifest has {n_ids} distinct "
                     "group value(s); grouped cross-validation needs 2 <= num_groups <= that "
                     "number (set --config.data.num_groups, or use finer groups).")
-  val_fraction = manifest_data.val_fraction(d.validation)
   folds = folds_lib.group_kfold(groups, n_groups=d.num_groups, seed=seed,
-                                val_fraction=val_fraction, name="group")
+                                val_fraction=val_fraction(d.validation), name="group")
   summary.info.update(rows=len(labels), groups=int(n_ids),
                       classes=", ".join(f"{n}: {int((labels == j).sum())}"
                                         for j, n in enumerate(names)))

@@ -1,5 +1,5 @@
-"""Data: IEMOCAP and PhysioNet CEBS loaders in their real on-disk formats,
-synthetic corpora in the same formats, folds, batching."""
+"""Data: IEMOCAP and PhysioNet CEBS loaders in their real on-disk formats, your own CSV / JSONL
+manifests, synthetic corpora in the same formats, folds, batching."""
 from mbaf_jax._lazy import lazy_exports
 
 _EXPORTS = {
@@ -11,6 +11,8 @@ _EXPORTS = {
     "write_cebs": "synthetic",
     "Batcher": "pipeline",
     "load_waveforms": "audio",
+    "read_manifest": "manifest",
+    "load_manifest": "manifest",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
