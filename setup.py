@@ -32,7 +32,8 @@ setup(
     ],
     extras_require={
         # scikit-learn ships the real digits data of examples/fusion_study.py and its tests.
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.3"],
+        # hypothesis drives the property-based loader fuzzing (tests/test_fuzz_loaders.py).
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.3", "hypothesis>=6.100"],
         # PyTorch peer of benchmarks/bench_vs_torch.py and tests/test_torch_reference.py
         # (both skip without it); not needed by the library.
         "bench": ["torch==2.13.0"],

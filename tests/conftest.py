@@ -16,6 +16,10 @@
   everything. It is set in this process only (``jax.config``), not through the environment:
   subprocesses (the multi-process tests) compile on their own, since JAX writes cache entries
   non-atomically and concurrent processes could read a half-written one.
+* Hypothesis profiles of the property tests (``tests/test_fuzz_loaders.py``): "ci" (60 examples
+  per test, derandomized so a failure reproduces, no example database) under ``CI=true``, "dev"
+  (15 per test) otherwise, "thorough" (1,000 per test) with ``HYPOTHESIS_PROFILE=thorough``;
+  ``MBAF_FUZZ_EXAMPLES=N`` sets the number of examples per test of any of them.
 """
 import atexit
 import contextlib
@@ -38,6 +42,7 @@ os.environ["XLA_FLAGS"] = _flags.strip()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
   _cache = tempfile.mkdtemp(prefix="mbaf_jax_test_xla_")
@@ -47,6 +52,19 @@ if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
 
 def _truthy(value):
   return str(value).lower() in ("1", "true", "yes", "on")
+
+
+# A shared 2-core machine makes example times vary: no deadline in any profile.
+settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True, database=None,
+                          print_blob=True)
+settings.register_profile("dev", max_examples=15, deadline=None)
+settings.register_profile("thorough", max_examples=1000, deadline=None)
+_profile = os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if _truthy(os.environ.get("CI", "")) else "dev")
+if os.environ.get("MBAF_FUZZ_EXAMPLES"):
+  settings.register_profile(_profile + "+examples", settings.get_profile(_profile),
+                            max_examples=int(os.environ["MBAF_FUZZ_EXAMPLES"]))
+  _profile += "+examples"
+settings.load_profile(_profile)
 
 
 def pytest_addoption(parser):

@@ -280,10 +280,12 @@ def test_undecodable_text_file_and_crlf(root, corpus_dir):
   with open(_emo_path(root, u), "wb") as f:
     f.write(b"\xff\xfe\x00binary junk\x80\x81")
   c = iemocap.load_iemocap(root, verbose=False)
-  # The dialog's turns lose their labels: its wavs and transcript lines are counted as unmatched.
+  # Its one line is not UTF-8: a malformed line. The dialog's turns lose their labels: its wavs
+  # and transcript lines are counted as unmatched.
   n_dialog = sum(1 for x in corpus_dir[1]["utterances"] if x["dialog"] == u["dialog"])
-  assert c.summary.counts == {"unreadable text file": 1, "wav without label": n_dialog,
+  assert c.summary.counts == {"malformed EmoEvaluation line": 1, "wav without label": n_dialog,
                               "transcript line without label": n_dialog}
-  assert _emo_path(root, u) in c.summary.examples["unreadable text file"][0]
+  assert c.summary.examples["malformed EmoEvaluation line"][0].startswith(_emo_path(root, u) + ":1: ")
+  assert "not UTF-8" in c.summary.examples["malformed EmoEvaluation line"][0]
   with pytest.raises(ValueError, match="sessions"):
     iemocap.load_iemocap(root, sessions="one", verbose=False)

@@ -23,6 +23,9 @@ from mbaf_jax.data.report import DataError, LoadSummary
 REASON_UNREADABLE = "unreadable wav"
 REASON_EMPTY = "empty wav"
 REASON_NONFINITE = "non-finite (NaN/inf) samples"
+# Lowest sample rate accepted from a file's header: below it the "audio" is a damaged header
+# (resampling 1 Hz to 16 kHz would multiply the samples by 16,000).
+MIN_FILE_SAMPLE_RATE = 1000
 
 
 class AudioFileError(DataError):
@@ -34,20 +37,23 @@ class AudioFileError(DataError):
     super().__init__(f"{reason}: {path}" + (f" ({detail})" if detail else ""))
 
 
-def read_wav(path, sr: int = 16000) -> np.ndarray:
+def read_wav(path, sr: int = 16000, max_seconds: float | None = None) -> np.ndarray:
   """Reads one audio file as mono float32 in [-1, 1] at ``sr`` Hz.
 
   Args:
     path: an audio file soundfile can read (wav/flac/ogg).
     sr: target sampling rate; other rates are resampled with
       ``librosa.resample`` (soxr_hq).
+    max_seconds: read only the first ``max_seconds`` of the file (before
+      resampling, so a long file costs no more than its kept part); None: all.
 
   Returns:
     (S,) float32 waveform, S > 0.
 
   Raises:
     AudioFileError: (a DataError) the file is missing or not decodable,
-      holds no samples, or holds NaN/inf samples; the message names the file.
+      its header gives a sample rate below MIN_FILE_SAMPLE_RATE, it holds no
+      samples, or holds NaN/inf samples; the message names the file.
   """
   import soundfile as sf  # pylint: disable=g-import-not-at-top
   if sr <= 0:
@@ -56,7 +62,16 @@ def read_wav(path, sr: int = 16000) -> np.ndarray:
   if not os.path.isfile(path):
     raise AudioFileError(REASON_UNREADABLE, path, "no such file")
   try:
-    data, file_sr = sf.read(path, dtype="float32", always_2d=True)
+    with sf.SoundFile(path) as f:
+      file_sr = f.samplerate
+      if file_sr < MIN_FILE_SAMPLE_RATE:
+        raise AudioFileError(REASON_UNREADABLE, path, f"its header gives a sample rate of {file_sr} Hz "
+                             f"(below {MIN_FILE_SAMPLE_RATE} Hz: a damaged header, not audio)")
+      # A 0.1 s margin past the cut, so resampling sees the same samples around it as in the whole file.
+      frames = -1 if max_seconds is None else int(np.ceil((max_seconds + 0.1) * file_sr))
+      data = f.read(frames=frames, dtype="float32", always_2d=True)
+  except AudioFileError:
+    raise
   except Exception as e:  # soundfile raises LibsndfileError/RuntimeError/TypeError on junk.
     raise AudioFileError(REASON_UNREADABLE, path, f"soundfile could not decode it: {e}") from None
   if data.size == 0:
@@ -70,6 +85,8 @@ def read_wav(path, sr: int = 16000) -> np.ndarray:
     wave = librosa.resample(wave, orig_sr=file_sr, target_sr=sr)
     if wave.size == 0:
       raise AudioFileError(REASON_EMPTY, path, f"0 samples after resampling {file_sr} Hz -> {sr} Hz")
+  if max_seconds is not None:
+    wave = wave[:int(round(max_seconds * sr))]
   return np.ascontiguousarray(wave, dtype=np.float32)
 
 
@@ -91,9 +108,8 @@ def _decode_one(path, sr, max_samples, cache_dir):
           return np.load(cached), None
         except (OSError, ValueError):
           pass  # A damaged cache entry is decoded again and rewritten.
-    wave = read_wav(path, sr)
-    if max_samples is not None:
-      wave = wave[:max_samples]
+    wave = read_wav(path, sr, None if max_samples is None else max_samples / sr)
+    wave = wave[:max_samples]
     if cached is not None:
       tmp = f"{cached}.{os.getpid()}.{id(wave)}.tmp.npy"
       np.save(tmp, wave)

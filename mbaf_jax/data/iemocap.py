@@ -7,7 +7,10 @@ The 4-class set is ang, hap (with exc merged into it), neu, sad; every other
 label (xxx, fru, sur, fea, oth, dis) is excluded and counted by label. Labels
 outside the known set, malformed lines, utterances without a transcript line or
 without a wav are skipped and counted in the corpus :class:`LoadSummary`
-(``strict=True`` raises instead), and so is what no label matches: a sentence
+(``strict=True`` raises instead); text files are split at LF (a UTF-8 BOM and CRs
+ignored) and decoded line by line, so a line that is not UTF-8 is one malformed
+line, and a second transcript line for an id is counted as a duplicate (the
+first is kept). So is what no label matches: a sentence
 wav or a transcript line without an EmoEvaluation line, and a session folder
 without its ``dialog/EmoEvaluation``, ``dialog/transcriptions`` or
 ``sentences/wav`` folder. A corpus whose utterances do not cover all five
@@ -25,6 +28,7 @@ turns), its counts are compared with the published 5,531 = 1,103 / 1,636 /
 Smaller corpora (the synthetic ones, a subset) are reported once as "not
 compared", without warnings.
 """
+import codecs
 import collections
 import dataclasses
 import glob
@@ -135,13 +139,30 @@ def _visible_txt(directory):
                 if os.path.isfile(p) and not os.path.basename(p).startswith("."))
 
 
-def _read_text(path, summary):
+def _read_lines(path, summary):
+  """``(line number, text, is UTF-8)`` for every line of a text file.
+
+  Lines are split at LF only (a CR before it is stripped by the parsers; a form feed or other
+  Unicode line break inside a line stays in it, so line numbers are those of an editor). A UTF-8
+  BOM is ignored. Each line is decoded on its own: a line that is not UTF-8 comes back with
+  U+FFFD in place of its bad bytes and ``False``, so one damaged byte costs one line, not the file.
+  A file that cannot be opened is counted as "unreadable text file" and gives no lines.
+  """
   try:
-    with open(path, "r", encoding="utf-8", errors="strict") as f:
-      return f.read().splitlines()
-  except (OSError, UnicodeDecodeError) as e:
+    with open(path, "rb") as f:
+      raw = f.read()
+  except OSError as e:
     summary.skip("unreadable text file", f"{path} ({e.__class__.__name__}: {e})")
     return []
+  if raw.startswith(codecs.BOM_UTF8):
+    raw = raw[len(codecs.BOM_UTF8):]
+  lines = []
+  for lineno, chunk in enumerate(raw.split(b"\n"), 1):
+    try:
+      lines.append((lineno, chunk.decode("utf-8"), True))
+    except UnicodeDecodeError:
+      lines.append((lineno, chunk.decode("utf-8", "replace"), False))
+  return lines
 
 
 def parse_emo_evaluation(path, summary: LoadSummary, malformed_ids=None):
@@ -158,16 +179,17 @@ def parse_emo_evaluation(path, summary: LoadSummary, malformed_ids=None):
     list of ``(utterance_id, raw_label, start, end, (v, a, d))``.
   """
   rows = []
-  for lineno, line in enumerate(_read_text(path, summary), 1):
+  for lineno, line, utf8 in _read_lines(path, summary):
     line = line.rstrip()  # CR of CRLF files, trailing blanks
     if not line or line.startswith(("%", "C-", "A-")):
       continue  # header, blank, per-evaluator category (C-) and attribute (A-) lines
-    m = SUMMARY_LINE.match(line)
+    m = SUMMARY_LINE.match(line) if utf8 else None
     if m is None:
       if malformed_ids is not None:
         malformed_ids.update(MENTIONED_ID.findall(line))
-      summary.skip("malformed EmoEvaluation line", f"{path}:{lineno}: {line[:80]!r} (expected "
-                   "'[START - END]<TAB>ID<TAB>LABEL<TAB>[V, A, D]' with 4-decimal numbers)")
+      summary.skip("malformed EmoEvaluation line", f"{path}:{lineno}: {line[:80]!r} (" + (
+          "expected '[START - END]<TAB>ID<TAB>LABEL<TAB>[V, A, D]' with 4-decimal numbers)"
+          if utf8 else "not UTF-8 text)"))
       continue
     start, end, uid, label = float(m[1]), float(m[2]), m[3], m[4]
     rows.append((uid, label, start, end, (float(m[5]), float(m[6]), float(m[7]))))
@@ -179,25 +201,31 @@ def parse_transcription(path, summary: LoadSummary, counters: collections.Counte
 
   Lines not starting with ``Ses`` (noise such as ``M: sorry``) and ``XX`` ids
   (no label, no wav) are counted in ``counters``; ``Ses`` lines that do not
-  match the format are counted in ``summary``.
+  match the format or are not UTF-8, and a second line for the same id (the
+  first is kept), are counted in ``summary``.
   """
-  texts = {}
-  for lineno, line in enumerate(_read_text(path, summary), 1):
+  texts, first_line = {}, {}
+  for lineno, line, utf8 in _read_lines(path, summary):
     line = line.rstrip("\r")
     if not line.strip():
       continue
     if not line.startswith("Ses"):
       counters["transcript noise lines"] += 1
       continue
-    m = TRANSCRIPT_LINE.match(line)
+    m = TRANSCRIPT_LINE.match(line) if utf8 else None
     if m is None:
-      summary.skip("malformed transcription line", f"{path}:{lineno}: {line[:80]!r} (expected "
-                   "'ID [SSS.SSSS-EEE.EEEE]: text')")
+      summary.skip("malformed transcription line", f"{path}:{lineno}: {line[:80]!r} (" + (
+          "expected 'ID [SSS.SSSS-EEE.EEEE]: text')" if utf8 else "not UTF-8 text)"))
       continue
     if XX_ID.match(m[1]):
       counters["transcript XX ids"] += 1
       continue
+    if m[1] in texts:
+      summary.skip("duplicate transcription line", f"{path}:{lineno}: {m[1]} (its line "
+                   f"{first_line[m[1]]} is kept)")
+      continue
     texts[m[1]] = m[4].strip()
+    first_line[m[1]] = lineno
   return texts
 
 

@@ -1,0 +1,423 @@
+"""Property-based fuzzing of the data loaders: damaged real-format inputs end as data read, an item
+skipped and counted in the loader's report, or one DataError naming the file — never another
+exception, never a silent drop.
+
+Each property test copies a small synthetic corpus written once per module (hard links; a mutated
+file is rewritten as a new file), damages one or a few files with hypothesis-drawn mutations
+(truncation, byte flips, deleted / duplicated / inserted lines, BOMs, CRLF, UTF-16, Latin-1) and
+checks the loader's counts against what the damaged tree holds, counted here independently of the
+loader. Example counts come from the hypothesis profiles in tests/conftest.py ("ci" under CI=true,
+"dev" otherwise, "thorough" or MBAF_FUZZ_EXAMPLES=N for more). Every bug these tests found has a
+plain regression test below the property test that found it.
+"""
+import codecs
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+import warnings
+
+import numpy as np
+import pytest
+import soundfile as sf
+import wfdb
+from hypothesis import given, strategies as st
+
+from mbaf_jax.data import audio, cebs, iemocap, synthetic, synthetic_cebs
+from mbaf_jax.data.report import DataError, LoadSummary
+
+# ------------------------------------------------------------------ mutations of a file's bytes
+
+_ENCODINGS = ("bom", "crlf", "utf16", "latin1", "nul")
+
+
+class Mutated(bytes):
+  """Mutated bytes whose repr (in hypothesis's report of a failing example) is the edits made."""
+  how = ""
+
+  def __repr__(self):
+    return f"<{len(self)} bytes: {self.how}>"
+
+
+@st.composite
+def byte_mutations(draw, data: bytes, max_ops: int = 3):
+  """:class:`Mutated` bytes: 1..max_ops edits of ``data``, applied in turn."""
+  ops = []
+  for _ in range(draw(st.integers(1, max_ops))):
+    op = draw(st.sampled_from(("truncate", "flip", "delete_line", "duplicate_line", "insert_bytes",
+                               "swap_lines", "encoding")))
+    lines = data.split(b"\n")
+    if op == "truncate":
+      k = draw(st.integers(0, len(data)))
+      data = data[:k]
+      ops.append(f"truncate at {k}")
+    elif op == "flip":
+      for _ in range(draw(st.integers(1, 3))):
+        if not data:
+          break
+        k = draw(st.integers(0, len(data) - 1))
+        x = draw(st.integers(1, 255))
+        data = data[:k] + bytes([data[k] ^ x]) + data[k + 1:]
+        ops.append(f"xor byte {k} with {x:#x}")
+    elif op == "delete_line":
+      i = draw(st.integers(0, len(lines) - 1))
+      data = b"\n".join(lines[:i] + lines[i + 1:])
+      ops.append(f"delete line {i + 1}")
+    elif op == "duplicate_line":
+      i = draw(st.integers(0, len(lines) - 1))
+      j = draw(st.integers(0, len(lines)))
+      data = b"\n".join(lines[:j] + [lines[i]] + lines[j:])
+      ops.append(f"copy line {i + 1} before line {j + 1}")
+    elif op == "swap_lines":
+      i, j = (draw(st.integers(0, len(lines) - 1)) for _ in range(2))
+      lines[i], lines[j] = lines[j], lines[i]
+      data = b"\n".join(lines)
+      ops.append(f"swap lines {i + 1} and {j + 1}")
+    elif op == "insert_bytes":
+      k = draw(st.integers(0, len(data)))
+      junk = draw(st.binary(min_size=1, max_size=12))
+      data = data[:k] + junk + data[k:]
+      ops.append(f"insert {junk!r} at {k}")
+    else:
+      enc = draw(st.sampled_from(_ENCODINGS))
+      if enc == "bom":
+        data = codecs.BOM_UTF8 + data
+      elif enc == "crlf":
+        data = data.replace(b"\n", b"\r\n")
+      elif enc == "utf16":
+        data = data.decode("utf-8", "replace").encode("utf-16")
+      elif enc == "latin1":  # a Latin-1 byte (not UTF-8) in place of one character
+        k = draw(st.integers(0, max(len(data) - 1, 0)))
+        data = data[:k] + draw(st.sampled_from((b"\xe9", b"\xfc", b"\xa0", b"\x85"))) + data[k + 1:]
+      else:
+        k = draw(st.integers(0, len(data)))
+        data = data[:k] + b"\x00" + data[k:]
+      ops.append(f"encoding {enc}")
+  out = Mutated(data)
+  out.how = "; ".join(ops)
+  return out
+
+
+def _rewrite(path, data: bytes):
+  """Replaces ``path`` by a new file (the copy's files are hard links to the template's)."""
+  os.remove(path)
+  with open(path, "wb") as f:
+    f.write(data)
+
+
+def _read(path) -> bytes:
+  with open(path, "rb") as f:
+    return f.read()
+
+
+@contextlib.contextmanager
+def _linked_copy(src_root, parts):
+  """A temporary copy of ``parts`` of ``src_root`` made of hard links; yields its root."""
+  tmp = tempfile.mkdtemp(prefix="mbaf_fuzz_")
+  try:
+    root = os.path.join(tmp, os.path.basename(src_root))
+    os.makedirs(root)
+    for part in parts:
+      src = os.path.join(src_root, part)
+      if os.path.isdir(src):
+        shutil.copytree(src, os.path.join(root, part), copy_function=os.link)
+      else:
+        os.link(src, os.path.join(root, part))
+    yield root
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _assert_names_file(err: DataError, root: str):
+  assert root in str(err), f"the DataError does not name a file under {root}: {err}"
+
+
+# ------------------------------------------------------------------ IEMOCAP
+
+IEMO_SESSIONS = (1, 2)
+IEMO_PARTS = ("README.txt",) + tuple(f"Session{s}" for s in IEMO_SESSIONS)
+# Skip reasons that stand for one EmoEvaluation summary line each.
+LABEL_LINE_REASONS = ("malformed EmoEvaluation line", "malformed utterance id", "duplicate utterance id",
+                      "unknown label", "missing transcript line", "missing wav")
+AUDIO_REASONS = (audio.REASON_UNREADABLE, audio.REASON_EMPTY, audio.REASON_NONFINITE)
+_MENTIONED = re.compile(r"\bSes0[1-5][FM]_\w+")
+
+
+@pytest.fixture(scope="module")
+def iemo(tmp_path_factory):
+  """A tiny synthetic IEMOCAP tree (sessions 1-2 are fuzzed), written once: (root, manifest)."""
+  out = tmp_path_factory.mktemp("fuzz_iemocap")
+  return synthetic.write_iemocap(out, size="tiny", seed=11, seconds=(0.1, 0.15), return_manifest=True)
+
+
+def _visible(directory, ext):
+  if not os.path.isdir(directory):
+    return []
+  return sorted(os.path.join(directory, f) for f in os.listdir(directory)
+                if f.endswith(ext) and not f.startswith(".") and os.path.isfile(os.path.join(directory, f)))
+
+
+def _emo_files(root, s):
+  return _visible(os.path.join(root, f"Session{s}", "dialog", "EmoEvaluation"), ".txt")
+
+
+def _tr_files(root, s):
+  return _visible(os.path.join(root, f"Session{s}", "dialog", "transcriptions"), ".txt")
+
+
+def _wav_files(root, s):
+  wav_root = os.path.join(root, f"Session{s}", "sentences", "wav")
+  found = []
+  if os.path.isdir(wav_root):
+    for d in sorted(os.listdir(wav_root)):
+      if not d.startswith("."):
+        found += _visible(os.path.join(wav_root, d), ".wav")
+  return found
+
+
+def _disk_lines(path):
+  """The lines of a text file as the release defines them: split at LF, a UTF-8 BOM ignored, CR
+  and trailing blanks stripped, bytes that are not UTF-8 replaced (such a line is still a line)."""
+  raw = _read(path)
+  if raw.startswith(codecs.BOM_UTF8):
+    raw = raw[len(codecs.BOM_UTF8):]
+  return [b.decode("utf-8", "replace").rstrip() for b in raw.split(b"\n")]
+
+
+def _label_lines(root, s):
+  """The EmoEvaluation summary lines of session ``s`` on disk: every line but blanks, the header
+  (``%``) and the evaluator lines (``C-``, ``A-``)."""
+  return [ln for p in _emo_files(root, s) for ln in _disk_lines(p)
+          if ln and not ln.startswith(("%", "C-", "A-"))]
+
+
+def _check_iemocap(root, corpus, excluded=None):
+  """The loader's counts against the tree on disk (counted here, not by the loader)."""
+  s = corpus.summary
+  label_lines = [ln for k in IEMO_SESSIONS for ln in _label_lines(root, k)]
+  n_excluded = sum(corpus.excluded.values())
+  accounted = len(corpus.utterances) + n_excluded + sum(s.counts[r] for r in LABEL_LINE_REASONS)
+  assert accounted == len(label_lines), (
+      f"{len(label_lines)} label lines on disk, but {len(corpus.utterances)} read + {n_excluded} "
+      f"excluded + label-line skips {dict(s.counts)}")
+  assert s.read["utterances (4-class)"] == len(corpus.utterances)
+  # Every wav no label line names is counted as a wav without label.
+  n_unlabelled = sum(
+      1 for k in IEMO_SESSIONS for w in _wav_files(root, k)
+      if os.path.basename(w)[:-4] not in {m for ln in _label_lines(root, k) for m in _MENTIONED.findall(ln)})
+  assert s.counts["wav without label"] == n_unlabelled
+  # Transcript noise lines (not starting with "Ses") are counted, each one.
+  noise = sum(1 for k in IEMO_SESSIONS for p in _tr_files(root, k) for ln in _disk_lines(p)
+              if ln.strip() and not ln.startswith("Ses"))
+  assert corpus.summary.info.get("transcript noise lines", 0) == noise
+  # What was read is what the files say: its label line, its wav, the first transcript line of its id.
+  for u in corpus.utterances:
+    assert os.path.isfile(u.wav_path)
+    emo = os.path.join(root, f"Session{u.session}", "dialog", "EmoEvaluation", u.dialog + ".txt")
+    assert any(ln.startswith("[") and f"\t{u.id}\t" in ln for ln in _disk_lines(emo))
+    tr = os.path.join(root, f"Session{u.session}", "dialog", "transcriptions", u.dialog + ".txt")
+    first = next(ln for ln in _disk_lines(tr) if ln.startswith(u.id + " "))
+    assert first.split("]:", 1)[1].strip() == u.text
+  if excluded is not None:
+    assert n_excluded == excluded
+
+
+def _load_both(root):
+  """Non-strict load (checked by the caller) and strict load: the strict one raises one DataError
+  naming a file under ``root`` exactly when the non-strict one skipped something."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    corpus = iemocap.load_iemocap(root, sessions=IEMO_SESSIONS, verbose=False)
+    if corpus.summary.total_skipped:
+      with pytest.raises(DataError) as e:
+        iemocap.load_iemocap(root, sessions=IEMO_SESSIONS, strict=True, verbose=False)
+      _assert_names_file(e.value, root)
+      if any(r in corpus.summary.counts for r in ("malformed EmoEvaluation line",
+                                                  "malformed transcription line")):
+        first = next(iter(corpus.summary.counts))
+        if first in ("malformed EmoEvaluation line", "malformed transcription line"):
+          assert re.search(r"\.txt:\d+: ", str(e.value)), f"no file:line in {e.value}"
+    else:
+      iemocap.load_iemocap(root, sessions=IEMO_SESSIONS, strict=True, verbose=False)
+  return corpus
+
+
+@given(data=st.data())
+def test_fuzz_iemocap_text_files(iemo, data):
+  """EmoEvaluation and transcription files damaged: every label line is read, excluded or counted."""
+  src, _ = iemo
+  with _linked_copy(src, IEMO_PARTS) as root:
+    files = [os.path.relpath(p, root) for s in IEMO_SESSIONS for p in _emo_files(root, s) + _tr_files(root, s)]
+    for name in data.draw(st.lists(st.sampled_from(files), min_size=1, max_size=2, unique=True),
+                          label="files"):
+      path = os.path.join(root, name)
+      _rewrite(path, data.draw(byte_mutations(_read(path)), label=name))
+    corpus = _load_both(root)
+    _check_iemocap(root, corpus)
+
+
+_DIALOG = "Ses01F_impro01"
+_LINE = "[1.0000 - 2.0000]\t{uid}\t{label}\t[2.5000, 2.5000, 2.5000]"
+
+
+def _one_dialog(tmp_path, emo: bytes, transcript: bytes, ids=("F000", "M000", "F001")):
+  """A Session1 with one dialog: the given EmoEvaluation and transcription bytes, a wav per id."""
+  root = tmp_path / "IEMOCAP_full_release"
+  s = root / "Session1"
+  (s / "dialog" / "EmoEvaluation").mkdir(parents=True)
+  (s / "dialog" / "transcriptions").mkdir(parents=True)
+  (s / "sentences" / "wav" / _DIALOG).mkdir(parents=True)
+  (s / "dialog" / "EmoEvaluation" / f"{_DIALOG}.txt").write_bytes(emo)
+  (s / "dialog" / "transcriptions" / f"{_DIALOG}.txt").write_bytes(transcript)
+  for i in ids:
+    sf.write(str(s / "sentences" / "wav" / _DIALOG / f"{_DIALOG}_{i}.wav"), np.full(800, 0.1, np.float32),
+             16000, subtype="PCM_16")
+  return str(root), str(s / "dialog" / "EmoEvaluation" / f"{_DIALOG}.txt"), str(
+      s / "dialog" / "transcriptions" / f"{_DIALOG}.txt")
+
+
+def _emo_bytes(*lines):
+  return ("% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n" + "\n\n".join(lines) + "\n").encode()
+
+
+_TRANSCRIPT = (f"{_DIALOG}_F000 [001.0000-002.0000]: Hello there.\n"
+               f"{_DIALOG}_M000 [001.0000-002.0000]: Hi.\n"
+               f"{_DIALOG}_F001 [001.0000-002.0000]: Bye.\n").encode()
+
+
+def _load1(root, **kw):
+  return iemocap.load_iemocap(root, sessions=[1], verbose=False, **kw)
+
+
+def test_regression_one_bad_byte_costs_one_label_line_not_the_file(tmp_path):
+  """A byte that is not UTF-8 in one summary line made the whole EmoEvaluation file unreadable
+  (one 'unreadable text file' for all its labels, every wav then 'without label')."""
+  emo = _emo_bytes(_LINE.format(uid=f"{_DIALOG}_F000", label="neu"),
+                   _LINE.format(uid=f"{_DIALOG}_M000", label="sad").replace("2.0000]", "2.00\xe9]"),
+                   _LINE.format(uid=f"{_DIALOG}_F001", label="ang"))
+  emo = emo.replace("\xe9".encode(), b"\xe9")  # a Latin-1 byte, not UTF-8
+  root, emo_path, _ = _one_dialog(tmp_path, emo, _TRANSCRIPT)
+  c = _load1(root)
+  assert [u.id for u in c.utterances] == [f"{_DIALOG}_F000", f"{_DIALOG}_F001"]
+  assert c.summary.counts == {"malformed EmoEvaluation line": 1}
+  (example,) = c.summary.examples["malformed EmoEvaluation line"]
+  assert example.startswith(f"{emo_path}:5: ") and example.endswith("(not UTF-8 text)")
+  with pytest.raises(DataError, match=re.escape(f"{emo_path}:5: ")):
+    _load1(root, strict=True)
+
+
+def test_regression_line_numbers_split_at_lf_only(tmp_path):
+  """A form feed (or another Unicode line break: VT, FS, GS, RS, NEL) inside a line split it in
+  two: two malformed lines were counted for one, and later lines were named by wrong numbers."""
+  bad = _LINE.format(uid=f"{_DIALOG}_M000", label="sad").replace("\t[2.5", "\x0c\t[2.5")
+  emo = _emo_bytes(_LINE.format(uid=f"{_DIALOG}_F000", label="neu"), bad,
+                   "[1.0 - 2.0]\tSes01F_impro01_F001\tang")
+  root, emo_path, _ = _one_dialog(tmp_path, emo, _TRANSCRIPT)
+  c = _load1(root)
+  assert [u.id for u in c.utterances] == [f"{_DIALOG}_F000"]
+  assert c.summary.counts == {"malformed EmoEvaluation line": 2}
+  assert [e.split(": ")[0] for e in c.summary.examples["malformed EmoEvaluation line"]] == [
+      f"{emo_path}:5", f"{emo_path}:7"]
+
+
+def test_regression_utf8_bom_is_ignored(tmp_path):
+  """A UTF-8 BOM (Windows editors) made the header line of an EmoEvaluation file a malformed label
+  line and the first transcript line a noise line (its turn then 'missing transcript line')."""
+  emo = codecs.BOM_UTF8 + _emo_bytes(_LINE.format(uid=f"{_DIALOG}_F000", label="neu"))
+  root, _, _ = _one_dialog(tmp_path, emo, codecs.BOM_UTF8 + _TRANSCRIPT, ids=("F000",))
+  c = _load1(root, strict=False)
+  assert c.summary.counts == {"transcript line without label": 2}
+  assert [(u.id, u.text) for u in c.utterances] == [(f"{_DIALOG}_F000", "Hello there.")]
+
+
+def test_regression_second_transcript_line_of_an_id_is_counted(tmp_path):
+  """A second transcription line for the same id silently replaced the first one's text."""
+  transcript = _TRANSCRIPT + f"{_DIALOG}_F000 [003.0000-004.0000]: Another text.\n".encode()
+  emo = _emo_bytes(*(_LINE.format(uid=f"{_DIALOG}_{i}", label="neu") for i in ("F000", "M000", "F001")))
+  root, _, tr_path = _one_dialog(tmp_path, emo, transcript)
+  c = _load1(root)
+  assert [u.text for u in c.utterances] == ["Hello there.", "Bye.", "Hi."]
+  assert c.summary.counts == {"duplicate transcription line": 1}
+  assert c.summary.examples["duplicate transcription line"] == [
+      f"{tr_path}:4: {_DIALOG}_F000 (its line 1 is kept)"]
+
+
+def _wav_mutation(draw, root, path):
+  op = draw(st.sampled_from(("truncate", "flip_header", "flip_body", "delete", "duplicate", "empty",
+                             "junk", "sample_rate")))
+  raw = _read(path)
+  if op == "truncate":
+    _rewrite(path, raw[:draw(st.integers(0, len(raw) - 1))])
+  elif op in ("flip_header", "flip_body"):
+    lo, hi = (0, 44) if op == "flip_header" else (44, len(raw))
+    for _ in range(draw(st.integers(1, 4))):
+      k = draw(st.integers(lo, hi - 1))
+      raw = raw[:k] + bytes([raw[k] ^ draw(st.integers(1, 255))]) + raw[k + 1:]
+    _rewrite(path, raw)
+  elif op == "delete":
+    os.remove(path)
+  elif op == "duplicate":  # a copy under another name, in its own or another dialog's folder
+    folders = sorted({os.path.dirname(w) for s in IEMO_SESSIONS for w in _wav_files(root, s)})
+    folder = draw(st.sampled_from(folders))
+    name = os.path.basename(folder) + draw(st.sampled_from(("_F900", "_M901", "_X000", "")))
+    shutil.copyfile(path, os.path.join(folder, name + ".wav"))
+  elif op == "empty":
+    _rewrite(path, b"")
+  elif op == "junk":
+    _rewrite(path, draw(st.binary(min_size=1, max_size=64)))
+  else:  # the header's sample rate field set to a drawn value
+    rate = draw(st.sampled_from((1, 8, 100, 8000, 44100, 2 ** 31 - 1, 0)))
+    _rewrite(path, raw[:24] + int(rate).to_bytes(4, "little") + raw[28:])
+  return op
+
+
+@given(data=st.data())
+def test_fuzz_iemocap_wavs(iemo, data):
+  """Sentence wavs damaged, deleted or duplicated: every wav is read, counted as unusable, counted
+  as without label, or belongs to a label outside the 4-class set."""
+  src, manifest = iemo
+  with _linked_copy(src, IEMO_PARTS) as root:
+    wavs = [os.path.relpath(w, root) for s in IEMO_SESSIONS for w in _wav_files(root, s)]
+    for name in data.draw(st.lists(st.sampled_from(wavs), min_size=1, max_size=3, unique=True),
+                          label="wavs"):
+      _wav_mutation(data.draw, root, os.path.join(root, name))
+    ours = [u for u in manifest["utterances"] if u["session"] in IEMO_SESSIONS]
+    corpus = _load_both(root)
+    _check_iemocap(root, corpus, excluded=sum(u["label"] is None for u in ours))
+    # Every wav on disk: a 4-class utterance read, an excluded label's, or one without label.
+    on_disk = [w for s in IEMO_SESSIONS for w in _wav_files(root, s)]
+    excluded_ids = {u["id"] for u in ours if u["label"] is None}
+    n_excluded_wavs = sum(os.path.basename(w)[:-4] in excluded_ids for w in on_disk)
+    assert len(on_disk) == len(corpus.utterances) + n_excluded_wavs + corpus.summary.counts["wav without label"]
+    # Decoding: every utterance read is kept or counted as unusable audio, naming its file.
+    n = len(corpus.utterances)
+    kept, waves, lengths = iemocap.load_corpus_audio(corpus, max_seconds=0.2, workers=1)
+    skipped = sum(corpus.summary.counts[r] for r in AUDIO_REASONS)
+    assert len(kept.utterances) + skipped == n
+    assert waves.shape == (len(kept.utterances), 3200) and (lengths > 0).all()
+    assert np.isfinite(waves).all()
+    for r in AUDIO_REASONS:
+      for example in corpus.summary.examples.get(r, []):
+        assert example.startswith(root), example
+
+
+def test_regression_header_sample_rate_cannot_blow_up_the_decode(tmp_path):
+  """A wav header whose sample rate field says 1 Hz was resampled to 16 kHz in full before the
+  cut to max_seconds: a 0.15 s clip became 38 million samples (a real 5 s clip, gigabytes)."""
+  path = str(tmp_path / "a.wav")
+  sf.write(path, np.full(2400, 0.1, np.float32), 16000, subtype="PCM_16")
+  raw = _read(path)
+  _rewrite(path, raw[:24] + (1).to_bytes(4, "little") + raw[28:])
+  waves, lengths = audio.load_waveforms([path], max_seconds=0.2, workers=1,
+                                        summary=(summary := LoadSummary(name="audio")))
+  assert lengths.tolist() == [0] and waves.shape == (1, 3200)
+  assert summary.counts == {audio.REASON_UNREADABLE: 1}
+  assert summary.examples[audio.REASON_UNREADABLE] == [
+      f"{path} (its header gives a sample rate of 1 Hz (below 1000 Hz: a damaged header, not audio))"]
+  # Another rate is still resampled, and only the part kept is read: the same samples as the whole
+  # file resampled and then cut.
+  long = str(tmp_path / "b.wav")
+  sf.write(long, np.random.default_rng(0).uniform(-0.5, 0.5, 44100 * 3).astype(np.float32), 44100,
+           subtype="PCM_16")
+  np.testing.assert_array_equal(audio.read_wav(long, max_seconds=1.0), audio.read_wav(long)[:16000])
