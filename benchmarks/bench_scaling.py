@@ -2,7 +2,7 @@
 
 The step is the DMF memory-fusion train step on pooled encoder embeddings (d = 768 as
 after Wav2Vec2/BERT pooling, 120 slots, CBP 2048, head 1024 → 512 → 4), SGD, written to the
-``train.distributed`` contract and wrapped by ``make_parallel_train_step``. On CPU the
+``train.parallel`` contract and wrapped by ``make_parallel_train_step``. On CPU the
 devices are fake (``--xla_force_host_platform_device_count``) and share the same cores, so
 these numbers measure the *overhead* of sharding and collectives, not speed-up; run on a
 multi-GPU/TPU host for real scaling. One JSON line per measurement.
@@ -25,7 +25,7 @@ from flax import linen as nn  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from mbaf_jax.fusion import DualMemoryFusion  # noqa: E402
-from train import distributed as dist  # noqa: E402
+from train import parallel  # noqa: E402
 
 
 class FusionClassifier(nn.Module):
@@ -70,15 +70,15 @@ def make(sizes, batch):
             rngs={"gumbel": jax.random.fold_in(key, st["step"])},
             mutable=["memory", "batch_stats"])
         ce = -jnp.take_along_axis(logp, b["label"][:, None], 1)[:, 0]
-        return (dist.global_masked_mean(ce, b["mask"], axis_name)
-                + dist.device_share(aux["memory_similarity"], axis_name)), nv
+        return (parallel.global_masked_mean(ce, b["mask"], axis_name)
+                + parallel.device_share(aux["memory_similarity"], axis_name)), nv
       (loss, nv), g = jax.value_and_grad(loss_fn, has_aux=True)(st["params"])
-      g = dist.sum_over_devices(g, axis_name)
+      g = parallel.sum_over_devices(g, axis_name)
       upd, opt = tx.update(g, st["opt"], st["params"])
       return ({"params": optax.apply_updates(st["params"], upd), "opt": opt,
                "bs": nv["batch_stats"], "const": st["const"],
                "mem": jax.lax.stop_gradient(nv["memory"]), "step": st["step"] + 1},
-              {"loss": dist.sum_over_devices(loss, axis_name)})
+              {"loss": parallel.sum_over_devices(loss, axis_name)})
     return step
 
   return state, data, build_step
@@ -86,7 +86,7 @@ def make(sizes, batch):
 
 def run_one(parallelism, n_dev, batch, sizes, warmup, iters, peak):
   state, data, build_step = make(sizes, batch)
-  ps = dist.make_parallel_train_step(build_step, parallelism, devices=jax.devices()[:n_dev])
+  ps = parallel.make_parallel_train_step(build_step, parallelism, devices=jax.devices()[:n_dev])
   st = ps.put_state(state)
   b = ps.put_batch(data)
   key = ps.put_key(jax.random.key(1))
@@ -132,7 +132,7 @@ def main():
   peak = common.matmul_peak_gflops(quick=args.quick)
   counts = [n for n in (1, 2, 4, 8) if n <= jax.device_count()]
   for par in [s.strip() for s in args.parallelism.split(",") if s.strip()]:
-    dist.check_parallelism(par)
+    parallel.check_parallelism(par)
     for n in counts:  # vs device count at a fixed global batch
       common.emit(run_one(par, n, base_batch, sizes, warmup, iters, peak))
     for bsz in batches:  # vs batch size on all devices

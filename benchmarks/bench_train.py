@@ -7,7 +7,7 @@ Measures, one JSON line each (keys of benchmarks/common.py):
   * ``memory_fusion_overhead``: (t_dmf − t_naive) / t_dmf of the full train step and of batch-1
     inference (target ≤ 5 % of the step; DMF reports 91 vs 63 ms per sample, +44 %).
   * ``train_step_scaling``: the same step data-parallel over a jit mesh of 1, 2, 4, 8 devices
-    (``train.distributed.make_parallel_train_step``; ``--scaling``; on CPU the devices are fake
+    (``train.parallel.make_parallel_train_step``; ``--scaling``; on CPU the devices are fake
     and share the cores, so only GPU/TPU numbers mean anything).
 
   python -m benchmarks.bench_train            # base encoders (slow on CPU)
@@ -32,7 +32,7 @@ from benchmarks import common  # noqa: E402
 from configs import iemocap  # noqa: E402
 from mbaf_jax import encoders  # noqa: E402
 from mbaf_jax.models import factory  # noqa: E402
-from train import distributed as dist  # noqa: E402
+from train import parallel  # noqa: E402
 from train import optimizers  # noqa: E402
 from train import steps  # noqa: E402
 from train import timing  # noqa: E402
@@ -114,7 +114,7 @@ def main(argv=None):
       batch = _batch(c, gb)
       variables = steps.init_variables(model, batch, key)
       tx = optimizers.make_optimizer(c.optim, variables["params"], variables.get("memory", {}))
-      ps = dist.make_parallel_train_step(
+      ps = parallel.make_parallel_train_step(
           lambda ax, tx=tx: steps.make_train_step(steps.with_axis_name(model, ax).apply, tx, ax),
           "jit", devices=jax.devices()[:n], donate=False)
       state, sb = ps.put_state(steps.create_state(variables, tx)), ps.put_batch(batch)

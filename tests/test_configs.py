@@ -97,8 +97,10 @@ def test_unknown_variant_is_a_clear_error():
 
 
 def test_entry_points_import():
-  for mod in ("train.main", "train.trainer", "train.steps", "train.checkpoints", "train.metrics",
-              "train.datasets", "train.errors", "benchmarks.bench_train"):
+  for mod in ("train.main", "train.loop", "train.steps", "train.checkpoints", "train.metrics",
+              "train.datasets", "train.errors", "train.cli", "train.workdir", "train.run_identity",
+              "train.reporting", "train.parallel", "train.predict", "train.experiments",
+              "benchmarks.bench_train"):
     importlib.import_module(mod)
 
 

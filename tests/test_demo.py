@@ -14,7 +14,7 @@ import pytest
 
 import first_command
 import xla_env
-from train import main as main_lib
+from train import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,18 +93,18 @@ def test_compilation_cache_dir_choice(tmp_path, monkeypatch):
   import jax  # pylint: disable=g-import-not-at-top
   old = jax.config.jax_compilation_cache_dir
   try:
-    assert main_lib.enable_compilation_cache("none") is None
-    assert main_lib.enable_compilation_cache("NONE") is None
+    assert cli.enable_compilation_cache("none") is None
+    assert cli.enable_compilation_cache("NONE") is None
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
     want = str(tmp_path / "xdg" / "mbaf_jax" / "xla")
-    assert main_lib.default_cache_dir() == want
-    assert main_lib.enable_compilation_cache("") == want
+    assert cli.default_cache_dir() == want
+    assert cli.enable_compilation_cache("") == want
     assert os.path.isdir(want) and jax.config.jax_compilation_cache_dir == want
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "env"))
-    assert main_lib.enable_compilation_cache("") == str(tmp_path / "env")
+    assert cli.enable_compilation_cache("") == str(tmp_path / "env")
     explicit = str(tmp_path / "explicit")
-    assert main_lib.enable_compilation_cache(explicit) == explicit
+    assert cli.enable_compilation_cache(explicit) == explicit
     assert jax.config.jax_compilation_cache_dir == explicit
   finally:
     jax.config.update("jax_compilation_cache_dir", old)
@@ -116,7 +116,7 @@ def test_compilation_cache_dir_that_cannot_be_created_warns(tmp_path, capsys):
   blocker = tmp_path / "file"
   blocker.write_text("not a directory")
   try:
-    assert main_lib.enable_compilation_cache(str(blocker / "sub")) is None
+    assert cli.enable_compilation_cache(str(blocker / "sub")) is None
     assert jax.config.jax_compilation_cache_dir == old  # unchanged
   finally:
     jax.config.update("jax_compilation_cache_dir", old)

@@ -1,7 +1,7 @@
 """Data parallelism: pmap and jit-mesh train steps equal the single-device run.
 
 The step under test is a small DMF classifier (two Dense projections → DualMemoryFusion →
-Dense head) written to the ``train.distributed`` step contract: the *reference* is the same
+Dense head) written to the ``train.parallel`` step contract: the *reference* is the same
 maths run on one device over the whole batch, unsharded, with no collectives. Parameters,
 memory (write-then-carry, DMF §2.2), batch statistics and the loss must agree after a few
 SGD steps.
@@ -20,10 +20,13 @@ from configs import iemocap
 from mbaf_jax.data import synthetic
 from mbaf_jax.errors import UserError
 from mbaf_jax.fusion import DualMemoryFusion
+from train import workdir as workdir_lib
+from train import loop
 from train import checkpoints
-from train import datasets
-from train import distributed as dist
-from train import trainer
+from train import parallel
+from train import validate
+
+import plans  # tests/plans.py
 
 NUM_CLASSES = 4
 D_IN = 6
@@ -74,7 +77,7 @@ def init_state(seed=0):
 
 
 def build_step(axis_name):
-  """The step contract of ``train.distributed``: global loss = Σ_devices per-device loss."""
+  """The step contract of ``train.parallel``: global loss = Σ_devices per-device loss."""
   model = TinyDmfClassifier(axis_name=axis_name)
 
   def step(state, batch, key):
@@ -87,13 +90,13 @@ def build_step(axis_name):
           variables, batch["xa"], batch["xt"], batch["mask"], train=True,
           rngs={"gumbel": key}, mutable=["memory", "batch_stats"])
       ce = -jnp.take_along_axis(logp, batch["label"][:, None], axis=1)[:, 0]
-      loss = (dist.global_masked_mean(ce, batch["mask"], axis_name)
-              + dist.device_share(aux["memory_similarity"], axis_name))
+      loss = (parallel.global_masked_mean(ce, batch["mask"], axis_name)
+              + parallel.device_share(aux["memory_similarity"], axis_name))
       return loss, new_vars
 
     (loss, new_vars), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    grads = dist.sum_over_devices(grads, axis_name)
-    loss = dist.sum_over_devices(loss, axis_name)
+    grads = parallel.sum_over_devices(grads, axis_name)
+    loss = parallel.sum_over_devices(loss, axis_name)
     updates, opt_state = TX.update(grads, state["opt_state"], state["params"])
     new_state = {"params": optax.apply_updates(state["params"], updates),
                  "opt_state": opt_state, "batch_stats": new_vars["batch_stats"],
@@ -119,13 +122,13 @@ def run_reference(steps=STEPS, seed=0):
 
 
 def run_parallel(parallelism, devices, steps=STEPS, seed=0):
-  ps = dist.make_parallel_train_step(build_step, parallelism, devices=devices)
+  ps = parallel.make_parallel_train_step(build_step, parallelism, devices=devices)
   state = ps.put_state(init_state(seed))
   key = jax.random.key(seed + 7)
   losses = []
   for i in range(steps):
     state, m = ps(state, ps.put_batch(make_batch(100 + i)), key)
-    losses.append(float(ps.get_metrics(m)["loss"]))
+    losses.append(float(ps.to_host(m)["loss"]))
   return ps, state, np.array(losses)
 
 
@@ -148,7 +151,7 @@ def test_parallel_step_equals_one_device(reference, parallelism, n_dev):
   assert jax.device_count() >= 8, "tests/conftest.py should provide 8 fake CPU devices"
   want_state, want_loss = reference
   ps, dev_state, got_loss = run_parallel(parallelism, jax.devices()[:n_dev])
-  got_state = ps.get_state(dev_state)
+  got_state = ps.to_host(dev_state)
   assert len(ps.devices) == n_dev
   assert ps.traces == 1  # 3 steps, one compilation
   if parallelism == "pmap":  # memory identical on every device, bit for bit
@@ -177,17 +180,17 @@ def test_global_masked_mean_shares_sum_to_global_mean():
   v = rng.normal(size=(8, 3)).astype(np.float32)
   m = np.array([1, 1, 0, 1, 0, 0, 1, 1], np.float32)
   want = (v.sum(-1) * m).sum() / m.sum()
-  shares = jax.pmap(lambda a, b: dist.global_masked_mean(a, b, "i"), axis_name="i",
+  shares = jax.pmap(lambda a, b: parallel.global_masked_mean(a, b, "i"), axis_name="i",
                     devices=jax.devices()[:4])(v.reshape(4, 2, 3), m.reshape(4, 2))
   np.testing.assert_allclose(np.sum(shares), want, rtol=1e-6)
-  np.testing.assert_allclose(dist.global_masked_mean(v, m), want, rtol=1e-6)
-  assert float(dist.global_masked_mean(v, np.zeros(8))) == 0.0
+  np.testing.assert_allclose(parallel.global_masked_mean(v, m), want, rtol=1e-6)
+  assert float(parallel.global_masked_mean(v, np.zeros(8))) == 0.0
 
 
 def test_host_local_to_global_single_process_layout():
-  mesh = dist.global_mesh(devices=jax.devices()[:4])
+  mesh = parallel.global_mesh(devices=jax.devices()[:4])
   x = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
-  g = dist.host_local_to_global({"x": x}, mesh)["x"]
+  g = parallel.host_local_to_global({"x": x}, mesh)["x"]
   assert g.shape == (8, 3)
   assert g.sharding.spec == jax.sharding.PartitionSpec("batch")
   for shard in g.addressable_shards:
@@ -196,45 +199,45 @@ def test_host_local_to_global_single_process_layout():
 
 
 def test_replicate_on_mesh_and_fetch_round_trip_keeps_keys():
-  mesh = dist.global_mesh(devices=jax.devices()[:2])
+  mesh = parallel.global_mesh(devices=jax.devices()[:2])
   tree = {"w": np.arange(6.0).reshape(2, 3), "key": jax.random.key(3)}
-  rep = dist.replicate_on_mesh(tree, mesh)
+  rep = parallel.replicate_on_mesh(tree, mesh)
   assert rep["w"].sharding.is_fully_replicated and len(rep["w"].sharding.device_set) == 2
-  back = dist.fetch(rep)
+  back = parallel.to_host(rep)
   np.testing.assert_array_equal(back["w"], tree["w"])
   np.testing.assert_array_equal(jax.random.key_data(back["key"]), jax.random.key_data(tree["key"]))
 
 
 def test_bad_parallelism_and_indivisible_batch_are_explained():
   with pytest.raises(UserError, match=r"config.train.parallelism='pmapp' is not one of.*'jit'"):
-    dist.make_parallel_train_step(build_step, "pmapp")
+    parallel.make_parallel_train_step(build_step, "pmapp")
   with pytest.raises(UserError, match=r"\['x'\] has 6 rows.*4 devices.*divisible by 4"):
-    dist.shard_for_pmap({"x": np.zeros((6, 2))}, 4)
-  mesh = dist.global_mesh(devices=jax.devices()[:4])
+    parallel.shard_for_pmap({"x": np.zeros((6, 2))}, 4)
+  mesh = parallel.global_mesh(devices=jax.devices()[:4])
   with pytest.raises(UserError, match=r"has 6 rows.*4 local devices"):
-    dist.host_local_to_global({"x": np.zeros((6, 2))}, mesh)
+    parallel.host_local_to_global({"x": np.zeros((6, 2))}, mesh)
   with pytest.raises(ValueError, match=r"scalar"):
-    dist.host_local_to_global({"x": np.float32(1.0)}, mesh)
+    parallel.host_local_to_global({"x": np.float32(1.0)}, mesh)
 
 
 def test_initialize_multihost_validates_settings(monkeypatch):
   for name in ("MBAF_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS", "MBAF_NUM_PROCESSES",
                "JAX_NUM_PROCESSES", "MBAF_PROCESS_ID", "JAX_PROCESS_ID", "MBAF_DISTRIBUTED_AUTO"):
     monkeypatch.delenv(name, raising=False)
-  setup = dist.initialize_multihost(None)  # nothing set: single process, nothing initialised
+  setup = parallel.initialize_multihost()  # nothing set: single process, nothing initialised
   assert not setup.initialized and setup.process_count == 1
   assert setup.global_devices == jax.device_count()
   with pytest.raises(ValueError, match=r"coordinator_address='localhost' is not 'host:port'"):
-    dist.initialize_multihost(coordinator_address="localhost", num_processes=2, process_id=0)
+    parallel.initialize_multihost(coordinator_address="localhost", num_processes=2, process_id=0)
   with pytest.raises(ValueError, match=r"process_id=2 must lie in \[0, num_processes=2\)"):
-    dist.initialize_multihost(coordinator_address="127.0.0.1:1", num_processes=2, process_id=2)
+    parallel.initialize_multihost(coordinator_address="127.0.0.1:1", num_processes=2, process_id=2)
   with pytest.raises(ValueError, match=r"coordinator_address is not"):
-    dist.initialize_multihost(num_processes=2, process_id=0)
+    parallel.initialize_multihost(num_processes=2, process_id=0)
   monkeypatch.setenv("MBAF_NUM_PROCESSES", "two")
   monkeypatch.setenv("MBAF_PROCESS_ID", "0")
   monkeypatch.setenv("MBAF_COORDINATOR_ADDRESS", "127.0.0.1:1234")
   with pytest.raises(ValueError, match=r"num_processes='two'.*integers"):
-    dist.initialize_multihost(None)
+    parallel.initialize_multihost()
 
 
 # --------------------------------------------------------------------------- the real trainer
@@ -283,7 +286,7 @@ def smoke_config(data_dir, parallelism="jit", num_devices=0, folds=1, dropout=Fa
 
 def final_fold_state(workdir, fold="loso_s1"):
   """The last 'latest' checkpoint of a fold (host NumPy tree) and its step."""
-  ck = checkpoints.FoldCheckpointer(checkpoints.fold_dir(str(workdir), "dmf", fold), keep=2)
+  ck = checkpoints.FoldCheckpointer(workdir_lib.fold_dir(str(workdir), "dmf", fold), keep=2)
   try:
     step = ck.latest_step()
     tree = ck.latest.restore(step, args=ocp.args.Composite(
@@ -336,7 +339,7 @@ def test_trainer_jit_and_pmap_on_8_devices_equal_1_device(tmp_path, iemocap_data
   runs = {}
   for name, par, n, folds in (("one", "jit", 1, 1), ("jit8", "jit", 8, 1), ("pmap8", "pmap", 8, 2)):
     workdir = tmp_path / name
-    out = trainer.train_and_evaluate(smoke_config(iemocap_data, par, n, folds, layers=1),
+    out = loop.train_and_evaluate(smoke_config(iemocap_data, par, n, folds, layers=1),
                                      str(workdir))
     assert out["devices"] == n and out["parallelism"] == par
     dmf = out["fusions"]["dmf"]
@@ -366,8 +369,8 @@ def smoke_init_params(data_dir):
   """Fold 0's initial parameters (as the trainer builds them), to show training moved them."""
   c = smoke_config(data_dir, "jit", 1, 1, layers=1)
   with tempfile.TemporaryDirectory() as d:
-    ds = datasets.load_dataset(c, d)
-    compiled = trainer.CompiledModel(c, "dmf", ds, "jit", jax.devices()[:1])
+    ds = plans.load_dataset(c, d)
+    compiled = loop.CompiledModel(plans.plan(c, num_devices=1), "dmf", ds)
     return compiled.init_host_state(0).params
 
 
@@ -375,24 +378,24 @@ def test_layout_errors_name_the_setting():
   c = iemocap.get_config("smoke")
   c.train.parallelism = "pmapp"
   with pytest.raises(UserError, match=r"config.train.parallelism='pmapp' is not one of"):
-    dist.layout(c)
+    validate.layout(c.train)
   c.train.parallelism = "pmap"
   c.train.batch_size = 12
   with pytest.raises(UserError, match=r"config.train.batch_size=12 does not split evenly over "
                                       r"the 8 devices.*multiple of 8"):
-    dist.layout(c)
+    validate.layout(c.train)
   c.train.num_devices = 4
-  assert dist.layout(c) == ("pmap", tuple(jax.local_devices()[:4]))
+  assert validate.layout(c.train) == ("pmap", tuple(jax.local_devices()[:4]))
   c.train.eval_batch_size = 30
   with pytest.raises(UserError, match=r"config.train.eval_batch_size=30 .* 4 devices"):
-    dist.layout(c)
+    validate.layout(c.train)
   c.train.batch_size, c.train.eval_batch_size = 16, 32
   c.train.parallelism = "jit"
   c.train.num_devices = 0
-  assert dist.layout(c) == ("jit", tuple(jax.devices()))
+  assert validate.layout(c.train) == ("jit", tuple(jax.devices()))
   for n in (9, -1):
     c.train.num_devices = n
     with pytest.raises(UserError, match=rf"num_devices={n} but 8 devices"):
-      dist.layout(c)
+      validate.layout(c.train)
   with pytest.raises(UserError, match=r"num_devices=9 but 8 devices"):
-    dist.select_devices("pmap", 9)  # the one device-count check of every layout
+    parallel.select_devices("pmap", 9)  # the one device-count check of every layout

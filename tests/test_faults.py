@@ -12,11 +12,15 @@ import pytest
 from configs import cebs
 from configs import iemocap
 from mbaf_jax.data import synthetic
-from train import datasets
+from mbaf_jax.errors import UserError
+from train import loop
+from train import reporting
 from train import main as main_lib
 from train import validate
 
 from overrides import set_fields  # tests/overrides.py
+
+import plans  # tests/plans.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -117,7 +121,7 @@ def test_a_damaged_corpus_is_reported_with_its_counts(damaged_corpus, tmp_path):
   c = iemocap.get_config("smoke")
   c.data.data_dir = root
   with pytest.warns(UserWarning, match="Session5 missing"):
-    ds = datasets.load_dataset(c, str(tmp_path))
+    ds = plans.load_dataset(c, str(tmp_path))
   report = ds.summary.format()
   assert re.search(rf"\b{unlabelled}\s+wav without label", report), report
   assert "per session  Session1" in report and "Session5" not in report.split("warning")[0]
@@ -140,26 +144,27 @@ def test_a_full_disk_while_writing_the_run_outputs_is_one_paragraph(tmp_path, mo
   """metrics.json / a PNG that cannot be written: a UserError naming the file, not a traceback."""
   import errno
   from train import metrics as metrics_lib
-  from train import trainer
+  from train import workdir as workdir_lib
 
   def full(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
-  out = trainer.RunOutput(str(tmp_path), enabled=True)
-  monkeypatch.setattr(metrics_lib, "write_json", full)
+  out = reporting.RunOutput(str(tmp_path), enabled=True)
+  monkeypatch.setattr(workdir_lib, "write_json", full)
   monkeypatch.setattr(metrics_lib, "plot_confusion", full)
-  with pytest.raises(trainer.UserError, match=r"cannot write .*metrics.json \(No space left on "
+  with pytest.raises(UserError, match=r"cannot write .*metrics.json \(No space left on "
                      r"device\); the checkpoints already saved are intact"):
-    out.write_json("metrics.json", {})
-  with pytest.raises(trainer.UserError, match=r"cannot write .*c.png"):
-    out.plot_confusion(None, (), "c.png", "")
-  trainer.RunOutput(str(tmp_path), enabled=False).write_json("metrics.json", {})  # off process 0
+    out.write_metrics({})
+  with pytest.raises(UserError, match=r"cannot write .*confusion_c_f.png"):
+    out.plot_confusion(None, (), "c", "f", "")
+  reporting.RunOutput(str(tmp_path), enabled=False).write_metrics({})  # off process 0
 
 
-def test_load_dataset_refuses_a_bad_data_config_before_reading(tmp_path):
-  """The library entry (without train.main) applies the same data checks, before any file."""
+def test_the_library_entry_refuses_a_bad_data_config_before_reading(tmp_path):
+  """train.loop.train_and_evaluate (without train.main) reads the config through the same plan:
+  a bad data config is refused before any file is read or written."""
   c = iemocap.get_config("smoke")
   c.data.protocol = "logo"
-  with pytest.raises(validate.UserError, match="config.data.protocol='logo' does not apply"):
-    datasets.load_dataset(c, str(tmp_path / "run"))
-  assert not (tmp_path / "run").exists()  # the synthetic corpus was not generated
+  with pytest.raises(UserError, match="config.data.protocol='logo' does not apply"):
+    loop.train_and_evaluate(c, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()  # neither the workdir nor the corpus was written

@@ -22,12 +22,16 @@ import pytest
 
 from configs import iemocap
 from mbaf_jax.errors import UserError
+from train import run_identity
+from train import workdir as workdir_lib
 from train import checkpoints
 from train import main as main_lib
 from train import metrics as metrics_lib
 from train import steps
 
 from overrides import set_fields  # tests/overrides.py
+
+import plans  # tests/plans.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +51,7 @@ def _snapshot(workdir: str) -> dict:
     for f in files:
       path = os.path.join(root, f)
       rel = os.path.relpath(path, workdir)
-      if rel == checkpoints.CONFIG_FILE or rel.startswith(checkpoints.CHECKPOINT_DIR):
+      if rel == workdir_lib.CONFIG_FILE or rel.startswith(workdir_lib.CHECKPOINT_DIR):
         with open(path, "rb") as fh:
           out[rel] = fh.read()
   return out
@@ -82,11 +86,11 @@ def _field(config, key):
 def test_a_different_run_is_refused_naming_the_field(tmp_path, key):
   w = str(tmp_path / "run")
   old = _config()
-  checkpoints.prepare_workdir(w, old)
+  plans.prepare_workdir(w, old)
   before = _snapshot(w)
   new = _config(**{key: REFUSED[key]})
   with pytest.raises(UserError) as e:
-    checkpoints.prepare_workdir(w, new)
+    plans.prepare_workdir(w, new)
   msg = str(e.value)
   old_value, new_value = _field(old, key), _field(new, key)
   if isinstance(old_value, tuple):
@@ -100,30 +104,30 @@ def test_a_different_run_is_refused_naming_the_field(tmp_path, key):
 @pytest.mark.parametrize("key", sorted(FREE))
 def test_fields_that_change_no_result_resume(tmp_path, key):
   w = str(tmp_path / "run")
-  checkpoints.prepare_workdir(w, _config())
-  checkpoints.prepare_workdir(w, _config(**{key: FREE[key]}))  # no refusal
-  config, _ = checkpoints.read_workdir_config(w)
+  plans.prepare_workdir(w, _config())
+  plans.prepare_workdir(w, _config(**{key: FREE[key]}))  # no refusal
+  config, _ = run_identity.read_workdir_config(w)
   assert json.loads(json.dumps(_field(config, key))) == json.loads(json.dumps(FREE[key]))
 
 
 def test_restart_removes_the_previous_run_only(tmp_path):
   w = tmp_path / "run"
-  checkpoints.prepare_workdir(str(w), _config())
+  plans.prepare_workdir(str(w), _config())
   for d in ("ckpt/naive/loso_s1/latest/3", "tb/naive", "cache", "data/IEMOCAP_full_release",
             "tokenizer"):
     (w / d).mkdir(parents=True)
   for f in ("metrics.json", "confusion_naive_loso_s1.png", "cache/x.npy", "tokenizer/vocab.txt"):
     (w / f).write_text("x")
   lines = []
-  checkpoints.prepare_workdir(str(w), _config(seed=1, **{"train.restart": True}),
+  plans.prepare_workdir(str(w), _config(seed=1, **{"train.restart": True}),
                               report=lines.append)
   assert len(lines) == 1 and "removed the previous run" in lines[0] and "ckpt" in lines[0]
   assert sorted(os.listdir(w)) == ["cache", "config.json", "data", "tokenizer"]
-  config, _ = checkpoints.read_workdir_config(str(w))
+  config, _ = run_identity.read_workdir_config(str(w))
   assert config.seed == 1
-  checkpoints.prepare_workdir(str(w), _config(seed=1))  # the restarted run resumes
+  plans.prepare_workdir(str(w), _config(seed=1))  # the restarted run resumes
   # A changed synthetic corpus size also removes the generated corpus (never the audio cache).
-  checkpoints.prepare_workdir(str(w), _config(seed=1, **{"train.restart": True,
+  plans.prepare_workdir(str(w), _config(seed=1, **{"train.restart": True,
                                                          "data.synthetic_size": "demo"}),
                               report=lines.append)
   assert sorted(os.listdir(w)) == ["cache", "config.json", "tokenizer"]
@@ -144,32 +148,32 @@ def _data(n=6):
 
 
 def test_dataset_fingerprint_sees_labels_folds_and_inputs():
-  base = checkpoints.dataset_fingerprint(*_data())
-  assert base == checkpoints.dataset_fingerprint(*_data()) and base.startswith("6 examples, 1 ")
+  base = run_identity.dataset_fingerprint(*_data())
+  assert base == run_identity.dataset_fingerprint(*_data()) and base.startswith("6 examples, 1 ")
   labels, folds, inputs = _data()
   labels[0] = 2
-  assert checkpoints.dataset_fingerprint(labels, folds, inputs) != base
+  assert run_identity.dataset_fingerprint(labels, folds, inputs) != base
   labels, folds, inputs = _data()
   folds[0].train = np.arange(1, 5)
-  assert checkpoints.dataset_fingerprint(labels, folds, inputs) != base
+  assert run_identity.dataset_fingerprint(labels, folds, inputs) != base
   labels, folds, inputs = _data()
   inputs["ids"][0][3, 1] += 1
-  assert checkpoints.dataset_fingerprint(labels, folds, inputs) != base
+  assert run_identity.dataset_fingerprint(labels, folds, inputs) != base
 
 
 def test_changed_data_is_refused_with_the_counts(tmp_path):
   w = str(tmp_path / "run")
-  checkpoints.prepare_workdir(w, _config())
-  fp = checkpoints.dataset_fingerprint(*_data())
-  checkpoints.check_dataset(w, fp, write=False)  # nothing stored yet: checks only
-  assert checkpoints.DATA_FINGERPRINT not in json.load(open(checkpoints.config_path(w)))
-  checkpoints.check_dataset(w, fp)  # the first run stores it
-  checkpoints.check_dataset(w, fp)  # the same data: resumes
-  checkpoints.prepare_workdir(w, _config())  # a rerun keeps it
+  plans.prepare_workdir(w, _config())
+  fp = run_identity.dataset_fingerprint(*_data())
+  run_identity.check_dataset(w, fp, write=False)  # nothing stored yet: checks only
+  assert run_identity.DATA_FINGERPRINT not in json.load(open(workdir_lib.config_path(w)))
+  run_identity.check_dataset(w, fp)  # the first run stores it
+  run_identity.check_dataset(w, fp)  # the same data: resumes
+  plans.prepare_workdir(w, _config())  # a rerun keeps it
   before = _snapshot(w)
   with pytest.raises(UserError, match=r"the data under .*data changed since this workdir was "
                      r"written: 5 examples, 1 folds now vs 6 examples, 1 folds then"):
-    checkpoints.check_dataset(w, checkpoints.dataset_fingerprint(*_data(5)))
+    run_identity.check_dataset(w, run_identity.dataset_fingerprint(*_data(5)))
   assert _snapshot(w) == before
 
 
@@ -211,7 +215,7 @@ def test_config_json_write_failure_is_one_paragraph(tmp_path, monkeypatch):
   monkeypatch.setattr(metrics_lib, "write_json", full)
   with pytest.raises(UserError, match=r"cannot write .*config.json \(No space left on device\); "
                      r"nothing already saved is lost.*rerun the same command to resume"):
-    checkpoints.prepare_workdir(str(tmp_path / "run"), _config())
+    plans.prepare_workdir(str(tmp_path / "run"), _config())
 
 
 def _state(seed, width=3):
@@ -360,7 +364,7 @@ def test_damaged_latest_checkpoint_of_a_real_run(finished, tmp_path, capsys, how
   """A damaged latest checkpoint: the run resumes from the older kept one (or from step 0 when
   both are damaged), says so, and ends with the test metrics of the undamaged run."""
   w = _copy(finished, tmp_path)
-  fold = checkpoints.kind_dir(w, "naive", "loso_s1", "latest")
+  fold = workdir_lib.slot_dir(w, "naive", "loso_s1", "latest")
   assert sorted(os.listdir(fold)) == ["2", "3"]
   _damage(os.path.join(fold, "3"), "meta" if how == "meta" else "truncated")
   if how == "both":
@@ -401,7 +405,7 @@ def test_rerun_of_the_same_config_resumes_and_restart_starts_afresh(finished, tm
 @pytest.mark.slow
 def test_disk_full_while_checkpointing_a_real_run(finished, tmp_path, capsys, monkeypatch):
   w = _copy(finished, tmp_path)
-  latest = checkpoints.kind_dir(w, "naive", "loso_s1", "latest")
+  latest = workdir_lib.slot_dir(w, "naive", "loso_s1", "latest")
   shutil.rmtree(os.path.join(latest, "3"))  # the rerun trains step 3 and must save it
 
   def full(*args, **kwargs):

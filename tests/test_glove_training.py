@@ -14,10 +14,12 @@ from configs import iemocap_mbaf
 from mbaf_jax.data import synthetic
 from mbaf_jax.models import factory
 from mbaf_jax.models import mbaf_iemocap
+from train import loop
 from train import datasets
 from train import predict
-from train import trainer
 from train.errors import UserError
+
+import plans  # tests/plans.py
 
 DIM = 16  # configs/iemocap_mbaf.py:smoke text encoder: embed_dim=16
 TEXTS = ["Hello there, hello!", "I'm fine", "Fine THERE"]
@@ -43,7 +45,7 @@ def _setup(tmp_path, glove=None):
   c.train.batch_size = 2
   c.model.text.glove = glove if glove is not None else _glove_file(tmp_path / "glove.t.16d.txt")
   waves = np.linspace(-1, 1, 3 * 16000, dtype=np.float32).reshape(3, 16000)
-  inputs, vocab_size = datasets.model_inputs(
+  inputs, vocab_size = plans.model_inputs(
       c, str(tmp_path), {"waves": waves, "lengths": np.full((3,), 16000), "texts": TEXTS})
   vocab = mbaf_iemocap.load_word_vocab(str(tmp_path))
   ds = datasets.Dataset(inputs, np.array([0, 1, 2], np.int32), [], ("a", "b", "c", "d"),
@@ -78,7 +80,7 @@ def test_compiled_model_init_state_uses_the_glove_rows(tmp_path):
   ds.text_embedding = mbaf_iemocap.glove_embedding(c.model, vocab, seed=c.seed, verbose=False)
   with warnings.catch_warnings():
     warnings.simplefilter("error", UserWarning)  # no "no GloVe matrix" warning
-    runner = trainer.CompiledModel(c, "mbaf", ds, "jit", jax.devices()[:1])
+    runner = loop.CompiledModel(plans.plan(c, num_devices=1), "mbaf", ds)
     state = runner.init_host_state(0)
   assert set(runner.pretrained) == {"text/embedding"}
   table = np.asarray(state.params["text"]["embedding"])
@@ -146,7 +148,7 @@ def test_smoke_training_with_glove_and_predict_without_the_file(tmp_path, capsys
   c.train.max_steps = 2
   c.model.text.kwargs.train_embedding = False  # frozen: the checkpoint keeps the GloVe rows
   workdir = str(tmp_path / "run")
-  datasets.load_dataset(c, workdir)  # writes the run's vocab.json
+  plans.load_dataset(c, workdir)  # writes the run's vocab.json
   with open(os.path.join(workdir, "vocab.json")) as f:
     vocab = json.load(f)
   rng = np.random.default_rng(0)
@@ -155,7 +157,7 @@ def test_smoke_training_with_glove_and_predict_without_the_file(tmp_path, capsys
   vectors = {w: rng.normal(size=DIM).astype(np.float32) for w in known}
   glove = tmp_path / "glove.t.16d.txt"
   c.model.text.glove = _glove_file(glove, vectors)
-  trainer.train_and_evaluate(c, workdir)
+  loop.train_and_evaluate(c, workdir)
   assert f"{len(known)}/{len(vocab) - 1} vocabulary words found" in capsys.readouterr().out
   os.remove(glove)  # inference needs the workdir only
   p = predict.load(workdir)

@@ -1,6 +1,6 @@
 """Multi-host: two processes on 127.0.0.1 (CPU, gloo collectives) equal one process.
 
-Each worker process (this file run as a script) calls ``train.distributed.initialize_multihost``
+Each worker process (this file run as a script) calls ``train.parallel.initialize_multihost``
 with ``coordinator_address=127.0.0.1:PORT``, drives 2 local CPU devices (4 global), feeds only
 *its half* of every global batch (``host_local_to_global``), runs the jitted data-parallel
 step of ``tests/test_distributed.py`` and saves its final state. The reference is the
@@ -46,14 +46,14 @@ def worker(port: int, process_id: int, out_path: str) -> None:
   """One process of the two-process run (called when this file is run as a script)."""
   sys.path.insert(0, HERE)
   sys.path.insert(0, ROOT)
-  from train import distributed as dist
-  setup = dist.initialize_multihost(coordinator_address=f"127.0.0.1:{port}",
+  from train import parallel
+  setup = parallel.initialize_multihost(coordinator_address=f"127.0.0.1:{port}",
                                     num_processes=NUM_PROCESSES, process_id=process_id,
                                     timeout_s=120)
   import jax
   import test_distributed as td
   assert setup.initialized and setup.process_count == NUM_PROCESSES, setup
-  ps = td.dist.make_parallel_train_step(td.build_step, "jit")
+  ps = td.parallel.make_parallel_train_step(td.build_step, "jit")
   state = ps.put_state(td.init_state(0))
   key = jax.random.key(7)
   half = td.GLOBAL_BATCH // NUM_PROCESSES
@@ -62,8 +62,8 @@ def worker(port: int, process_id: int, out_path: str) -> None:
   for i in range(td.STEPS):
     local = {k: v[rows] for k, v in td.make_batch(100 + i).items()}  # this host's rows only
     state, m = ps(state, ps.put_batch(local), key)
-    losses.append(float(ps.get_metrics(m)["loss"]))
-  state = ps.get_state(state)
+    losses.append(float(ps.to_host(m)["loss"]))
+  state = ps.to_host(state)
   flat = _flatten({"params": state["params"], "memory": state["memory"],
                    "batch_stats": state["batch_stats"]})
   np.savez(out_path, losses=np.array(losses), global_devices=setup.global_devices,
@@ -146,14 +146,14 @@ def test_two_processes_equal_one_process(tmp_path):
 @pytest.mark.exclusive
 def test_trainer_two_processes_equal_one_process(tmp_path):
   """``python -m train.main`` as two processes on 127.0.0.1 (2 CPU devices each, gloo
-  collectives, ``MBAF_*`` environment read by ``distributed.initialize_multihost``), sharing one
+  collectives, ``MBAF_*`` environment read by ``parallel.initialize_multihost``), sharing one
   workdir, ends with the same final state and test metrics as the one-process, one-device run
   (dropout on: jit draws the global masks whatever the sharding); only process 0 reports."""
   import json
   sys.path.insert(0, HERE)
   import test_distributed as td
   from mbaf_jax.data import synthetic
-  from train import trainer
+  from train import loop
   data = synthetic.write_iemocap(str(tmp_path / "data"), size="tiny", seed=0)
   port = _free_port()
   workdir = tmp_path / "two"
@@ -165,7 +165,7 @@ def test_trainer_two_processes_equal_one_process(tmp_path):
            "--config.optim.memory_learning_rate=0.001"]  # = td.smoke_config (dropout on)
   # The reference first (one process, one device): running it beside the two workers put three
   # compiling processes on CI's two cores, and a worker then missed gloo's rendezvous deadline.
-  want = trainer.train_and_evaluate(td.smoke_config(data, "jit", 1, 1, dropout=True),
+  want = loop.train_and_evaluate(td.smoke_config(data, "jit", 1, 1, dropout=True),
                                     str(tmp_path / "one"))
   _run_processes(tmp_path, "trainer", 2 * TIMEOUT_S, lambda i: (
       [sys.executable, "-m", "train.main"] + flags,

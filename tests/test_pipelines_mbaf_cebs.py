@@ -1,6 +1,6 @@
 """End-to-end training of the MBAF-paper experiments on the synthetic corpora: the MBAF IEMOCAP
 model (MBAF-/NF-I/II/III, configs/iemocap_mbaf.py:smoke), CEBS F-IV (configs/cebs.py:smoke) and
-an ablation (configs/ablations.py:smoke) through ``train.trainer.train_and_evaluate``; the
+an ablation (configs/ablations.py:smoke) through ``train.loop.train_and_evaluate``; the
 metrics are sane, the memory was written in training and is only read in evaluation, and the
 workdir serves ``train.predict``."""
 import json
@@ -10,8 +10,10 @@ import jax
 import numpy as np
 import pytest
 
+from train import loop
 from train import predict
-from train import trainer
+
+import plans  # tests/plans.py
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +108,7 @@ def _mbaf_inputs(p, n=3):
 def test_mbaf_iemocap_trains_end_to_end(iemocap_dir, tmp_path, capsys, arg, fusions):
   c = _mbaf_config(arg, iemocap_dir, fusions)
   workdir = str(tmp_path / "run")
-  trainer.train_and_evaluate(c, workdir)
+  loop.train_and_evaluate(c, workdir)
   kinds = fusions.split(",")
   m = _check_metrics(workdir, kinds, 4)
   assert m["class_names"] == ["ang", "hap", "neu", "sad"]
@@ -153,7 +155,7 @@ def _cebs_config(arg, data_dir, fusions):
 def test_cebs_f4_trains_end_to_end(cebs_dir, tmp_path):
   c = _cebs_config("F-IV,smoke", cebs_dir, "mbaf,naive")
   workdir = str(tmp_path / "run")
-  trainer.train_and_evaluate(c, workdir)
+  loop.train_and_evaluate(c, workdir)
   m = _check_metrics(workdir, ["mbaf", "naive"], 3)
   assert m["class_names"] == ["basal", "music", "post-music"]
   rng = np.random.default_rng(1)
@@ -184,10 +186,9 @@ def test_cebs_f4_trains_end_to_end(cebs_dir, tmp_path):
 def test_synthetic_cebs_loads_with_its_own_record_length(cebs_dir, tmp_path):
   """The manifest's seconds per state reach load_cebs (the real corpus uses 300 s)."""
   from mbaf_jax.data import synthetic_cebs
-  from train import datasets
   c = _cebs_config("F-VI,smoke", cebs_dir, "naive")
   c.data.max_examples = 0
-  ds = datasets.load_dataset(c, str(tmp_path))
+  ds = plans.load_dataset(c, str(tmp_path))
   secs = synthetic_cebs.read_manifest(cebs_dir)["seconds_per_state"]
   per_record = int(secs * 5000) // 6000
   assert per_record >= 1
@@ -196,7 +197,7 @@ def test_synthetic_cebs_loads_with_its_own_record_length(cebs_dir, tmp_path):
   assert [x.shape[1:] for x in ds.inputs["modes"]] == [(6, 1000)] * 2
   assert len(ds.folds) == 1  # smoke keeps one of the 4 LOGO folds
   c.data.max_folds = 0
-  folds = datasets.load_dataset(c, str(tmp_path)).folds
+  folds = plans.load_dataset(c, str(tmp_path)).folds
   assert len(folds) == 4
   np.testing.assert_array_equal(np.sort(np.concatenate([f.test for f in folds])),
                                 np.arange(len(ds.labels)))
@@ -210,7 +211,7 @@ def test_ablation_smoke_trains(iemocap_dir, tmp_path):
   c.data.max_examples = 60
   c.train.max_steps = 2
   workdir = str(tmp_path / "run")
-  trainer.train_and_evaluate(c, workdir)
+  loop.train_and_evaluate(c, workdir)
   _check_metrics(workdir, ["mbaf"], 4)
   p = predict.load(workdir)
   mem = jax.tree.leaves(p.variables["memory"])[0]

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 
 from configs import iemocap
+from train import workdir as workdir_lib
+from train import loop
+from train import reporting
+from train import cli
 from train import progress as progress_lib
-from train import trainer
 
 
 class _Clock:
@@ -97,13 +100,13 @@ def test_format_seconds():
 def test_header_names_what_the_run_trains():
   c = iemocap.get_config("demo")
   c.fusions = "naive"
-  header = trainer.run_header(c, ["naive"], 1, "jit", 1)
+  header = reporting.run_header(c, ["naive"], 1, "jit", 1)
   assert "dmf" not in header.lower(), header
   assert header.startswith("Training naive fusion (Wav2Vec2 + BERT encoders) on a synthetic "
                            "IEMOCAP-format corpus, loso folds; 1 device (jit, 1 process)")
   c = iemocap.get_config()
   c.data.data_dir = "/data/IEMOCAP_full_release"
-  header = trainer.run_header(c, ["dmf", "naive"], 8, "pmap", 2)
+  header = reporting.run_header(c, ["dmf", "naive"], 8, "pmap", 2)
   assert header == ("Training dmf and naive fusion (Wav2Vec2 + BERT encoders) on IEMOCAP "
                     "(/data/IEMOCAP_full_release), loso folds; 8 devices (pmap, 2 processes)")
 
@@ -132,7 +135,7 @@ def test_run_output_compiles_before_progress_and_writes_best_with_latest(tmp_pat
   from train import checkpoints  # pylint: disable=g-import-not-at-top
   data = synthetic.write_iemocap(str(tmp_path / "data"), size="tiny", seed=0)
   runners, seen, best_saves = [], [], []
-  init, make_progress = trainer.CompiledModel.__init__, progress_lib.progress
+  init, make_progress = loop.CompiledModel.__init__, progress_lib.progress
 
   def recording_init(self, *args, **kwargs):
     init(self, *args, **kwargs)
@@ -148,7 +151,7 @@ def test_run_output_compiles_before_progress_and_writes_best_with_latest(tmp_pat
     best_saves.append((step, sorted(self.latest.all_steps())))
     return save_best(self, step, *args)
 
-  real_evaluate = trainer.evaluate
+  real_evaluate = loop.evaluate
 
   def evaluate_ua_is_step(eval_fn, state, *args):
     """UA := the state's step, so every validation improves on the last (each one would have
@@ -156,13 +159,13 @@ def test_run_output_compiles_before_progress_and_writes_best_with_latest(tmp_pat
     return dict(real_evaluate(eval_fn, state, *args),
                 ua=float(np.ravel(jax.device_get(state.step))[0]))
 
-  monkeypatch.setattr(trainer, "evaluate", evaluate_ua_is_step)
-  monkeypatch.setattr(trainer.CompiledModel, "__init__", recording_init)
-  monkeypatch.setattr(trainer.progress_lib, "progress", recording_progress)
+  monkeypatch.setattr(loop, "evaluate", evaluate_ua_is_step)
+  monkeypatch.setattr(loop.CompiledModel, "__init__", recording_init)
+  monkeypatch.setattr(reporting.progress_lib, "progress", recording_progress)
   monkeypatch.setattr(checkpoints.FoldCheckpointer, "save_best", recording_save_best)
   c = _smoke_config(data)
   c.fusions = "naive"
-  straight = trainer.train_and_evaluate(c, str(tmp_path / "straight"))
+  straight = loop.train_and_evaluate(c, str(tmp_path / "straight"))
   out, err = capsys.readouterr()
   lines = out.splitlines()
   assert lines[0].startswith("Training naive fusion") and "dmf" not in lines[0]
@@ -180,25 +183,25 @@ def test_run_output_compiles_before_progress_and_writes_best_with_latest(tmp_pat
   assert fold["best_step"] == fold["best_val_ua"] == n
   assert best_saves == [(n, [])]
   ck = checkpoints.FoldCheckpointer(
-      checkpoints.fold_dir(str(tmp_path / "straight"), "naive", "loso_s1"))
+      workdir_lib.fold_dir(str(tmp_path / "straight"), "naive", "loso_s1"))
   assert ck.best_step() == fold["best_step"] and ck.latest_step() == n
   ck.close()
 
   c = _smoke_config(data)
   c.fusions = "naive"
-  stop = trainer.StopRequest()
+  stop = cli.StopRequest()
   with pytest.raises(KeyboardInterrupt,
                      match=f"checkpointed after step {n // 2} of fold loso_s1"):
-    trainer.train_and_evaluate(c, str(tmp_path / "resumed"), stop=stop,
+    loop.train_and_evaluate(c, str(tmp_path / "resumed"), stop=stop,
                                on_step=lambda kind, fold, step: step == n // 2 and stop.set())
-  resumed = trainer.train_and_evaluate(c, str(tmp_path / "resumed"))
+  resumed = loop.train_and_evaluate(c, str(tmp_path / "resumed"))
   again = resumed["fusions"]["naive"]["folds"]["loso_s1"]
   for k in ("wa", "ua", "f1", "best_step", "best_val_ua", "confusion"):
     assert again[k] == fold[k], k
 
 
 def test_run_kinds_runs_at_once_and_stops_every_kind_when_one_fails():
-  stop = trainer.StopRequest()
+  stop = cli.StopRequest()
   started = threading.Barrier(2, timeout=30)
 
   def run_kind(kind):
@@ -208,16 +211,16 @@ def test_run_kinds_runs_at_once_and_stops_every_kind_when_one_fails():
     assert stop.wait(30)  # asked to stop because dmf failed
 
   with pytest.raises(ValueError, match="boom"):
-    trainer.run_kinds(run_kind, ["dmf", "naive"], stop)
+    loop.run_kinds(run_kind, ["dmf", "naive"], stop)
   assert stop.is_set()
   order = []
-  trainer.run_kinds(order.append, ["dmf", "naive"], trainer.StopRequest(), at_once=False)
+  loop.run_kinds(order.append, ["dmf", "naive"], cli.StopRequest(), at_once=False)
   assert order == ["dmf", "naive"]
 
 
 def test_is_time():
-  assert [s for s in range(1, 13) if trainer.is_time(s, 4)] == [4, 8, 12]
-  assert not any(trainer.is_time(s, 0) for s in range(1, 5))  # 0: never
+  assert [s for s in range(1, 13) if loop.is_time(s, 4)] == [4, 8, 12]
+  assert not any(loop.is_time(s, 0) for s in range(1, 5))  # 0: never
 
 
 @pytest.mark.slow
@@ -229,7 +232,7 @@ def test_kinds_trained_at_once_give_the_results_of_one_after_the_other(tmp_path)
     c = _smoke_config(data)
     c.train.progress = False
     c.train.concurrent_kinds = at_once
-    out[at_once] = trainer.train_and_evaluate(c, str(tmp_path / str(at_once)))
+    out[at_once] = loop.train_and_evaluate(c, str(tmp_path / str(at_once)))
   assert out[True]["table"] == out[False]["table"]
   for kind in ("dmf", "naive"):
     assert out[True]["fusions"][kind]["folds"] == out[False]["fusions"][kind]["folds"]

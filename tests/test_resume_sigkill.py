@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import xla_env
 
-from train import checkpoints
+from train import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL_STEPS = 10
@@ -39,7 +39,7 @@ def _env():
 
 
 def _latest_dir(workdir):
-  return checkpoints.kind_dir(str(workdir), "dmf", "loso_s1", "latest")
+  return workdir_lib.slot_dir(str(workdir), "dmf", "loso_s1", "latest")
 
 
 def _finished_steps(workdir):

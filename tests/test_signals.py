@@ -11,17 +11,16 @@ import time
 
 import pytest
 
-from train import checkpoints
-from train import main as main_lib
-from train import trainer
+from train import workdir as workdir_lib
+from train import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_while_training_requests_a_checkpointed_stop(signum, capsys):
-  stop = trainer.StopRequest()
-  with main_lib.stop_on_signals(stop):
+  stop = cli.StopRequest()
+  with cli.handle_signals(stop):
     with stop.training():
       os.kill(os.getpid(), signum)
       assert stop.wait(10)  # the handler ran: stop requested, nothing raised
@@ -33,8 +32,8 @@ def test_a_signal_while_training_requests_a_checkpointed_stop(signum, capsys):
 
 
 def test_a_signal_before_training_stops_at_once():
-  stop = trainer.StopRequest()
-  with main_lib.stop_on_signals(stop):
+  stop = cli.StopRequest()
+  with cli.handle_signals(stop):
     with pytest.raises(KeyboardInterrupt, match="SIGTERM received"):
       os.kill(os.getpid(), signal.SIGTERM)
       time.sleep(10)
@@ -45,7 +44,7 @@ def test_handlers_are_installed_only_on_the_main_thread():
   seen = []
 
   def body():
-    with main_lib.stop_on_signals(trainer.StopRequest()):
+    with cli.handle_signals(cli.StopRequest()):
       seen.append(signal.getsignal(signal.SIGTERM))
 
   before = signal.getsignal(signal.SIGTERM)
@@ -69,7 +68,7 @@ def test_sigint_during_a_real_run_checkpoints_and_the_rerun_resumes(tmp_path):
   env = dict(os.environ, PYTHONUNBUFFERED="1")
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
-  latest = checkpoints.kind_dir(workdir, "naive", "loso_s1", "latest")
+  latest = workdir_lib.slot_dir(workdir, "naive", "loso_s1", "latest")
   deadline = time.time() + 300
   while not os.path.isdir(os.path.join(latest, "3")):  # steps are running
     assert proc.poll() is None and time.time() < deadline, proc.communicate()

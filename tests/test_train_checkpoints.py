@@ -4,12 +4,16 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections as mlc
 import numpy as np
 import optax
 import pytest
 
+from train import run_identity
+from train import workdir as workdir_lib
+from train import cli
 from train import checkpoints, steps
+
+import plans  # tests/plans.py
 
 
 def _state(seed, width=3):
@@ -71,41 +75,41 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
 def test_fingerprint_tracks_model_config():
   from configs import iemocap
   a, b = iemocap.get_config(), iemocap.get_config()
-  assert checkpoints.model_fingerprint(a) == checkpoints.model_fingerprint(b)
+  assert plans.fingerprint(a) == plans.fingerprint(b)
   b.model.fusion.dmf.slots = 60
-  assert checkpoints.model_fingerprint(a) != checkpoints.model_fingerprint(b)
+  assert plans.fingerprint(a) != plans.fingerprint(b)
   c = iemocap.get_config()
   c.train.epochs = 99  # not part of the state's shapes
-  assert checkpoints.model_fingerprint(a) == checkpoints.model_fingerprint(c)
+  assert plans.fingerprint(a) == plans.fingerprint(c)
   c.model.fusion.mbaf.slots = 7  # a fusion this run does not train (fusions="dmf")
   assert "mbaf" not in c.fusions
-  assert checkpoints.model_fingerprint(a) == checkpoints.model_fingerprint(c)
+  assert plans.fingerprint(a) == plans.fingerprint(c)
   c.fusions = "dmf,mbaf"  # ... unless it does
-  assert checkpoints.model_fingerprint(a) != checkpoints.model_fingerprint(c)
+  assert plans.fingerprint(a) != plans.fingerprint(c)
   from configs import iemocap_mbaf
   g, h = iemocap_mbaf.get_config(), iemocap_mbaf.get_config()
   h.model.text.glove = "/moved/glove.6B.300d.txt"  # init-only file: a move must not block resume
-  assert checkpoints.model_fingerprint(g) == checkpoints.model_fingerprint(h)
+  assert plans.fingerprint(g) == plans.fingerprint(h)
   h.model.dtype = "bfloat16"  # compute dtype: the saved state is float32 either way
-  assert checkpoints.model_fingerprint(g) == checkpoints.model_fingerprint(h)
+  assert plans.fingerprint(g) == plans.fingerprint(h)
   h.model.text.kwargs.embed_dim = 100  # ... but the embedding's shape does count
-  assert checkpoints.model_fingerprint(g) != checkpoints.model_fingerprint(h)
+  assert plans.fingerprint(g) != plans.fingerprint(h)
   d = iemocap.get_config()
   d.data.chunks = 3  # not a DMF data field (models/dmf.DATA_FIELDS): no shape depends on it
-  assert checkpoints.model_fingerprint(a) == checkpoints.model_fingerprint(d)
+  assert plans.fingerprint(a) == plans.fingerprint(d)
   d.data.max_tokens = 7  # ... but the text length is one
-  assert checkpoints.model_fingerprint(a) != checkpoints.model_fingerprint(d)
+  assert plans.fingerprint(a) != plans.fingerprint(d)
   with pytest.raises(ValueError, match="keep_checkpoints"):
     checkpoints.FoldCheckpointer("/tmp/unused_ckpt_dir", keep=0)
 
 
 def test_paths_of_the_workdir_layout():
   w = os.path.join("runs", "demo")
-  assert checkpoints.config_path(w) == os.path.join(w, "config.json")
-  assert checkpoints.checkpoint_root(w) == os.path.join(w, "ckpt")
-  assert checkpoints.fusion_dir(w, "dmf") == os.path.join(w, "ckpt", "dmf")
-  assert checkpoints.fold_dir(w, "dmf", "loso_s1") == os.path.join(w, "ckpt", "dmf", "loso_s1")
-  assert checkpoints.kind_dir(w, "dmf", "loso_s1", "best") == os.path.join(
+  assert workdir_lib.config_path(w) == os.path.join(w, "config.json")
+  assert workdir_lib.checkpoint_root(w) == os.path.join(w, "ckpt")
+  assert workdir_lib.fusion_dir(w, "dmf") == os.path.join(w, "ckpt", "dmf")
+  assert workdir_lib.fold_dir(w, "dmf", "loso_s1") == os.path.join(w, "ckpt", "dmf", "loso_s1")
+  assert workdir_lib.slot_dir(w, "dmf", "loso_s1", "best") == os.path.join(
       w, "ckpt", "dmf", "loso_s1", "best")
 
 
@@ -114,43 +118,43 @@ def test_workdir_config_is_written_checked_and_read_back(tmp_path):
   from mbaf_jax.errors import UserError
   w = str(tmp_path / "run")
   a = iemocap.get_config()
-  checkpoints.prepare_workdir(w, a, write=False)  # checks only: nothing written
-  assert not os.path.exists(checkpoints.config_path(w))
-  checkpoints.prepare_workdir(w, a)
-  checkpoints.prepare_workdir(w, iemocap.get_config())  # same config: resumes
-  config, fp = checkpoints.read_workdir_config(w)
-  assert fp == checkpoints.model_fingerprint(a) == checkpoints.model_fingerprint(config)
+  plans.prepare_workdir(w, a, write=False)  # checks only: nothing written
+  assert not os.path.exists(workdir_lib.config_path(w))
+  plans.prepare_workdir(w, a)
+  plans.prepare_workdir(w, iemocap.get_config())  # same config: resumes
+  config, fp = run_identity.read_workdir_config(w)
+  assert fp == plans.fingerprint(a) == plans.fingerprint(config)
   assert config.model.name == a.model.name and config.fusions == a.fusions
   b = iemocap.get_config()
   b.model.fusion.dmf.slots = 30
   with pytest.raises(UserError, match=r"holds a different run .*model\.fusion\.dmf\.slots: "
                      r"120 then, 30 now.*--config\.train\.restart=True"):
-    checkpoints.prepare_workdir(w, b)
+    plans.prepare_workdir(w, b)
   with pytest.raises(UserError, match="--workdir is empty"):
-    checkpoints.prepare_workdir("", a)
+    plans.prepare_workdir("", a)
   (tmp_path / "file").write_text("x")
   with pytest.raises(UserError, match="is a file, not a directory"):
-    checkpoints.prepare_workdir(str(tmp_path / "file"), a)
+    plans.prepare_workdir(str(tmp_path / "file"), a)
   with pytest.raises(UserError, match="is a file"):
-    checkpoints.read_workdir_config(str(tmp_path / "file"))
+    run_identity.read_workdir_config(str(tmp_path / "file"))
   with pytest.raises(UserError, match="does not exist"):
-    checkpoints.read_workdir_config(str(tmp_path / "none"))
-  with open(checkpoints.config_path(w), "w") as f:
+    run_identity.read_workdir_config(str(tmp_path / "none"))
+  with open(workdir_lib.config_path(w), "w") as f:
     f.write("{broken")
   with pytest.raises(UserError, match="exists but is not readable JSON"):
-    checkpoints.prepare_workdir(w, a)
+    plans.prepare_workdir(w, a)
   with pytest.raises(UserError, match="is not a readable training config"):
-    checkpoints.read_workdir_config(w)
+    run_identity.read_workdir_config(w)
 
 
 def test_find_falls_back_to_latest_and_restores_the_optimiser_state_as_saved(tmp_path):
   """What predict does: find (best, else latest), then read the variables into the model's
   shapes with the optimiser state as saved (no optimiser needed)."""
   w = str(tmp_path)
-  reader = checkpoints.FoldCheckpointer(checkpoints.fold_dir(w, "dmf", "loso_s1"), create=False)
-  assert reader.find("best") is None and not os.path.exists(checkpoints.checkpoint_root(w))
+  reader = checkpoints.FoldCheckpointer(workdir_lib.fold_dir(w, "dmf", "loso_s1"), create=False)
+  assert reader.find("best") is None and not os.path.exists(workdir_lib.checkpoint_root(w))
   reader.close()
-  ck = checkpoints.FoldCheckpointer(checkpoints.fold_dir(w, "dmf", "loso_s1"), keep=2,
+  ck = checkpoints.FoldCheckpointer(workdir_lib.fold_dir(w, "dmf", "loso_s1"), keep=2,
                                     fingerprint="abc")
   ck.save_latest(1, _state(1).saveable(), {"step": 1})
   ck.save_latest(2, _state(2).saveable(), {"step": 2})
@@ -159,10 +163,10 @@ def test_find_falls_back_to_latest_and_restores_the_optimiser_state_as_saved(tmp
   ck.close()
   assert checkpoints.find_checkpoint(w) == checkpoints.CheckpointRef("dmf", "loso_s1", "best", 1)
   assert checkpoints.find_checkpoint(w, kind="latest").step == 2
-  reader = checkpoints.FoldCheckpointer(checkpoints.fold_dir(w, "dmf", "loso_s1"),
+  reader = checkpoints.FoldCheckpointer(workdir_lib.fold_dir(w, "dmf", "loso_s1"),
                                         fingerprint="abc", create=False)
   assert reader.path("best", 1) == os.path.join(
-      os.path.abspath(checkpoints.kind_dir(w, "dmf", "loso_s1", "best")), "1")
+      os.path.abspath(workdir_lib.slot_dir(w, "dmf", "loso_s1", "best")), "1")
   target = dict(jax.eval_shape(lambda: _state(0).saveable()), opt_state=None)
   tree, meta = reader.restore("best", 1, target)
   _assert_equal(tree, _state(1).saveable())  # the optimiser state too, read as saved
@@ -194,7 +198,7 @@ def test_interrupted_run_resumes_bit_identical(tmp_path, parallelism):
   the pmap layout (8 devices: the checkpoint holds one host copy of the replicated state and is
   placed back in the layout on resume). The default jit layout's bit-identical resume is
   tests/test_resume_sigkill.py (after a kill -9) and tests/test_signals.py (after SIGINT)."""
-  from train import trainer
+  from train import loop
   from mbaf_jax.data import synthetic
   data = synthetic.write_iemocap(str(tmp_path / "data"), size="tiny", seed=0)
 
@@ -207,13 +211,13 @@ def test_interrupted_run_resumes_bit_identical(tmp_path, parallelism):
     ck.close()
     return step, tree
 
-  trainer.train_and_evaluate(_smoke(data, parallelism), str(tmp_path / "straight"))
-  stop = trainer.StopRequest()
+  loop.train_and_evaluate(_smoke(data, parallelism), str(tmp_path / "straight"))
+  stop = cli.StopRequest()
   with pytest.raises(KeyboardInterrupt):
-    trainer.train_and_evaluate(_smoke(data, parallelism), str(tmp_path / "resumed"), stop=stop,
+    loop.train_and_evaluate(_smoke(data, parallelism), str(tmp_path / "resumed"), stop=stop,
                                on_step=lambda kind, fold, step: step == 2 and stop.set())
   assert final_state(tmp_path / "resumed")[0] == 2
-  out = trainer.train_and_evaluate(_smoke(data, parallelism), str(tmp_path / "resumed"))
+  out = loop.train_and_evaluate(_smoke(data, parallelism), str(tmp_path / "resumed"))
   assert out["parallelism"] == parallelism and out["devices"] == jax.device_count()
   s1, a = final_state(tmp_path / "straight")
   s2, b = final_state(tmp_path / "resumed")

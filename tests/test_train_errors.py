@@ -7,10 +7,11 @@ import jax.numpy as jnp
 import pytest
 
 from configs import iemocap
-from train import checkpoints
+from train import loop
 from train import main as main_lib
-from train import trainer
 from train.errors import NonFiniteLossError, UserError
+
+import plans  # tests/plans.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,31 +57,30 @@ def test_data_dir_missing_or_not_iemocap(tmp_path, capsys):
 
 def test_workdir_of_another_config_is_refused(tmp_path):
   a = iemocap.get_config()
-  checkpoints.prepare_workdir(str(tmp_path), a)
-  checkpoints.prepare_workdir(str(tmp_path), iemocap.get_config())  # same config: resumes
+  plans.prepare_workdir(str(tmp_path), a)
+  plans.prepare_workdir(str(tmp_path), iemocap.get_config())  # same config: resumes
   b = iemocap.get_config()
   b.model.fusion.dmf.slots = 30
   with pytest.raises(UserError, match="different model/optimiser config"):
-    checkpoints.prepare_workdir(str(tmp_path), b)
+    plans.prepare_workdir(str(tmp_path), b)
   with pytest.raises(UserError, match="--workdir is empty"):
-    checkpoints.prepare_workdir("", a)
+    plans.prepare_workdir("", a)
 
 
 def test_nonfinite_loss_names_the_step():
   class _State:
     first_nonfinite = jnp.asarray(17, jnp.int32)
   with pytest.raises(NonFiniteLossError, match="step 17 of fold loso_s2"):
-    trainer._check_finite(_State(), "loso_s2", "dmf")
+    loop._check_finite(_State(), "loso_s2", "dmf")
   _State.first_nonfinite = jnp.asarray(-1, jnp.int32)
-  trainer._check_finite(_State(), "loso_s2", "dmf")
+  loop._check_finite(_State(), "loso_s2", "dmf")
 
 
 def test_bad_protocol_and_dataset(tmp_path):
-  from train import datasets
   c = iemocap.get_config()
   c.data.dataset = "mnist"
   with pytest.raises(UserError, match="config.data.dataset='mnist'"):
-    datasets.load_dataset(c, str(tmp_path))
+    plans.load_dataset(c, str(tmp_path))
 
 
 def test_every_user_facing_error_derives_from_the_one_user_error_base():

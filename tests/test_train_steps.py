@@ -1,6 +1,6 @@
 """train.steps and train.optimizers: write-then-carry, loss composition, optimiser groups and the
 optimiser from its optax name, determinism, compile-once, 8-device == 1-device (the steps wrapped
-by train.distributed), non-finite detection, evaluation never writes memory."""
+by train.parallel), non-finite detection, evaluation never writes memory."""
 import importlib
 import json
 
@@ -19,7 +19,7 @@ from mbaf_jax.fusion import DualMemoryFusion, NaiveFusion
 from mbaf_jax.fusion.dual_memory import memory_diagnostics
 from mbaf_jax.models.heads import ClassifierHead, ModelOutput
 from train import config_help
-from train import distributed as dist
+from train import parallel
 from train import optimizers
 from train import steps
 
@@ -77,8 +77,8 @@ def _init():
 
 def _jit_step(num_devices, donate=True):
   """MODEL's train step over a jit mesh of the first ``num_devices`` devices
-  (train.distributed)."""
-  return dist.make_parallel_train_step(lambda ax: steps.make_train_step(MODEL.apply, TX, ax),
+  (train.parallel)."""
+  return parallel.make_parallel_train_step(lambda ax: steps.make_train_step(MODEL.apply, TX, ax),
                                        "jit", devices=jax.devices()[:num_devices], donate=donate)
 
 
@@ -318,7 +318,7 @@ def test_same_seed_bit_identical_and_compiles_once(one_device):
 @pytest.mark.slow
 def test_eight_devices_equal_one_device(one_device):
   step1, step8 = one_device, _jit_step(8)
-  assert step8.mesh.axis_names == (dist.BATCH_AXIS,) and len(step8.devices) == 8
+  assert step8.mesh.axis_names == (parallel.BATCH_AXIS,) and len(step8.devices) == 8
   s1, s8 = step1.put_state(_init()), step8.put_state(_init())
   for i, real in enumerate((B, 5)):
     batch = _batch(20 + i, real)
@@ -381,10 +381,10 @@ def test_pmap_train_step_equals_one_device(fusion):
   model = FieldModel(fusion=layer)
   tx = optimizers.make_optimizer(_optim(), steps.abstract_params(model, _batch(0),
                                                                 jax.random.key(0)))
-  init = dist.fetch(steps.create_state(steps.init_variables(model, _batch(0), jax.random.key(0)),
+  init = parallel.to_host(steps.create_state(steps.init_variables(model, _batch(0), jax.random.key(0)),
                                        tx))
   ref = jax.jit(steps.make_train_step(model.apply, tx))
-  ps = dist.make_parallel_train_step(
+  ps = parallel.make_parallel_train_step(
       lambda ax: steps.make_train_step(steps.with_axis_name(model, ax).apply, tx, ax), "pmap",
       devices=jax.devices()[:4])
   want, got = init, ps.put_state(init)
@@ -393,14 +393,14 @@ def test_pmap_train_step_equals_one_device(fusion):
     batch = _batch(50 + i, real)
     want, m_want = ref(want, batch, key)
     got, m_got = ps(got, ps.put_batch(batch), key)
-    m_got = ps.get_metrics(m_got)
+    m_got = ps.to_host(m_got)
     for name in ("loss", "ce", "aux", "correct", "count"):
       np.testing.assert_allclose(m_got[name], m_want[name], rtol=1e-5, atol=1e-6, err_msg=name)
-  host = ps.get_state(got)
+  host = ps.to_host(got)
   again = ps.put_state(init)  # same seed, same batches: bit-identical, no new compilation
   for i, real in enumerate((B, 3, B)):
     again, _ = ps(again, ps.put_batch(_batch(50 + i, real)), key)
-  for x, y in zip(jax.tree.leaves(ps.get_state(again)), jax.tree.leaves(host)):
+  for x, y in zip(jax.tree.leaves(ps.to_host(again)), jax.tree.leaves(host)):
     np.testing.assert_array_equal(x, y)
   assert ps.traces == 1
   moved = [float(np.abs(np.asarray(a) - b).max()) for a, b in
@@ -412,11 +412,11 @@ def test_pmap_train_step_equals_one_device(fusion):
   if fusion == "dmf":  # every device carries the same memory (write-then-carry)
     per_dev = np.asarray(got.memory["fusion"]["M_a"])
     assert all(np.array_equal(per_dev[i], per_dev[0]) for i in range(4))
-  ev = dist.make_parallel_eval_step(
+  ev = parallel.make_parallel_eval_step(
       lambda ax: steps.make_eval_step(steps.with_axis_name(model, ax).apply), "pmap",
       devices=jax.devices()[:4])
   batch = _batch(60, 5)
-  np.testing.assert_allclose(ev.get_rows(ev(got, ev.put_batch(batch))),
+  np.testing.assert_allclose(ev.rows_to_host(ev(got, ev.put_batch(batch))),
                              steps.make_eval_step(model.apply)(want, batch), rtol=1e-5, atol=1e-6)
 
 

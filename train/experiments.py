@@ -12,7 +12,7 @@ Tables (``--list`` prints them): ``dmf_table1`` (DMF vs naive, IEMOCAP LOSO), ``
 (DMF §3.2 inference time per sample, memory vs naive). ``mbaf_table4`` / ``mbaf_table5`` /
 ``mbaf_table6`` are accepted as short names.
 
-Each run is ``train.trainer.train_and_evaluate`` in its own ``<workdir>/<config key>/seed<k>/``;
+Each run is ``train.loop.train_and_evaluate`` in its own ``<workdir>/<config key>/seed<k>/``;
 a run whose metrics.json is complete is read, not rerun (rerunning a command resumes it; a run
 interrupted mid-fold resumes from its checkpoint). Runs shared by several tables (e.g. MBAF-III at
 l = 30 in Tables 4 and 6) are trained once. Outputs: ``<workdir>/<table>.md`` (the table in the
@@ -41,13 +41,13 @@ import numpy as np
 
 from configs.common import fusion_kinds
 from mbaf_jax import models
-from train import checkpoints
-from train import main as main_lib
-from train import metrics as metrics_lib
+from train import run_identity
+from train import workdir as workdir_lib
+from train import loop
+from train import cli
 from train import optimizers
 from train import steps
 from train import timing
-from train import trainer
 from train.errors import NonFiniteLossError, UserError
 from train.experiment_stats import aggregate, paired_difference
 from train.experiment_tables import ALIASES, ALL_NAMES, TABLES, Cell, RunSpec, Table
@@ -134,22 +134,22 @@ def run_is_complete(run_dir: str, config) -> bool:
 
 def config_differences(run_dir: str, config) -> list:
   """Fields in which ``config`` differs from the one stored in ``run_dir/config.json`` (by the
-  trainer) so that they are different runs (``checkpoints.config_differences``: fields such as
+  trainer) so that they are different runs (``run_identity.config_differences``: fields such as
   the logging cadence do not count); [] when equal or when nothing readable is stored."""
   try:
-    with open(checkpoints.config_path(run_dir)) as f:
+    with open(workdir_lib.config_path(run_dir)) as f:
       stored = json.load(f).get("config")
   except (OSError, ValueError, AttributeError):
     return []
   if not isinstance(stored, dict):
     return []
-  return [field for field, _, _ in checkpoints.config_differences(
+  return [field for field, _, _ in run_identity.config_differences(
       stored, json.loads(config.to_json_best_effort()))]
 
 
 def _trainer() -> Callable:
   """The function that trains one run (a seam: tests replace it with a fake trainer)."""
-  return trainer.train_and_evaluate
+  return loop.train_and_evaluate
 
 
 def run_all(specs: Sequence[RunSpec], seeds: Sequence[int], args, log=print) -> dict:
@@ -193,7 +193,7 @@ def run_all(specs: Sequence[RunSpec], seeds: Sequence[int], args, log=print) -> 
         # A diverged run is a result, not a crash of the table: recorded and excluded.
         out[(spec.key, seed)] = {"failed": f"NonFiniteLossError: {e}"}
         os.makedirs(run_dir, exist_ok=True)
-        metrics_lib.write_json(failed_path, out[(spec.key, seed)])
+        workdir_lib.write_json(failed_path, out[(spec.key, seed)])
         log(f"[{done}/{total}] {spec.key} seed {seed}: FAILED after {time.time() - t0:.0f} s: {e}")
         continue
       if os.path.exists(failed_path):
@@ -375,7 +375,7 @@ def run_table(name: str, args, log=print) -> dict:
   os.makedirs(args.workdir, exist_ok=True)
   with open(os.path.join(args.workdir, f"{name}.md"), "w") as f:
     f.write(md)
-  metrics_lib.write_json(os.path.join(args.workdir, f"{name}.json"), summary)
+  workdir_lib.write_json(os.path.join(args.workdir, f"{name}.json"), summary)
   if table.sweep:
     summary["plot"] = plot_sweep(table, summary, os.path.join(args.workdir, f"{name}.png"))
   log(md)
@@ -426,7 +426,7 @@ def run_inference(args, log=print) -> dict:
       f"{100 * summary['overhead_frac']:.1f} % |", ""])
   with open(os.path.join(args.workdir, "dmf_inference.md"), "w") as f:
     f.write(md)
-  metrics_lib.write_json(path, summary)
+  workdir_lib.write_json(path, summary)
   log(md)
   return summary
 
@@ -505,17 +505,6 @@ def _list_tables() -> str:
   return "\n".join(lines)
 
 
-def _enable_compile_cache(args) -> None:
-  """Turns on JAX's persistent compilation cache: every seed of a config (and every table that
-  shares a model) then compiles its train/eval steps once."""
-  if args.compile_cache == "none":
-    return
-  path = args.compile_cache or os.path.join(os.path.abspath(args.workdir), "jax_cache")
-  os.makedirs(path, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
 def main(argv=None) -> int:
   """Runs the tables named on the command line; returns the process exit status."""
   argv = sys.argv[1:] if argv is None else argv
@@ -524,7 +513,10 @@ def main(argv=None) -> int:
     print(_list_tables())
     return 0
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  _enable_compile_cache(args)
+  if args.compile_cache != "none":  # every seed of a config compiles its steps once
+    cli.enable_compilation_cache(
+        args.compile_cache or os.path.join(os.path.abspath(args.workdir), "jax_cache"),
+        min_compile_seconds=1.0)
   names = ALL_NAMES if args.table == "all" else (args.table,)
 
   def run_all():
@@ -538,7 +530,8 @@ def main(argv=None) -> int:
       else:
         run_table(name, sub)
 
-  return main_lib.exit_status(run_all)
+  stop = cli.StopRequest()
+  return cli.run_command(run_all, stop, restore=False)
 
 
 if __name__ == "__main__":

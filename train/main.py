@@ -18,21 +18,20 @@ Compiled XLA programs are kept in a persistent cache (``--compilation_cache_dir`
 ``$XDG_CACHE_HOME/mbaf_jax/xla`` or ``~/.cache/mbaf_jax/xla``; ``none`` turns it off), so a rerun of
 the same config skips most compilation.
 """
-import contextlib
-import os
-import signal
-import sys
-import threading
+from train import cli
 
-from absl import app
-from absl import flags
-from absl import logging
-import jax
-from ml_collections import config_flags
+if __name__ == "__main__":
+  cli.catch_signals_early()  # before the slow imports below: a Ctrl-C during them is acted on
 
-from mbaf_jax.errors import UserError
-from train import config_help as help_lib
-from train import trainer
+import sys  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from train import config_help as help_lib  # noqa: E402
+from train import loop  # noqa: E402
 
 FLAGS = flags.FLAGS
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and events.")
@@ -49,89 +48,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 _HELP_FLAGS = ("--help", "-help", "-h", "--helpshort", "--helpfull", "-?")
 
 
-def default_cache_dir() -> str:
-  """``$XDG_CACHE_HOME/mbaf_jax/xla`` (``~/.cache`` when XDG_CACHE_HOME is unset)."""
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "mbaf_jax", "xla")
-
-
-def enable_compilation_cache(path: str = "") -> str | None:
-  """Turns on JAX's persistent compilation cache before anything is compiled.
-
-  Args:
-    path: cache directory; "" : ``JAX_COMPILATION_CACHE_DIR`` if set, else
-      :func:`default_cache_dir`; "none": leave the cache off.
-
-  Returns:
-    The directory used, or None when off (or when it cannot be created: the run then just
-    compiles, with a warning).
-  """
-  if path.strip().lower() == "none":
-    return None
-  path = path or os.environ.get("JAX_COMPILATION_CACHE_DIR") or default_cache_dir()
-  try:
-    os.makedirs(path, exist_ok=True)
-  except OSError as e:
-    print(f"warning: compilation cache directory {path!r} cannot be created ({e}); compiling "
-          "without a persistent cache (pass --compilation_cache_dir=DIR or none).",
-          file=sys.stderr)
-    return None
-  jax.config.update("jax_compilation_cache_dir", path)
-  return path
-
-
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # stop at the next step, with a checkpoint
-
-
-@contextlib.contextmanager
-def stop_on_signals(stop: trainer.StopRequest, stream=None):
-  """SIGINT / SIGTERM inside the block: while a fold is training, the first one sets ``stop``
-  (every fold checkpoints at its next step boundary and the run ends with KeyboardInterrupt) and
-  a second one stops at once; before training starts (loading, compiling) a signal stops at once
-  (there is nothing to save yet). Only the main thread can install handlers; elsewhere this does
-  nothing."""
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
-  stream = stream or sys.stderr
-
-  def handle(signum, frame):
-    del frame
-    if stop.is_set() or not stop.honoured():
-      raise KeyboardInterrupt(f"{signal.Signals(signum).name} received")
-    stop.set()
-    print(f"\n{signal.Signals(signum).name} received: saving a checkpoint after the current step, "
-          "then stopping (press Ctrl-C again to stop at once, without saving).", file=stream,
-          flush=True)
-
-  previous = {s: signal.signal(s, handle) for s in _STOP_SIGNALS}
-  try:
-    yield
-  finally:
-    for s, h in previous.items():
-      signal.signal(s, h)
-
-
-def run(config, workdir: str) -> int:
-  """Runs the trainer; returns the process exit status (0 ok, 2 user error, 130 stopped)."""
-  stop = trainer.StopRequest()
-  with stop_on_signals(stop):
-    return exit_status(lambda: trainer.train_and_evaluate(config, workdir, stop=stop))
-
-
-def exit_status(fn) -> int:
-  """Calls ``fn()``; a user error prints one paragraph (status 2), an interrupt says how to
-  resume (130)."""
-  try:
-    fn()
-  except (UserError, FileNotFoundError, NotADirectoryError) as e:
-    print(f"\nerror: {e}", file=sys.stderr, flush=True)
-    return 2
-  except KeyboardInterrupt as e:
-    print(f"\nstopped: {e or 'interrupted'}; rerun the same command to resume.", file=sys.stderr,
-          flush=True)
-    return 130
-  return 0
+def run(config, workdir: str, restore_signals: bool = True) -> int:
+  """Runs the experiment with signals handled (``train.cli``); returns the exit status (0 done,
+  2 user error, 130 stopped). ``restore_signals=False`` (the command line) keeps the handlers
+  until the process ends."""
+  stop = cli.StopRequest()
+  return cli.run_command(lambda: loop.train_and_evaluate(config, workdir, stop=stop), stop,
+                         restore=restore_signals)
 
 
 def config_help() -> str:
@@ -189,8 +112,8 @@ def main(argv):
           "(expected a config file such as configs/iemocap.py, optionally with :variant).",
           file=sys.stderr)
     sys.exit(2)
-  enable_compilation_cache(_CACHE_DIR.value)
-  sys.exit(run(config, _WORKDIR.value))
+  cli.enable_compilation_cache(_CACHE_DIR.value)
+  cli.exit_now(run(config, _WORKDIR.value, restore_signals=False))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ The step is a pure function of ``(state, batch, key)``: it folds the step number
 "batch_stats"]``, takes the loss on the *new* memory (DMF §2.2–2.3: "these calculated new memory
 states are used to calculate the overall loss"), and carries ``stop_gradient(new memory)`` into
 the next state ("we assign it back to the memory variable only at the beginning of the next
-iteration"). Nothing here builds a mesh, compiles or places arrays: ``train.distributed`` wraps
+iteration"). Nothing here builds a mesh, compiles or places arrays: ``train.parallel`` wraps
 these functions for a layout. Under ``jit`` over a device mesh the step sees the global batch
 (sharded, state replicated), so the fusion layer's writer sees the global batch; under
 ``jax.pmap`` the step is built with ``axis_name`` (:func:`make_train_step`) and the model with
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from mbaf_jax.fusion.dual_memory import DIAGNOSTICS
-from train import distributed as dist
+from train import parallel
 
 COLLECTIONS = ("memory", "batch_stats", "constants")
 
@@ -163,9 +163,9 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
     tx: the optimiser.
     axis_name: ``None``: the step sees the global batch (one device, or jit over a mesh).
       A pmap axis: the step sees this device's rows; the cross-entropy is this device's share
-      of the global masked mean (``distributed.global_masked_mean``), the fusion's aux terms
+      of the global masked mean (``parallel.global_masked_mean``), the fusion's aux terms
       (computed from the gathered global batch) are divided by the device count
-      (``distributed.device_share``), the gradients are summed over devices and the metrics are
+      (``parallel.device_share``), the gradients are summed over devices and the metrics are
       global, so every device makes the update of the single-device step.
 
   Returns:
@@ -184,21 +184,21 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
       out, new_vars = apply_fn(state.variables(params), inputs, mask=mask, train=True,
                                rngs=rngs, mutable=["memory", "batch_stats", DIAGNOSTICS])
       picked = jnp.take_along_axis(out.log_probs, labels[:, None].astype(jnp.int32), axis=-1)
-      ce = dist.global_masked_mean(-picked[:, 0], mask, axis_name)
+      ce = parallel.global_masked_mean(-picked[:, 0], mask, axis_name)
       aux = sum((jnp.asarray(v, jnp.float32) for v in out.aux.values()),
                 jnp.zeros((), jnp.float32))
-      aux = dist.device_share(aux, axis_name)
+      aux = parallel.device_share(aux, axis_name)
       return ce + aux, (ce, aux, out.log_probs, new_vars)
 
     grads, (ce, aux, log_probs, new_vars) = jax.grad(loss_fn, has_aux=True)(state.params)
     new_vars = dict(new_vars)
     diagnostics = diagnostic_scalars(new_vars.pop(DIAGNOSTICS, {}), axis_name)
-    grads = dist.sum_over_devices(grads, axis_name)
+    grads = parallel.sum_over_devices(grads, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     m = mask.astype(jnp.float32)
     correct = jnp.sum(m * (jnp.argmax(log_probs, -1) == labels))
-    ce, aux, correct, count = dist.sum_over_devices((ce, aux, correct, jnp.sum(m)), axis_name)
+    ce, aux, correct, count = parallel.sum_over_devices((ce, aux, correct, jnp.sum(m)), axis_name)
     loss = ce + aux
     bad = jnp.logical_and(state.first_nonfinite < 0, ~jnp.isfinite(loss))
     new_state = state.replace(

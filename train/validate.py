@@ -1,15 +1,20 @@
-"""Checks a whole run config before any data is read or anything is written.
+"""Reads a run's config once, into a frozen :class:`RunPlan`, after checking all of it.
 
-``check_config(config)`` finds every problem a user can fix in one pass — numeric fields out of
+:func:`plan` is the one reader of the config: everything after it in ``train/`` takes the plan or
+the part of it that it uses. It finds every problem a user can fix in one pass — numeric fields out of
 range, unknown options (data set, protocol, mode pair, model family, fusion kind, optimiser), a
 fusion layer or encoder option the model rejects, a layout the devices cannot hold — and raises
 one :class:`~mbaf_jax.errors.UserError` that lists them all. The model is checked by an abstract
 initialisation (``jax.eval_shape``: shapes only, no weights, no data), so an option that only
 fails when the layer is set up (``slots=0``) is caught before the data set is loaded.
 """
+import dataclasses
+import json
+import types
 import warnings
 
 import jax
+import ml_collections as mlc
 import numpy as np
 
 from configs.common import fusion_kinds
@@ -17,8 +22,9 @@ from mbaf_jax import models
 from mbaf_jax.data import cebs as cebs_data
 from mbaf_jax.errors import UserError
 from mbaf_jax.models import factory
-from train import distributed as dist
 from train import optimizers
+from train import parallel
+from train import run_identity
 from train import steps
 
 # Dotted config field → (lowest allowed value, what the field is). Integers unless listed in
@@ -114,11 +120,18 @@ def _optimiser(config) -> list:
   return []
 
 
+def layout(train) -> tuple[str, tuple]:
+  """``(parallelism, devices)`` of ``config.train`` (``parallel.layout``)."""
+  return parallel.layout(train.parallelism, train.num_devices,
+                         {"batch_size": train.batch_size,
+                          "eval_batch_size": train.eval_batch_size})
+
+
 def _layout(config) -> list:
   if min(config.train.batch_size, config.train.eval_batch_size) < 1:
     return []  # reported by _ranges
   try:
-    dist.layout(config)
+    layout(config.train)
   except UserError as e:
     return [str(e).rstrip(".")]
   return []
@@ -141,7 +154,7 @@ def _model(config) -> list:
   if pretrained:
     return []
   try:
-    batch = dict(models.dummy_batch(config, 2), mask=np.ones((2,), bool),
+    batch = dict(models.dummy_batch(config.data, config.model, 2), mask=np.ones((2,), bool),
                  label=np.zeros((2,), np.int32))
   except (ValueError, TypeError, KeyError) as e:
     return [f"config.data does not give the model's input shapes ({e})"]
@@ -163,6 +176,73 @@ def problems(config) -> list:
   """Every problem of ``config`` a user must fix, one sentence each (empty: it can run)."""
   return (_ranges(config) + data_problems(config) + _optimiser(config) + _layout(config) +
           _model(config))
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """When a fold trains, validates, logs and checkpoints (``config.train``)."""
+  batch_size: int  # global training batch
+  eval_batch_size: int  # evaluation batch
+  epochs: int  # passes over a fold's training set
+  max_steps: int  # steps per fold (0: epochs decide)
+  eval_every_epochs: int  # validation every n epochs
+  log_every_steps: int  # training scalars every n steps
+  checkpoint_every_steps: int  # a "latest" checkpoint every n steps
+  keep_checkpoints: int  # "latest" checkpoints kept per fold
+  progress: bool  # progress bars / lines
+  concurrent_kinds: bool  # train the fusion kinds at the same time (one process)
+
+  def total_steps(self, steps_per_epoch: int) -> int:
+    """Steps of one fold."""
+    return self.max_steps or self.epochs * steps_per_epoch
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+  """Everything a run needs from its config, read once and checked (:func:`plan`).
+
+  The sections ``data``, ``model`` and ``optim`` are frozen copies of the config's, passed to the
+  model family, the data loaders and the optimiser as they are.
+  """
+  name: str  # the experiment's label (metrics.json)
+  seed: int  # the PRNG seed
+  kinds: tuple  # the fusion kinds trained, in order
+  family: types.ModuleType  # the model family module (mbaf_jax.models.<name>)
+  parallelism: str  # "jit" or "pmap"
+  devices: tuple  # the devices the steps run on
+  schedule: Schedule  # config.train's steps, validation, logging, checkpoints
+  data: mlc.FrozenConfigDict  # config.data
+  model: mlc.FrozenConfigDict  # config.model
+  optim: mlc.FrozenConfigDict  # config.optim
+  record: dict  # the config as JSON: config.json and the rerun rule (train.run_identity)
+  fingerprint: str  # run_identity.model_fingerprint of record
+
+
+def plan(config) -> RunPlan:
+  """Checks ``config`` (:func:`problems`) and reads it into a :class:`RunPlan`.
+
+  Call it after ``parallel.initialize_multihost`` (the layout asks JAX for its devices).
+
+  Raises:
+    UserError: the config cannot run; the message lists each problem and how to fix it.
+  """
+  check_config(config)
+  t = config.train
+  parallelism, devices = layout(t)
+  family = factory.family(config.model.name)
+  record = json.loads(config.to_json_best_effort())
+  return RunPlan(
+      name=config.name, seed=int(config.seed), kinds=tuple(fusion_kinds(config)), family=family,
+      parallelism=parallelism, devices=devices,
+      schedule=Schedule(
+          batch_size=t.batch_size, eval_batch_size=t.eval_batch_size, epochs=t.epochs,
+          max_steps=t.max_steps, eval_every_epochs=t.eval_every_epochs,
+          log_every_steps=t.log_every_steps, checkpoint_every_steps=t.checkpoint_every_steps,
+          keep_checkpoints=t.keep_checkpoints, progress=bool(t.progress),
+          concurrent_kinds=bool(t.concurrent_kinds)),
+      data=mlc.FrozenConfigDict(config.data), model=mlc.FrozenConfigDict(config.model),
+      optim=mlc.FrozenConfigDict(config.optim), record=record,
+      fingerprint=run_identity.model_fingerprint(record, family.DATA_FIELDS))
 
 
 def check_config(config) -> None:

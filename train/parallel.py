@@ -1,7 +1,7 @@
 """Devices and hosts: data parallelism over a jit device mesh or ``jax.pmap``, and multi-host.
 
 The project's one device layer: the only place that checks a run's layout against its devices
-(:func:`layout`), builds meshes (:func:`global_mesh`), places arrays (:class:`ParallelStep`'s
+(:func:`layout`), builds meshes (:func:`global_mesh`), places arrays (the steps'
 ``put_*``, :func:`host_local_to_global`, :func:`replicate_on_mesh`) and compiles steps for a
 layout; ``train.steps`` holds the pure step functions it wraps. One mesh axis name,
 :data:`BATCH_AXIS`, for the jit mesh and the pmap axis.
@@ -29,15 +29,15 @@ Multi-host: :func:`initialize_multihost` calls ``jax.distributed.initialize``; e
 builds the same global mesh (:func:`global_mesh`), feeds its own rows
 (:func:`host_local_to_global`), and runs the same jitted step.
 
-Typical use (what ``train.trainer`` calls)::
+Typical use (what ``train.loop`` calls)::
 
-  initialize_multihost(config)                    # no-op for one process
-  parallelism, devices = layout(config)           # checked against the batch sizes
-  ps = make_parallel_train_step(build_step, parallelism, devices)
+  initialize_multihost()                          # no-op for one process (reads the environment)
+  parallelism, devices = layout("jit", 0, (32, 64))  # checked against the batch sizes
+  ps = make_parallel_train_step(build_step, parallelism, devices)   # a JitStep or a PmapStep
   state = ps.put_state(state)
   for batch in batches:                           # host-local rows
     state, metrics = ps(state, ps.put_batch(batch), jax.random.fold_in(key, step))
-  state = ps.get_state(state)                     # host numpy / single copy
+  state = ps.to_host(state)                       # host numpy, one copy
 """
 from __future__ import annotations
 
@@ -123,58 +123,40 @@ def _first_env(names):
   return None
 
 
-def _get(cfg, name, default=None):
-  if cfg is None:
-    return default
-  try:
-    return cfg.get(name, default) if hasattr(cfg, "get") else getattr(cfg, name, default)
-  except (AttributeError, KeyError):
-    return default
-
-
 def _check_address(address: str) -> None:
   if not isinstance(address, str) or not re.fullmatch(r"[^\s:]+:\d{1,5}", address):
     raise UserError(
         f"coordinator_address={address!r} is not 'host:port' (e.g. '10.0.0.1:1234' or "
-        f"'127.0.0.1:29500'); set config.distributed.coordinator_address or "
-        f"{_ENV_COORDINATOR[0]}.")
+        f"'127.0.0.1:29500'); set {_ENV_COORDINATOR[0]}.")
 
 
-def initialize_multihost(config=None, *, coordinator_address: str | None = None,
+def initialize_multihost(*, coordinator_address: str | None = None,
                          num_processes: int | None = None, process_id: int | None = None,
-                         local_device_ids=None, timeout_s: int = 300) -> HostSetup:
+                         local_device_ids=None, auto: bool | None = None,
+                         timeout_s: int = 300) -> HostSetup:
   """Joins this process to a multi-host run via ``jax.distributed.initialize``.
 
-  Settings, first found wins: keyword arguments; ``config.distributed.{coordinator_address,
-  num_processes, process_id, local_device_ids, auto}`` (``config`` is the run config or its
-  ``distributed`` block); the environment (``MBAF_COORDINATOR_ADDRESS`` /
-  ``JAX_COORDINATOR_ADDRESS``, ``MBAF_NUM_PROCESSES`` / ``JAX_NUM_PROCESSES``,
-  ``MBAF_PROCESS_ID`` / ``JAX_PROCESS_ID``, ``MBAF_DISTRIBUTED_AUTO=1`` for ``auto``). With none
-  of them (and ``auto`` false) this is a single-process run and nothing is initialised.
-  ``auto=True`` calls
-  ``jax.distributed.initialize()`` with no arguments, which detects Cloud TPU pods, SLURM
-  and Open MPI. On CPU the collectives go through gloo.
+  Each setting comes from its keyword argument, else from the environment
+  (``MBAF_COORDINATOR_ADDRESS`` / ``JAX_COORDINATOR_ADDRESS``, ``MBAF_NUM_PROCESSES`` /
+  ``JAX_NUM_PROCESSES``, ``MBAF_PROCESS_ID`` / ``JAX_PROCESS_ID``, ``MBAF_DISTRIBUTED_AUTO=1`` for
+  ``auto``). With none of them this is a single-process run and nothing is initialised.
+  ``auto=True`` calls ``jax.distributed.initialize()`` with no arguments, which detects Cloud TPU
+  pods, SLURM and Open MPI. On CPU the collectives go through gloo.
 
   Call it before any other JAX call that touches devices.
 
   Returns:
     :class:`HostSetup`.
+
+  Raises:
+    UserError: the settings are incomplete or malformed (one sentence naming them).
   """
-  dist = _get(config, "distributed", None) if config is not None else None
-  if dist is None and config is not None and _get(config, "coordinator_address") is not None:
-    dist = config
-  address = coordinator_address or _get(dist, "coordinator_address") or _first_env(_ENV_COORDINATOR)
-  nproc = num_processes if num_processes is not None else _get(dist, "num_processes")
-  if nproc is None and _first_env(_ENV_NUM_PROCESSES) is not None:
-    nproc = _first_env(_ENV_NUM_PROCESSES)
-  pid = process_id if process_id is not None else _get(dist, "process_id")
-  if pid is None and _first_env(_ENV_PROCESS_ID) is not None:
-    pid = _first_env(_ENV_PROCESS_ID)
-  local_ids = local_device_ids if local_device_ids is not None else _get(dist, "local_device_ids")
-  auto = bool(_get(dist, "auto", False))
-  env_auto = _first_env(_ENV_AUTO)
-  if not auto and env_auto is not None:
-    auto = env_auto.strip().lower() in ("1", "true", "yes", "on")
+  address = coordinator_address or _first_env(_ENV_COORDINATOR)
+  nproc = num_processes if num_processes is not None else _first_env(_ENV_NUM_PROCESSES)
+  pid = process_id if process_id is not None else _first_env(_ENV_PROCESS_ID)
+  local_ids = local_device_ids
+  if auto is None:
+    auto = (_first_env(_ENV_AUTO) or "").strip().lower() in ("1", "true", "yes", "on")
 
   initialized = False
   if jax.distributed.is_initialized():
@@ -186,7 +168,7 @@ def initialize_multihost(config=None, *, coordinator_address: str | None = None,
     if address is not None or not auto:
       if address is None:
         raise UserError("num_processes/process_id are set but coordinator_address is not; "
-                         "give all three (or config.distributed.auto=True on a TPU pod/SLURM).")
+                         f"give all three (or {_ENV_AUTO[0]}=1 on a TPU pod or SLURM).")
       _check_address(address)
       try:
         nproc, pid = int(nproc), int(pid)
@@ -222,7 +204,7 @@ def global_mesh(axis_name: str = BATCH_AXIS, devices=None, axis_type: str = "aut
     axis_type: ``"auto"`` (the trainer's default: the step is global-view code under ``jit``
       with in/out shardings, and XLA places the collectives) or ``"explicit"`` (the sharding
       is part of every array's type; steps then run inside ``jax.set_mesh(mesh)``, which
-      :class:`ParallelStep` does). ``jax.make_mesh``'s own default is Explicit; the axis type is
+      :class:`JitStep` does). ``jax.make_mesh``'s own default is Explicit; the axis type is
       stated here so a JAX upgrade cannot change the trainer's program.
 
   Returns:
@@ -315,14 +297,14 @@ def replicate_on_mesh(tree, mesh: Mesh):
   return jax.tree.map(put, tree)
 
 
-def fetch(tree):
+def to_host(tree):
   """Host NumPy copy of a replicated (or fully addressable) pytree; keys stay keys."""
   def get(x):
     if _is_key(x):
       return x
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
       if not x.sharding.is_fully_replicated:
-        raise ValueError("fetch() got an array sharded over other processes; gather it first "
+        raise ValueError("to_host() got an array sharded over other processes; gather it first "
                          "(only replicated state can be fetched on one host).")
       return np.asarray(x.addressable_data(0))
     return np.asarray(x)
@@ -362,7 +344,7 @@ def replicate(tree, devices, axis_name: str = BATCH_AXIS):
   return jax.tree.map(put, tree)
 
 
-def unreplicate(tree):
+def _first_copy(tree):
   """The first device's copy of a pmap-replicated pytree, on the host (NumPy leaves; PRNG keys
   stay keys). Each leaf is one transfer of the first device's buffer: no computation is
   dispatched (indexing ``x[0]`` would launch one gather per leaf on the device)."""
@@ -438,27 +420,25 @@ def select_devices(parallelism: str, num_devices: int) -> tuple:
   return tuple(avail[: n or len(avail)])
 
 
-def layout(config) -> tuple[str, tuple]:
-  """``(parallelism, devices)`` from ``config.train``, checked against the batch sizes.
+def layout(parallelism: str, num_devices: int, batch_sizes: dict) -> tuple[str, tuple]:
+  """``(parallelism, devices)`` of a run, checked against its batch sizes.
 
   Args:
-    config: the run config (``train.parallelism``, ``train.num_devices``, ``train.batch_size``,
-      ``train.eval_batch_size``).
+    parallelism: ``config.train.parallelism`` (:data:`PARALLELISMS`).
+    num_devices: ``config.train.num_devices`` (0: all).
+    batch_sizes: ``{"batch_size": n, "eval_batch_size": m}`` (named as in ``config.train``).
 
   Returns:
-    The parallelism (``"jit"`` when unset) and the devices for
-    :func:`make_parallel_train_step` / :func:`make_parallel_eval_step`.
+    The parallelism and the devices for :func:`make_parallel_train_step` /
+    :func:`make_parallel_eval_step`.
 
   Raises:
     UserError: unknown parallelism, bad num_devices, or a batch size that does not split over
       the devices.
   """
-  t = config.train
-  parallelism = t.get("parallelism", "jit")
-  devices = select_devices(parallelism, t.num_devices)
-  for field in ("batch_size", "eval_batch_size"):
-    size = int(t[field])
-    if size < 1 or size % len(devices):
+  devices = select_devices(parallelism, num_devices)
+  for field, size in batch_sizes.items():
+    if int(size) < 1 or int(size) % len(devices):
       raise UserError(f"config.train.{field}={size} does not split evenly over the "
                       f"{len(devices)} devices of this run (parallelism={parallelism!r}); set "
                       f"it to a multiple of {len(devices)}, or choose the devices with "
@@ -468,76 +448,102 @@ def layout(config) -> tuple[str, tuple]:
 
 # --------------------------------------------------------------------------- one front door
 @dataclasses.dataclass
-class ParallelStep:
-  """A train step wrapped for one layout, with the matching state/batch placement.
+class JitStep:
+  """A step compiled with ``jax.jit`` over a device mesh, with its placement: the batch sharded
+  over the mesh's batch axis, state, keys and outputs replicated.
 
   Attributes:
-    parallelism: ``"jit"`` or ``"pmap"``.
-    step: the compiled ``(state, batch, key) -> (state, metrics)`` in device layout.
-    mesh: the device mesh (``jit``) or ``None``.
+    step: the compiled ``(state, batch[, key]) -> outputs`` in device layout.
+    mesh: the device mesh.
     devices: the devices used.
     axis_name: the batch axis name.
+    counter: counts the traces of the wrapped function.
   """
-  parallelism: str  # "jit" | "pmap"
-  step: Callable  # wrapped step, device layout in and out
-  mesh: Mesh | None  # jit: the mesh; pmap: None
-  devices: tuple  # devices the step runs on
-  axis_name: str  # batch axis name
-  counter: "TraceCounter | None" = None  # counts traces of the wrapped function
+  step: Callable  # the compiled step, device layout in and out
+  mesh: Mesh  # the device mesh (Auto or Explicit axes)
+  devices: tuple  # the mesh's devices
+  axis_name: str  # the batch axis
+  counter: "TraceCounter"  # traces of the wrapped function (1 = compiled once)
+  parallelism = "jit"
 
   @property
   def traces(self) -> int:
     """How many times the step function was traced (1 = compiled once)."""
-    return 0 if self.counter is None else self.counter.traces
+    return self.counter.traces
 
   def __call__(self, state, batch, key=None):
     """Runs the step; ``key=None`` for a step without a PRNG key (evaluation)."""
-    if key is not None and self.parallelism == "jit":
-      key = self.put_key(key)
-    args = (state, batch) if key is None else (state, batch, key)
+    args = (state, batch) if key is None else (state, batch, self.put_key(key))
     if is_explicit(self.mesh):  # explicit sharding types need the mesh in context
       with jax.set_mesh(self.mesh):
         return self.step(*args)
     return self.step(*args)
 
-  def get_rows(self, x):
-    """A batch-sharded output (e.g. eval log-probs) → host NumPy ``(B_global, ...)``.
-
-    ``jit``: the output must be replicated (see :func:`make_parallel_eval_step`); ``pmap``:
-    ``(devices, B / devices, ...)`` is flattened back in device (= row) order.
-    """
-    if self.parallelism == "pmap":
-      x = np.asarray(jax.device_get(x))
-      return x.reshape((-1,) + x.shape[2:])
-    return np.asarray(fetch(x))
-
   def put_key(self, key):
-    """A PRNG key → replicated on the mesh (``jit``; needed across processes)."""
-    if self.parallelism == "pmap":
-      return key
+    """A PRNG key → replicated on the mesh (needed across processes)."""
     if isinstance(key, jax.Array) and key.sharding == replicated_sharding(self.mesh):
       return key
     return replicate_on_mesh(key, self.mesh)
 
   def put_state(self, state):
-    """Host/single-device state → device layout (replicated)."""
-    if self.parallelism == "pmap":
-      return replicate(state, self.devices, self.axis_name)
+    """Host state → replicated on the mesh."""
     return replicate_on_mesh(state, self.mesh)
 
   def put_batch(self, batch):
-    """This process's rows → device layout (sharded over the batch axis)."""
-    if self.parallelism == "pmap":
-      return shard_for_pmap(batch, len(self.devices))
+    """This process's rows → the global batch, sharded over the batch axis."""
     return host_local_to_global(batch, self.mesh, self.axis_name)
 
-  def get_state(self, state):
-    """Device layout → one host copy (NumPy leaves)."""
-    if self.parallelism == "pmap":
-      state = unreplicate(state)
-    return fetch(state)
+  def to_host(self, tree):
+    """Replicated outputs (state, metrics, eval rows) → one host (NumPy) copy."""
+    return to_host(tree)
 
-  get_metrics = get_state
+
+@dataclasses.dataclass
+class PmapStep:
+  """A step compiled with ``jax.pmap`` over this process's devices, with its placement: a
+  leading device axis on the state (one copy per device) and on the batch (contiguous blocks).
+
+  Attributes: as :class:`JitStep`'s, without a mesh.
+  """
+  step: Callable  # the pmapped step, device layout in and out
+  devices: tuple  # the local devices used
+  axis_name: str  # the pmap axis
+  counter: "TraceCounter"  # traces of the wrapped function (1 = compiled once)
+  parallelism = "pmap"
+
+  @property
+  def traces(self) -> int:
+    """How many times the step function was traced (1 = compiled once)."""
+    return self.counter.traces
+
+  def __call__(self, state, batch, key=None):
+    """Runs the step; ``key=None`` for a step without a PRNG key (evaluation)."""
+    return self.step(state, batch) if key is None else self.step(state, batch, key)
+
+  def put_key(self, key):
+    """One key for every device (the layers draw noise for the global batch)."""
+    return key
+
+  def put_state(self, state):
+    """Host state → one copy per device."""
+    return replicate(state, self.devices, self.axis_name)
+
+  def put_batch(self, batch):
+    """This process's rows → ``(devices, rows / devices, ...)``."""
+    return shard_for_pmap(batch, len(self.devices))
+
+  def to_host(self, tree):
+    """Replicated outputs (state, metrics) → the first device's copy, on the host (NumPy)."""
+    return to_host(_first_copy(tree))
+
+  def rows_to_host(self, x):
+    """A per-row output ``(devices, rows / devices, ...)`` → host ``(rows, ...)``."""
+    x = np.asarray(jax.device_get(x))
+    return x.reshape((-1,) + x.shape[2:])
+
+
+JitStep.rows_to_host = JitStep.to_host  # jit: per-row outputs are replicated like the state
+ParallelStep = JitStep | PmapStep  # what make_parallel_train_step / _eval_step return
 
 
 class TraceCounter:
@@ -567,18 +573,18 @@ def make_parallel_train_step(build_step: Callable[[str | None], Callable], paral
       (:func:`global_mesh`); the same step and numbers either way.
 
   Returns:
-    :class:`ParallelStep`.
+    A :class:`JitStep` or :class:`PmapStep`.
   """
   check_parallelism(parallelism)
   if parallelism == "pmap":
     devs = _pmap_devices(devices)
     counter = TraceCounter(build_step(axis_name))
     step = make_pmap_train_step(counter, axis_name, devs, donate)
-    return ParallelStep("pmap", step, None, devs, axis_name, counter)
+    return PmapStep(step, devs, axis_name, counter)
   mesh = global_mesh(axis_name, devices, axis_type)
   counter = TraceCounter(build_step(None))
   step = make_jit_train_step(counter, mesh, axis_name, donate)
-  return ParallelStep("jit", step, mesh, tuple(mesh.devices.flat), axis_name, counter)
+  return JitStep(step, mesh, tuple(mesh.devices.flat), axis_name, counter)
 
 
 def _pmap_devices(devices) -> tuple:
@@ -602,7 +608,7 @@ def make_parallel_eval_step(build_eval: Callable[[str | None], Callable], parall
     axis_type: as for :func:`make_parallel_train_step`.
 
   Returns:
-    :class:`ParallelStep` called as ``ps(state, batch)``; ``ps.get_rows(out)`` gives the host
+    A :class:`JitStep` or :class:`PmapStep` called as ``ps(state, batch)``; ``ps.rows_to_host(out)`` gives the host
     ``(B_global, ...)`` output on every process (``jit``: the output is replicated, a small
     all-gather of e.g. log-probabilities).
   """
@@ -611,9 +617,9 @@ def make_parallel_eval_step(build_eval: Callable[[str | None], Callable], parall
     devs = _pmap_devices(devices)
     counter = TraceCounter(build_eval(axis_name))
     step = jax.pmap(counter, axis_name=axis_name, in_axes=(0, 0), out_axes=0, devices=devs)
-    return ParallelStep("pmap", step, None, devs, axis_name, counter)
+    return PmapStep(step, devs, axis_name, counter)
   mesh = global_mesh(axis_name, devices, axis_type)
   counter = TraceCounter(build_eval(None))
   rep, shard = replicated_sharding(mesh), batch_sharding(mesh, axis_name)
   step = jax.jit(counter, in_shardings=(rep, shard), out_shardings=rep)
-  return ParallelStep("jit", step, mesh, tuple(mesh.devices.flat), axis_name, counter)
+  return JitStep(step, mesh, tuple(mesh.devices.flat), axis_name, counter)
