@@ -212,7 +212,7 @@ def test_read_only_workdir_is_refused_before_any_data_is_read(tmp_path, monkeypa
 def test_config_json_write_failure_is_one_paragraph(tmp_path, monkeypatch):
   def full(*args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-  monkeypatch.setattr(metrics_lib, "write_json", full)
+  monkeypatch.setattr(workdir_lib, "write_json", full)
   with pytest.raises(UserError, match=r"cannot write .*config.json \(No space left on device\); "
                      r"nothing already saved is lost.*rerun the same command to resume"):
     plans.prepare_workdir(str(tmp_path / "run"), _config())

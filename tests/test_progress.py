@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from configs import iemocap
+from mbaf_jax.models import factory
 from train import workdir as workdir_lib
 from train import loop
 from train import reporting
@@ -100,13 +101,14 @@ def test_format_seconds():
 def test_header_names_what_the_run_trains():
   c = iemocap.get_config("demo")
   c.fusions = "naive"
-  header = reporting.run_header(c, ["naive"], 1, "jit", 1)
+  family = factory.family(c.model.name)
+  header = reporting.run_header(["naive"], c.data, family, 1, "jit", 1)
   assert "dmf" not in header.lower(), header
   assert header.startswith("Training naive fusion (Wav2Vec2 + BERT encoders) on a synthetic "
                            "IEMOCAP-format corpus, loso folds; 1 device (jit, 1 process)")
   c = iemocap.get_config()
   c.data.data_dir = "/data/IEMOCAP_full_release"
-  header = reporting.run_header(c, ["dmf", "naive"], 8, "pmap", 2)
+  header = reporting.run_header(["dmf", "naive"], c.data, family, 8, "pmap", 2)
   assert header == ("Training dmf and naive fusion (Wav2Vec2 + BERT encoders) on IEMOCAP "
                     "(/data/IEMOCAP_full_release), loso folds; 8 devices (pmap, 2 processes)")
 

@@ -1,6 +1,6 @@
-"""SIGINT / SIGTERM: while a fold trains, the first signal makes the run checkpoint at the next
-step boundary and exit 130; the rerun resumes from that step. Before training (loading,
-compiling) a signal stops at once."""
+"""SIGINT / SIGTERM: a handler only records the request; while a fold trains, the run checkpoints
+at the next step boundary and exits 130, and the rerun resumes from that step; before training it
+stops after the current phase; after the run it changes nothing; a second signal exits at once."""
 import os
 import re
 import signal
@@ -13,31 +13,61 @@ import pytest
 
 from train import workdir as workdir_lib
 from train import cli
+from train.errors import Stopped
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_while_training_requests_a_checkpointed_stop(signum, capsys):
+def test_a_signal_only_requests_a_stop_and_the_code_stops_where_it_checks(signum, capfd):
+  """The handler raises nothing: it records the request and says what happens next; the run
+  stops where it calls ``check`` (here: the point after loading the data)."""
   stop = cli.StopRequest()
   with cli.handle_signals(stop):
     with stop.training():
       os.kill(os.getpid(), signum)
       assert stop.wait(10)  # the handler ran: stop requested, nothing raised
-      with pytest.raises(KeyboardInterrupt, match=signal.Signals(signum).name):
-        os.kill(os.getpid(), signum)  # a second signal stops at once
-        time.sleep(10)
-  assert "saving a checkpoint after the current step" in capsys.readouterr().err
+    with pytest.raises(Stopped, match=f"{signal.Signals(signum).name} received; stopped after "
+                                      "loading"):
+      stop.check("after loading the data")
+  assert "saving a checkpoint after the current step" in capfd.readouterr().err
   assert signal.getsignal(signum) is not None and not stop.honoured()
 
 
-def test_a_signal_before_training_stops_at_once():
+def test_a_signal_before_training_stops_after_the_current_phase(capfd):
   stop = cli.StopRequest()
   with cli.handle_signals(stop):
-    with pytest.raises(KeyboardInterrupt, match="SIGTERM received"):
-      os.kill(os.getpid(), signal.SIGTERM)
-      time.sleep(10)
-  assert not stop.is_set()
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.wait(10)
+  assert "SIGTERM received: stopping after the current phase" in capfd.readouterr().err
+  assert cli.exit_status(lambda: stop.check("after compiling"), stop) == cli.INTERRUPTED
+
+
+def test_a_signal_after_the_run_finished_keeps_exit_status_0(capfd):
+  stop = cli.StopRequest()
+  with cli.handle_signals(stop):
+    assert cli.exit_status(lambda: os.kill(os.getpid(), signal.SIGINT), stop) == 0
+    os.kill(os.getpid(), signal.SIGINT)  # after the run: acknowledged, nothing else
+  err = capfd.readouterr().err
+  assert "finished: SIGINT received, but the run had already completed" in err
+  assert "received after the run finished" in err and "Traceback" not in err
+
+
+def test_a_second_signal_exits_at_once_with_status_130():
+  code = ("import os, signal, time\n"
+          "from train import cli\n"
+          "stop = cli.StopRequest()\n"
+          "with cli.handle_signals(stop):\n"
+          "  os.kill(os.getpid(), signal.SIGINT)\n"
+          "  stop.wait(10)\n"
+          "  os.kill(os.getpid(), signal.SIGINT)\n"
+          "  time.sleep(10)\n"
+          "print('not reached')\n")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                     timeout=60)
+  assert r.returncode == 130 and "not reached" not in r.stdout, (r.stdout, r.stderr)
+  assert "SIGINT received again: stopping now, without saving" in r.stderr
+  assert "Traceback" not in r.stderr
 
 
 def test_handlers_are_installed_only_on_the_main_thread():

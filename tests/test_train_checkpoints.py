@@ -162,7 +162,7 @@ def test_find_falls_back_to_latest_and_restores_the_optimiser_state_as_saved(tmp
   ck.save_best(1, _state(1).saveable(), {"step": 1}, 0.5)
   ck.close()
   assert checkpoints.find_checkpoint(w) == checkpoints.CheckpointRef("dmf", "loso_s1", "best", 1)
-  assert checkpoints.find_checkpoint(w, kind="latest").step == 2
+  assert checkpoints.find_checkpoint(w, slot="latest").step == 2
   reader = checkpoints.FoldCheckpointer(workdir_lib.fold_dir(w, "dmf", "loso_s1"),
                                         fingerprint="abc", create=False)
   assert reader.path("best", 1) == os.path.join(

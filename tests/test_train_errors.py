@@ -8,6 +8,7 @@ import pytest
 
 from configs import iemocap
 from train import loop
+from train import validate
 from train import main as main_lib
 from train.errors import NonFiniteLossError, UserError
 
@@ -76,11 +77,11 @@ def test_nonfinite_loss_names_the_step():
   loop._check_finite(_State(), "loso_s2", "dmf")
 
 
-def test_bad_protocol_and_dataset(tmp_path):
+def test_bad_protocol_and_dataset():
   c = iemocap.get_config()
   c.data.dataset = "mnist"
   with pytest.raises(UserError, match="config.data.dataset='mnist'"):
-    plans.load_dataset(c, str(tmp_path))
+    validate.plan(c)
 
 
 def test_every_user_facing_error_derives_from_the_one_user_error_base():
@@ -90,7 +91,7 @@ def test_every_user_facing_error_derives_from_the_one_user_error_base():
   from mbaf_jax.errors import UserError
   from train import errors
   from train.checkpoints import CheckpointMismatchError
-  from train.predict import PredictError
+  from train.inference import PredictError
   for cls in (AudioFileError, DataError, errors.UserError, errors.NonFiniteLossError,
               PredictError, CheckpointMismatchError):
     assert issubclass(cls, UserError), cls
