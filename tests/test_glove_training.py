@@ -1,7 +1,7 @@
 """config.model.text.glove → the MBAF IEMOCAP text encoder's embedding (MBAF §4.1: GloVe-300d):
 loaded for the run's vocabulary (the mbaf_iemocap family's glove_embedding / text_embedding),
 substituted after init through build_model's ``pretrained`` / merge_pretrained, trained, and
-served by train.predict without the file."""
+served by train.inference without the file."""
 import json
 import os
 import warnings
@@ -16,7 +16,7 @@ from mbaf_jax.models import factory
 from mbaf_jax.models import mbaf_iemocap
 from train import loop
 from train import datasets
-from train import predict
+from train import inference
 from train.errors import UserError
 
 import plans  # tests/plans.py
@@ -160,7 +160,7 @@ def test_smoke_training_with_glove_and_predict_without_the_file(tmp_path, capsys
   loop.train_and_evaluate(c, workdir)
   assert f"{len(known)}/{len(vocab) - 1} vocabulary words found" in capsys.readouterr().out
   os.remove(glove)  # inference needs the workdir only
-  p = predict.load(workdir)
+  p = inference.load(workdir)
   table = np.asarray(p.variables["params"]["text"]["embedding"])
   for w, v in vectors.items():
     np.testing.assert_array_equal(table[vocab[w]], v)

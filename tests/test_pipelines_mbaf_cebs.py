@@ -2,7 +2,7 @@
 model (MBAF-/NF-I/II/III, configs/iemocap_mbaf.py:smoke), CEBS F-IV (configs/cebs.py:smoke) and
 an ablation (configs/ablations.py:smoke) through ``train.loop.train_and_evaluate``; the
 metrics are sane, the memory was written in training and is only read in evaluation, and the
-workdir serves ``train.predict``."""
+workdir serves ``train.inference`` and ``train.predict``."""
 import json
 import os
 
@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from train import loop
+from train import inference
 from train import predict
 
 import plans  # tests/plans.py
@@ -69,7 +70,7 @@ def _initial_memory(config, kind, workdir, fold_index=0):
 def _check_memory(config, kind, workdir, inputs):
   """Training wrote the memory; evaluation (train=False) leaves it unchanged."""
   model, mem0 = _initial_memory(config, kind, workdir)
-  p = predict.load(workdir, fusion=kind, checkpoint="latest")
+  p = inference.load(workdir, fusion=kind, checkpoint="latest")
   mem = p.variables["memory"]
   assert jax.tree.structure(mem) == jax.tree.structure(mem0)
   diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
@@ -116,12 +117,12 @@ def test_mbaf_iemocap_trains_end_to_end(iemocap_dir, tmp_path, capsys, arg, fusi
   with open(os.path.join(workdir, "vocab.json")) as f:
     vocab = json.load(f)
   assert vocab["<pad>"] == 0 and vocab["<unk>"] == 1 and len(vocab) > 20
-  p = predict.load(workdir)
+  p = inference.load(workdir)
   waves, texts = _mbaf_inputs(p)
   probs = p(waves, texts)
   assert probs.shape == (3, 4) and np.allclose(probs.sum(-1), 1.0, atol=1e-5)
   if "mbaf" in kinds:
-    _check_memory(c, "mbaf", workdir, p._prepare(waves, texts))  # pylint: disable=protected-access
+    _check_memory(c, "mbaf", workdir, p._batch([waves, texts]))  # pylint: disable=protected-access
   if arg.startswith("III"):
     _check_mbaf_cli(workdir, tmp_path, capsys, waves[0], texts[0], probs[0])
 
@@ -161,13 +162,14 @@ def test_cebs_f4_trains_end_to_end(cebs_dir, tmp_path):
   rng = np.random.default_rng(1)
   ecg, resp = (rng.normal(size=(3, 6, 1000)).astype(np.float32) for _ in range(2))
   p = _check_memory(c, "mbaf", workdir, {"modes": (ecg, resp)})
-  assert p.input_kind == "modes" and p.mode_names == ("ECG", "RESP")
+  assert [(i.name, i.kind, i.shape) for i in p.inputs] == [("ECG", "array", (6, 1000)),
+                                                         ("RESP", "array", (6, 1000))]
   probs = p(ecg, resp)
   assert probs.shape == (3, 3) and np.allclose(probs.sum(-1), 1.0, atol=1e-5)
   np.testing.assert_allclose(p(ecg[1], resp[1])[0], probs[1], rtol=1e-5, atol=1e-6)
-  with pytest.raises(predict.PredictError, match=r"RESP input must have shape \(N, 6, 1000\)"):
+  with pytest.raises(inference.PredictError, match=r"RESP input must have shape \(N, 6, 1000\)"):
     p(ecg, resp[:, :, :10])
-  with pytest.raises(predict.PredictError, match="takes 2 arrays"):
+  with pytest.raises(inference.PredictError, match="takes 2 arrays"):
     p(ecg)
   # CLI: one .npy per mode; audio inputs are refused with a pointer to --npy.
   np.save(tmp_path / "ecg.npy", ecg)
@@ -213,6 +215,6 @@ def test_ablation_smoke_trains(iemocap_dir, tmp_path):
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(c, workdir)
   _check_metrics(workdir, ["mbaf"], 4)
-  p = predict.load(workdir)
+  p = inference.load(workdir)
   mem = jax.tree.leaves(p.variables["memory"])[0]
   assert mem.shape == (4, 32)  # single=1: the memory holds the text mode only (Eq. 13)

@@ -1,4 +1,4 @@
-"""Inference (``train.predict``): the API and CLI on a workdir from a short training run, checked
+"""Inference (``train.inference``, ``train.predict``): the API and CLI on a workdir from a short training run, checked
 against the trainer's own restore + eval path; and every user error, without training."""
 import csv
 import json
@@ -11,9 +11,13 @@ from configs import iemocap_mbaf
 from mbaf_jax.encoders import text_cnn_rnn
 from mbaf_jax.errors import UserError
 from mbaf_jax.models import mbaf_iemocap
+from train import workdir as workdir_lib
 from train import datasets
+from train import inference
 from train import optimizers
 from train import predict
+
+import plans  # tests/plans.py
 
 CLASSES = ("ang", "hap", "neu", "sad")
 
@@ -30,57 +34,57 @@ def _fake_workdir(tmp_path, with_ckpt_dirs=False):
 
 
 def test_missing_or_file_workdir_is_explained(tmp_path):
-  with pytest.raises(predict.PredictError, match=r"workdir '.*nope' does not exist"):
-    predict.load(str(tmp_path / "nope"))
+  with pytest.raises(inference.PredictError, match=r"workdir '.*nope' does not exist"):
+    inference.load(str(tmp_path / "nope"))
   f = tmp_path / "file"
   f.write_text("x")
-  with pytest.raises(predict.PredictError, match=r"is a file"):
-    predict.load(str(f))
+  with pytest.raises(inference.PredictError, match=r"is a file"):
+    inference.load(str(f))
   (tmp_path / "empty").mkdir()
-  with pytest.raises(predict.PredictError, match=r"config.json not found.*not a training workdir"):
-    predict.load(str(tmp_path / "empty"))
+  with pytest.raises(inference.PredictError, match=r"config.json not found.*not a training workdir"):
+    inference.load(str(tmp_path / "empty"))
   (tmp_path / "empty" / "config.json").write_text("{not json")
-  with pytest.raises(predict.PredictError, match=r"config.json is not a readable training config"):
-    predict.load(str(tmp_path / "empty"))
+  with pytest.raises(inference.PredictError, match=r"config.json is not a readable training config"):
+    inference.load(str(tmp_path / "empty"))
 
 
 def test_missing_checkpoint_is_explained(tmp_path):
   w = _fake_workdir(tmp_path)
-  with pytest.raises(predict.PredictError, match=r"no checkpoints found in .*ckpt"):
-    predict.find_checkpoint(str(w))
+  with pytest.raises(inference.PredictError, match=r"no checkpoints found in .*ckpt"):
+    inference.find_checkpoint(str(w))
   (tmp_path / "b").mkdir()
   w2 = _fake_workdir(tmp_path / "b", with_ckpt_dirs=True)
-  with pytest.raises(predict.PredictError, match=r"no finished checkpoint in .*loso_s1"):
-    predict.find_checkpoint(str(w2))
-  with pytest.raises(predict.PredictError, match=r"--fold='loso_s9' has no checkpoints.*loso_s1"):
-    predict.find_checkpoint(str(w2), fold="loso_s9")
-  with pytest.raises(predict.PredictError, match=r"--checkpoint='final'"):
-    predict.find_checkpoint(str(w2), checkpoint="final")
-  with pytest.raises(predict.PredictError, match=r"batch_size=0"):
-    predict.load(str(w2), batch_size=0)
+  with pytest.raises(inference.PredictError, match=r"no finished checkpoint in .*loso_s1"):
+    inference.find_checkpoint(str(w2))
+  with pytest.raises(inference.PredictError, match=r"--fold='loso_s9' has no checkpoints.*loso_s1"):
+    inference.find_checkpoint(str(w2), fold="loso_s9")
+  with pytest.raises(inference.PredictError, match=r"--checkpoint='final'"):
+    inference.find_checkpoint(str(w2), checkpoint="final")
+  with pytest.raises(inference.PredictError, match=r"batch_size=0"):
+    inference.load(str(w2), batch_size=0)
 
 
 def test_unreadable_and_missing_wav_are_named(tmp_path):
   junk = tmp_path / "junk.wav"
   junk.write_bytes(b"RIFF not really a wav")
-  with pytest.raises(predict.PredictError, match=r"cannot use audio file.*junk.wav.*readable"):
-    predict.read_waves([str(junk)], 16000)
-  with pytest.raises(predict.PredictError, match=r"cannot use audio file.*absent.wav"):
-    predict.read_waves([str(tmp_path / "absent.wav")], 16000)
+  with pytest.raises(inference.PredictError, match=r"cannot use audio file.*junk.wav.*readable"):
+    inference.read_waves([str(junk)], 16000)
+  with pytest.raises(inference.PredictError, match=r"cannot use audio file.*absent.wav"):
+    inference.read_waves([str(tmp_path / "absent.wav")], 16000)
 
 
 def test_manifest_and_wav_dir_parsing(tmp_path):
   m = tmp_path / "m.csv"
   m.write_text('wav,text\nsub/a.wav,"hello, you"\n/abs/b.wav,\n')
-  paths, texts = predict.read_manifest(str(m))
-  assert paths == [str(tmp_path / "sub" / "a.wav"), "/abs/b.wav"]
-  assert texts == ["hello, you", ""]
+  rows = predict.read_manifest_rows(str(m))
+  assert [r.path for r in rows] == [str(tmp_path / "sub" / "a.wav"), "/abs/b.wav"]
+  assert [r.text for r in rows] == ["hello, you", ""] and not any(r.problem for r in rows)
   bad = tmp_path / "bad.csv"
   bad.write_text("path,transcript\na.wav,hi\n")
-  with pytest.raises(predict.PredictError, match=r"columns 'wav' and 'text'"):
-    predict.read_manifest(str(bad))
-  with pytest.raises(predict.PredictError, match=r"--manifest='.*missing.csv' cannot be read"):
-    predict.read_manifest(str(tmp_path / "missing.csv"))
+  with pytest.raises(inference.PredictError, match=r"columns 'wav' and 'text'"):
+    predict.read_manifest_rows(str(bad))
+  with pytest.raises(inference.PredictError, match=r"--manifest='.*missing.csv' cannot be read"):
+    predict.read_manifest_rows(str(tmp_path / "missing.csv"))
 
   d = tmp_path / "wavs"
   d.mkdir()
@@ -88,13 +92,14 @@ def test_manifest_and_wav_dir_parsing(tmp_path):
   (d / "u2.flac").write_bytes(b"")
   t = tmp_path / "t.txt"
   t.write_text("u1 I am fine\nu2.flac oh no\n\n")
-  paths, texts = predict.read_wav_dir(str(d), str(t))
-  assert paths == [str(d / "u1.wav"), str(d / "u2.flac")] and texts == ["I am fine", "oh no"]
+  rows = predict.read_wav_dir_rows(str(d), str(t))
+  assert [r.path for r in rows] == [str(d / "u1.wav"), str(d / "u2.flac")]
+  assert [r.text for r in rows] == ["I am fine", "oh no"] and not any(r.problem for r in rows)
   t.write_text("u3 who\n")
-  with pytest.raises(predict.PredictError, match=r"line 1 names 'u3'.*not a file in --wav_dir"):
-    predict.read_wav_dir(str(d), str(t))
-  with pytest.raises(predict.PredictError, match=r"--wav_dir='.*nodir' is not a directory"):
-    predict.read_wav_dir(str(tmp_path / "nodir"), str(t))
+  (row,) = predict.read_wav_dir_rows(str(d), str(t))
+  assert (row.line, row.problem) == (1, f"names 'u3', which is not a file in --wav_dir={str(d)!r}")
+  with pytest.raises(inference.PredictError, match=r"--wav_dir='.*nodir' is not a directory"):
+    predict.read_wav_dir_rows(str(tmp_path / "nodir"), str(t))
 
 
 def test_format_csv_rows():
@@ -122,7 +127,7 @@ def trained(tmp_path_factory):
   """A DMF workdir from 3 training steps on the synthetic corpus (1 fold)."""
   from configs import iemocap
   from mbaf_jax.data import synthetic
-  from train import trainer
+  from train import loop
   base = tmp_path_factory.mktemp("predict")
   root = synthetic.write_iemocap(str(base / "data"), size="demo", seed=0)
   config = iemocap.get_config("smoke")
@@ -131,7 +136,7 @@ def trained(tmp_path_factory):
   config.data.data_dir = str(base / "data")
   config.train.max_steps = 3
   workdir = str(base / "run")
-  trainer.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   wav_dir = os.path.join(root, "Session1", "sentences", "wav")
   wavs = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(wav_dir) for f in fs
                 if f.endswith(".wav") and not f.startswith("."))[:3]
@@ -162,7 +167,7 @@ def _reference(config, workdir, wavs, texts):
   tx = optimizers.make_optimizer(config.optim, variables["params"], variables.get("memory", {}))
   state = steps.create_state(variables, tx)
   ck = ckpt_lib.FoldCheckpointer(os.path.join(workdir, "ckpt", "dmf", "loso_s1"),
-                                 fingerprint=ckpt_lib.model_fingerprint(config))
+                                 fingerprint=plans.fingerprint(config))
   try:
     restored = ck.restore_best(jax.device_get(state.saveable()))
     step = ck.best_step()
@@ -176,7 +181,7 @@ def _reference(config, workdir, wavs, texts):
 def test_predictor_matches_trainer_eval_and_never_writes_memory(trained):
   config, workdir, wavs = trained
   texts = ["I am so happy today", "leave me alone", "okay"]
-  predictor = predict.load(workdir, batch_size=4)  # 3 rows + 1 masked pad row per call
+  predictor = inference.load(workdir, batch_size=4)  # 3 rows + 1 masked pad row per call
   assert predictor.classes == CLASSES and predictor.fusion == "dmf"
   assert predictor.fold == "loso_s1" and predictor.checkpoint == "best"
   want, ref_state, init_vars, best_step = _reference(config, workdir, wavs, texts)
@@ -199,7 +204,7 @@ def test_predictor_matches_trainer_eval_and_never_writes_memory(trained):
 
 def test_cli_single_wav_and_manifest(trained, tmp_path, capsys):
   _, workdir, wavs = trained
-  predictor = predict.load(workdir)
+  predictor = inference.load(workdir)
   want = predictor.predict_files(wavs[:2], ["hello", "bye now"])
   assert predict.run(["--workdir", workdir, "--wav", wavs[0], "--text", "hello"]) == 0
   out = capsys.readouterr()
@@ -228,32 +233,32 @@ def test_latest_checkpoint_and_inconsistent_or_damaged_workdirs(trained, tmp_pat
   import shutil
   from train import checkpoints
   config, workdir, _ = trained
-  latest = predict.load(workdir, checkpoint="latest")
+  latest = inference.load(workdir, checkpoint="latest")
   assert (latest.checkpoint, latest.step) == ("latest", config.train.max_steps)
   w = str(tmp_path / "copy")
   shutil.copytree(workdir, w)
-  with open(checkpoints.config_path(w)) as f:
+  with open(workdir_lib.config_path(w)) as f:
     stored = json.load(f)
-  with open(checkpoints.config_path(w), "w") as f:
+  with open(workdir_lib.config_path(w), "w") as f:
     json.dump(dict(stored, fingerprint="0123456789abcdef"), f)
-  with pytest.raises(predict.PredictError,
+  with pytest.raises(inference.PredictError,
                      match=r"different model/optimiser config.*the workdir is inconsistent"):
-    predict.load(w)
+    inference.load(w)
   stored["config"]["model"]["fusion"]["dmf"]["slots"] += 1  # other memory shapes
-  with open(checkpoints.config_path(w), "w") as f:
+  with open(workdir_lib.config_path(w), "w") as f:
     json.dump(dict(stored, fingerprint=None), f)
-  with pytest.raises(predict.PredictError,
+  with pytest.raises(inference.PredictError,
                      match=r"does not match this model's state.*the workdir is inconsistent"):
-    predict.load(w)
+    inference.load(w)
   stored["config"]["model"]["fusion"]["dmf"]["slots"] -= 1
-  with open(checkpoints.config_path(w), "w") as f:
+  with open(workdir_lib.config_path(w), "w") as f:
     json.dump(stored, f)
-  ref = predict.find_checkpoint(w)
-  state_dir = os.path.join(checkpoints.kind_dir(w, ref.fusion, ref.fold, ref.kind),
+  ref = inference.find_checkpoint(w)
+  state_dir = os.path.join(workdir_lib.slot_dir(w, ref.fusion, ref.fold, ref.slot),
                            str(ref.step), "state")
   shutil.rmtree(state_dir)
-  with pytest.raises(predict.PredictError, match=r"could not read the checkpoint .*damaged"):
-    predict.load(w)
+  with pytest.raises(inference.PredictError, match=r"could not read the checkpoint .*damaged"):
+    inference.load(w)
 
 
 def test_word_vocab_round_trip_and_errors(tmp_path):
@@ -276,7 +281,7 @@ def test_model_inputs_mbaf_saves_the_vocab_it_encodes_with(tmp_path):
   c = iemocap_mbaf.get_config("smoke")
   texts = ["Hello there, hello!", "I'm fine", ""]
   waves = np.ones((3, 20000), np.float32)
-  inputs, vocab_size = datasets.model_inputs(
+  inputs, vocab_size = plans.model_inputs(
       c, str(tmp_path), {"waves": waves, "lengths": np.array([20000, 500, 0]), "texts": texts})
   vocab = mbaf_iemocap.load_word_vocab(str(tmp_path))
   assert vocab_size == len(vocab) == 2 + 6  # <pad>, <unk>, hello there , ! i'm fine
@@ -298,8 +303,8 @@ def test_output_is_checked_before_anything_is_loaded(tmp_path, capsys, monkeypat
   """A missing --output folder (or a directory as --output) is one sentence, exit 2, before the
   model is loaded or any prediction computed."""
   def never(*args, **kwargs):
-    raise AssertionError("predict.load was called before --output was checked")
-  monkeypatch.setattr(predict, "load", never)
+    raise AssertionError("inference.load was called before --output was checked")
+  monkeypatch.setattr(inference, "load", never)
   m = tmp_path / "m.csv"
   m.write_text("wav,text\na.wav,hi\n")
   for output, cause in ((tmp_path / "missing" / "x.csv", "does not exist"),
@@ -323,8 +328,6 @@ def test_manifest_rows_training_manifest_and_bad_rows(tmp_path):
   rows = predict.read_manifest_rows(str(tmp_path / "t.jsonl"))
   assert [(r.line, r.path, r.problem) for r in rows] == [
       (1, "/abs/b.wav", ""), (3, "", "the line is not a JSON object")]
-  with pytest.raises(predict.PredictError, match=r"line 3: empty 'audio' column"):
-    predict.read_manifest(str(tmp_path / "t.csv"))
 
 
 def test_cli_bad_rows_are_reported_good_rows_written(trained, tmp_path, capsys):
@@ -332,7 +335,7 @@ def test_cli_bad_rows_are_reported_good_rows_written(trained, tmp_path, capsys):
   probabilities as alone), the bad ones reported by line with their reason, exit 1; --strict
   stops at the first bad row (exit 2, naming its line). A training manifest is accepted."""
   _, workdir, wavs = trained
-  want = predict.load(workdir).predict_files(wavs[:2], ["hello", "bye now"])
+  want = inference.load(workdir).predict_files(wavs[:2], ["hello", "bye now"])
   junk = tmp_path / "junk.wav"
   junk.write_bytes(b"RIFF not really a wav")
   m = tmp_path / "train.csv"
@@ -357,3 +360,31 @@ def test_cli_bad_rows_are_reported_good_rows_written(trained, tmp_path, capsys):
                       "--strict"]) == 2
   err = capsys.readouterr().err
   assert "line 3:" in err and "absent.wav" in err and "--strict" in err and not out.exists()
+
+
+def test_class_names_come_from_the_workdir_never_another_data_set(tmp_path):
+  """metrics.json's class names, else the run's data set's: IEMOCAP's, CEBS's, or a manifest
+  run's own (its class_names, else its manifest's sorted labels) — never another data set's."""
+  import ml_collections as mlc
+  w = str(tmp_path)
+
+  def config(dataset, num_classes, **data):
+    return mlc.ConfigDict({"data": dict(dataset=dataset, **data),
+                           "model": {"num_classes": num_classes}})
+
+  assert inference.class_names(w, config("iemocap", 4)) == CLASSES
+  assert inference.class_names(w, config("cebs", 3)) == ("basal", "music", "post-music")
+  m = tmp_path / "mine.csv"
+  m.write_text("audio,text,label,group\na.wav,hi,yes,g1\nb.wav,ho,no,g2\nc.wav,,maybe,g1\n")
+  assert inference.class_names(w, config("manifest", 3, data_dir=str(m), class_names="")) == (
+      "maybe", "no", "yes")
+  assert inference.class_names(w, config("manifest", 2, data_dir=str(m),
+                                         class_names="yes,no")) == ("yes", "no")
+  gone = config("manifest", 3, data_dir=str(tmp_path / "gone.csv"), class_names="")
+  with pytest.raises(inference.PredictError, match=r"class names of this run are unknown.*"
+                     r"metrics.json is missing.*gone.csv' does not exist"):
+    inference.class_names(w, gone)
+  with pytest.raises(inference.PredictError, match=r"3 classes .* but its model has 4 outputs"):
+    inference.class_names(w, config("manifest", 4, data_dir=str(m), class_names=""))
+  (tmp_path / "metrics.json").write_text(json.dumps({"class_names": ["p", "q", "r"]}))
+  assert inference.class_names(w, gone) == ("p", "q", "r")
