@@ -23,6 +23,7 @@ from mbaf_jax.fusion import DualMemoryFusion
 from train import workdir as workdir_lib
 from train import loop
 from train import checkpoints
+from train import multihost
 from train import parallel
 from train import validate
 
@@ -224,20 +225,20 @@ def test_initialize_multihost_validates_settings(monkeypatch):
   for name in ("MBAF_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS", "MBAF_NUM_PROCESSES",
                "JAX_NUM_PROCESSES", "MBAF_PROCESS_ID", "JAX_PROCESS_ID", "MBAF_DISTRIBUTED_AUTO"):
     monkeypatch.delenv(name, raising=False)
-  setup = parallel.initialize_multihost()  # nothing set: single process, nothing initialised
+  setup = multihost.initialize_multihost()  # nothing set: single process, nothing initialised
   assert not setup.initialized and setup.process_count == 1
   assert setup.global_devices == jax.device_count()
   with pytest.raises(ValueError, match=r"coordinator_address='localhost' is not 'host:port'"):
-    parallel.initialize_multihost(coordinator_address="localhost", num_processes=2, process_id=0)
+    multihost.initialize_multihost(coordinator_address="localhost", num_processes=2, process_id=0)
   with pytest.raises(ValueError, match=r"process_id=2 must lie in \[0, num_processes=2\)"):
-    parallel.initialize_multihost(coordinator_address="127.0.0.1:1", num_processes=2, process_id=2)
+    multihost.initialize_multihost(coordinator_address="127.0.0.1:1", num_processes=2, process_id=2)
   with pytest.raises(ValueError, match=r"coordinator_address is not"):
-    parallel.initialize_multihost(num_processes=2, process_id=0)
+    multihost.initialize_multihost(num_processes=2, process_id=0)
   monkeypatch.setenv("MBAF_NUM_PROCESSES", "two")
   monkeypatch.setenv("MBAF_PROCESS_ID", "0")
   monkeypatch.setenv("MBAF_COORDINATOR_ADDRESS", "127.0.0.1:1234")
   with pytest.raises(ValueError, match=r"num_processes='two'.*integers"):
-    parallel.initialize_multihost()
+    multihost.initialize_multihost()
 
 
 # --------------------------------------------------------------------------- the real trainer

@@ -1,6 +1,6 @@
 """Multi-host: two processes on 127.0.0.1 (CPU, gloo collectives) equal one process.
 
-Each worker process (this file run as a script) calls ``train.parallel.initialize_multihost``
+Each worker process (this file run as a script) calls ``train.multihost.initialize_multihost``
 with ``coordinator_address=127.0.0.1:PORT``, drives 2 local CPU devices (4 global), feeds only
 *its half* of every global batch (``host_local_to_global``), runs the jitted data-parallel
 step of ``tests/test_distributed.py`` and saves its final state. The reference is the
@@ -46,8 +46,8 @@ def worker(port: int, process_id: int, out_path: str) -> None:
   """One process of the two-process run (called when this file is run as a script)."""
   sys.path.insert(0, HERE)
   sys.path.insert(0, ROOT)
-  from train import parallel
-  setup = parallel.initialize_multihost(coordinator_address=f"127.0.0.1:{port}",
+  from train import multihost
+  setup = multihost.initialize_multihost(coordinator_address=f"127.0.0.1:{port}",
                                     num_processes=NUM_PROCESSES, process_id=process_id,
                                     timeout_s=120)
   import jax
@@ -146,7 +146,7 @@ def test_two_processes_equal_one_process(tmp_path):
 @pytest.mark.exclusive
 def test_trainer_two_processes_equal_one_process(tmp_path):
   """``python -m train.main`` as two processes on 127.0.0.1 (2 CPU devices each, gloo
-  collectives, ``MBAF_*`` environment read by ``parallel.initialize_multihost``), sharing one
+  collectives, ``MBAF_*`` environment read by ``multihost.initialize_multihost``), sharing one
   workdir, ends with the same final state and test metrics as the one-process, one-device run
   (dropout on: jit draws the global masks whatever the sharding); only process 0 reports."""
   import json

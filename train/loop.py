@@ -18,7 +18,7 @@ before each fold; each raises ``train.errors.Stopped`` saying where.
 
 Devices (``train.parallel``, docs/SCALING.md): the plan's parallelism, "jit" (batch sharded over a
 device mesh, state replicated) or "pmap"; both equal the one-device run. Multi-host
-(``parallel.initialize_multihost``, from the environment): every process loads the same data set
+(``multihost.initialize_multihost``, from the environment): every process loads the same data set
 and feeds its own contiguous block of every global batch; only process 0 reports
 (:class:`~train.reporting.RunOutput`); checkpoints are written by orbax with every process taking
 part.
@@ -38,6 +38,7 @@ from train import cli
 from train import datasets
 from train import metrics as metrics_lib
 from train import optimizers
+from train import multihost
 from train import parallel
 from train import progress as progress_lib
 from train import reporting
@@ -360,7 +361,7 @@ def train_and_evaluate(config, workdir: str, stop: cli.StopRequest | None = None
   """Runs the experiment of ``config`` in ``workdir`` (resuming what is there).
 
   Joins a multi-host run first when the environment asks for one
-  (``parallel.initialize_multihost``), then reads the config into a plan (``validate.plan``:
+  (``multihost.initialize_multihost``), then reads the config into a plan (``validate.plan``:
   every problem listed at once, before anything is read or written) and runs it (:func:`run`).
 
   Args:
@@ -375,11 +376,11 @@ def train_and_evaluate(config, workdir: str, stop: cli.StopRequest | None = None
   Returns:
     The metrics dict also written to ``workdir/metrics.json`` (by process 0).
   """
-  setup = parallel.initialize_multihost()  # before anything asks JAX for its devices
+  setup = multihost.initialize_multihost()  # before anything asks JAX for its devices
   return run(validate.plan(config), workdir, setup, stop, on_step)
 
 
-def run(plan: validate.RunPlan, workdir: str, setup: parallel.HostSetup,
+def run(plan: validate.RunPlan, workdir: str, setup: multihost.HostSetup,
         stop: cli.StopRequest | None = None, on_step=None) -> dict:
   """Runs a checked plan in ``workdir``; see :func:`train_and_evaluate`."""
   primary = setup.process_index == 0

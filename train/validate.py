@@ -221,7 +221,7 @@ class RunPlan:
 def plan(config) -> RunPlan:
   """Checks ``config`` (:func:`problems`) and reads it into a :class:`RunPlan`.
 
-  Call it after ``parallel.initialize_multihost`` (the layout asks JAX for its devices).
+  Call it after ``multihost.initialize_multihost`` (the layout asks JAX for its devices).
 
   Raises:
     UserError: the config cannot run; the message lists each problem and how to fix it.
