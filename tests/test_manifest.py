@@ -154,7 +154,7 @@ def test_read_manifest_rows_with_lines_bom_and_alternative_columns(tmp_path):
   rows = manifest.read_manifest(str(p), [("wav", "audio"), "text"], may_be_empty=("text",),
                                 path_columns=("wav",), summary=s)
   assert rows == [manifest.Row(2, {"wav": str(tmp_path / "a" / "b.wav"), "text": " hi "}),
-                  manifest.Row(3, {"wav": "", "text": ""}, "empty 'audio' column")]
+                  manifest.Row(3, {"wav": "", "text": "x"}, "empty 'audio' column")]
   assert s.counts[manifest.REASON_MISSING_FIELD] == 1 and f"{p}:3" in s.examples[
       manifest.REASON_MISSING_FIELD][0]
   with pytest.raises(UserError, match=r"has no column\(s\) \['label'\] \(found \['audio', "):

@@ -55,7 +55,7 @@ TRAINING_HINT = ("Every manifest needs the columns audio,text,label,group: audio
 class Row(NamedTuple):
   """One data row of a manifest."""
   line: int  # 1-based line in the file (a CSV's header is line 1)
-  values: dict  # column asked for → its value as text ("" when the row has a problem)
+  values: dict  # column asked for → its value as text ("" where it is missing or empty)
   problem: str = ""  # why the row cannot be used ("" when it can)
 
 
@@ -161,15 +161,17 @@ def read_manifest(path: str, columns: Sequence, *, may_be_empty: Sequence[str] =
       key, v = alternatives[0], record.get(column)
       if v is None:
         problems.append(f"no {column!r} value")
+        v = ""
       elif key not in may_be_empty and not v.strip():
         problems.append(f"empty {column!r} column")
+        v = ""
       elif key in path_columns:
         v = resolve_path(path, v)
       elif key not in may_be_empty:
         v = v.strip()
       values[key] = v
     if problems:
-      rows.append(Row(line, empty, "; ".join(problems)))
+      rows.append(Row(line, values, "; ".join(problems)))
       if summary is not None:
         summary.skip(REASON_MISSING_FIELD, f"{path}:{line} ({'; '.join(problems)})")
       continue
