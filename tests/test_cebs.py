@@ -72,9 +72,9 @@ def test_writer_writes_real_wfdb_headers_and_annotations(corpus_dir):
   assert 0.5 < rr.mean() < 1.5  # 40-120 bpm
   manifest = json.load(open(os.path.join(os.path.dirname(corpus_dir), synthetic_cebs.MANIFEST)))
   assert manifest["seconds_per_state"] == SECONDS and manifest["subjects"] == SUBJECTS
-  assert synthetic_cebs.read_manifest(corpus_dir) == manifest
-  assert synthetic_cebs.read_manifest(os.path.dirname(corpus_dir)) == manifest
-  assert synthetic_cebs.read_manifest(os.path.join(corpus_dir, "nowhere")) is None
+  assert synthetic_cebs.read_synthetic_manifest(corpus_dir) == manifest
+  assert synthetic_cebs.read_synthetic_manifest(os.path.dirname(corpus_dir)) == manifest
+  assert synthetic_cebs.read_synthetic_manifest(os.path.join(corpus_dir, "nowhere")) is None
 
 
 def test_writer_is_deterministic_and_validates(tmp_path):

@@ -191,7 +191,7 @@ def test_synthetic_cebs_loads_with_its_own_record_length(cebs_dir, tmp_path):
   c = _cebs_config("F-VI,smoke", cebs_dir, "naive")
   c.data.max_examples = 0
   ds = plans.load_dataset(c, str(tmp_path))
-  secs = synthetic_cebs.read_manifest(cebs_dir)["seconds_per_state"]
+  secs = synthetic_cebs.read_synthetic_manifest(cebs_dir)["seconds_per_state"]
   per_record = int(secs * 5000) // 6000
   assert per_record >= 1
   assert len(ds.labels) == per_record * 20 * 3  # 20 subjects × 3 states, nothing dropped

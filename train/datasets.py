@@ -167,7 +167,7 @@ def _cebs(d, model, family, seed: int, workdir: str) -> Dataset:
   root = resolve_cebs_root(d, workdir)
   # Real CEBS: the first 5 minutes of every record (MBAF §4.2); a synthetic corpus states its own
   # (shorter) record length in its manifest.
-  manifest = synthetic_cebs.read_manifest(root)
+  manifest = synthetic_cebs.read_synthetic_manifest(root)
   seconds = float(manifest["seconds_per_state"]) if manifest else cebs.SECONDS_PER_STATE
   try:
     with phase(f"Loading the CEBS records of {d.mode_pair} from {root}"):

@@ -239,12 +239,12 @@ def write_cebs(out_dir: str, subjects: int = 20, seconds=None, seed: int = 0, si
   return root
 
 
-def read_manifest(path: str):
+def read_synthetic_manifest(path: str):
   """The manifest :func:`write_cebs` wrote, given its ``out_dir`` or the ``cebsdb`` root; None if absent.
 
   Use it to load a synthetic corpus with the right state length::
 
-      m = read_manifest(root)
+      m = read_synthetic_manifest(root)
       corpus = load_cebs(root, seconds_per_state=m["seconds_per_state"] if m else 300.0)
   """
   for cand in (os.path.join(path, MANIFEST), os.path.join(os.path.dirname(os.path.normpath(path)), MANIFEST)):
