@@ -421,3 +421,136 @@ def test_regression_header_sample_rate_cannot_blow_up_the_decode(tmp_path):
   sf.write(long, np.random.default_rng(0).uniform(-0.5, 0.5, 44100 * 3).astype(np.float32), 44100,
            subtype="PCM_16")
   np.testing.assert_array_equal(audio.read_wav(long, max_seconds=1.0), audio.read_wav(long)[:16000])
+
+
+# ------------------------------------------------------------------ CEBS (WFDB headers and signal files)
+
+CEBS_SECONDS = 3.6  # 3 windows of 1.2 s per record (music records hold twice as much)
+CEBS_SUBJECTS = (1, 2)
+CEBS_WINDOW = 6 * 1000
+# Skip reasons that stand for one whole record each.
+RECORD_REASONS = ("missing record", "signal file without its header (.hea missing)", "unreadable header",
+                  "wrong sampling rate", "missing channel", "empty record", "signal file missing",
+                  "truncated signal file", "unreadable signal file", "flat or all-NaN channel",
+                  "record shorter than one window")
+WINDOW_REASONS = ("window with NaN samples", cebs.HEADER_SHORT)
+
+
+@pytest.fixture(scope="module")
+def cebs_dir(tmp_path_factory):
+  out = tmp_path_factory.mktemp("fuzz_cebs")
+  return synthetic_cebs.write_cebs(str(out), subjects=len(CEBS_SUBJECTS), seconds=CEBS_SECONDS, seed=4)
+
+
+def _load_cebs(root, **kw):
+  return cebs.load_cebs(root, subjects=CEBS_SUBJECTS, seconds_per_state=CEBS_SECONDS, **kw)
+
+
+def _plain_layout(root, name):
+  """The record's header still describes the written layout (4 int16 signals in <name>.dat)."""
+  try:
+    h = wfdb.rdheader(os.path.join(root, name))
+  except Exception:  # pylint: disable=broad-except
+    return False
+  return (h.n_sig == 4 and list(h.fmt) == ["16"] * 4 and set(h.file_name) == {name + ".dat"}
+          and not any(h.byte_offset or []))
+
+
+def _dat_mutation(draw, path):
+  op = draw(st.sampled_from(("truncate", "flip", "append", "nan_sample", "delete")))
+  raw = _read(path)
+  if op == "truncate":
+    _rewrite(path, raw[:draw(st.integers(0, len(raw) - 1))])
+  elif op == "flip":
+    for _ in range(draw(st.integers(1, 4))):
+      k = draw(st.integers(0, len(raw) - 1))
+      raw = raw[:k] + bytes([raw[k] ^ draw(st.integers(1, 255))]) + raw[k + 1:]
+    _rewrite(path, raw)
+  elif op == "append":
+    _rewrite(path, raw + draw(st.binary(min_size=1, max_size=20000)))
+  elif op == "nan_sample":  # -32768 is WFDB's missing-sample value in format 16
+    frame = draw(st.integers(0, len(raw) // 8 - 1))
+    k = 8 * frame + 2 * draw(st.integers(0, 3))
+    _rewrite(path, raw[:k] + (-32768).to_bytes(2, "little", signed=True) + raw[k + 2:])
+  else:
+    os.remove(path)
+
+
+@given(data=st.data())
+def test_fuzz_cebs(cebs_dir, data):
+  """WFDB headers and signal files damaged or deleted: every expected record is read or counted,
+  and a record read gives every window its signal file holds, as a window or a counted skip."""
+  with _linked_copy(cebs_dir, sorted(os.listdir(cebs_dir))) as root:
+    files = sorted(f for f in os.listdir(root) if f.endswith((".hea", ".dat")))
+    for name in data.draw(st.lists(st.sampled_from(files), min_size=1, max_size=2, unique=True),
+                          label="files"):
+      path = os.path.join(root, name)
+      if name.endswith(".dat"):
+        _dat_mutation(data.draw, path)
+      elif data.draw(st.booleans(), label=f"delete {name}"):
+        os.remove(path)
+      else:
+        _rewrite(path, data.draw(byte_mutations(_read(path)), label=name))
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      c = _load_cebs(root)
+    s = c.summary
+    expected = cebs.expected_records(CEBS_SUBJECTS)
+    read = s.info["windows_per_record"]
+    assert set(read) <= set(expected)
+    assert len(read) + sum(s.counts[r] for r in RECORD_REASONS) == len(expected), dict(s.counts)
+    assert set(s.counts) <= set(RECORD_REASONS + WINDOW_REASONS), dict(s.counts)
+    assert len(c) == sum(read.values()) == s.read["windows"]
+    for m in cebs.MODES:
+      assert c.signals[m].shape == (len(c), 6, 1000) and np.isfinite(c.signals[m]).all()
+    for name, n in read.items():
+      assert (c.records == name).sum() == n
+      assert (c.labels[c.records == name] == cebs.PREFIXES.index(name[0])).all()
+    # The windows of the records read: each one read or counted (computed from the .dat sizes).
+    if all(_plain_layout(root, name) for name in read):
+      target = int(CEBS_SECONDS * cebs.FS)
+      on_disk = sum(min(os.path.getsize(os.path.join(root, name + ".dat")) // 8, target) // CEBS_WINDOW
+                    for name in read)
+      assert len(c) + sum(s.counts[r] for r in WINDOW_REASONS) == on_disk, dict(s.counts)
+    # Strict: one DataError naming a file under root exactly when something was skipped.
+    if s.total_skipped:
+      with pytest.raises(DataError) as e:
+        _load_cebs(root, strict=True)
+      _assert_names_file(e.value, root)
+    else:
+      _load_cebs(root, strict=True)
+
+
+def test_regression_cebs_window_and_record_skips_name_their_files(cebs_dir, tmp_path):
+  """A window skipped for a NaN sample (and a missing record, a flat channel) named only the
+  record ('b001 window 0'): the strict error did not say which file or folder to look at."""
+  root = str(tmp_path / "cebsdb")
+  shutil.copytree(cebs_dir, root)
+  dat = os.path.join(root, "b001.dat")
+  raw = _read(dat)
+  _rewrite(dat, raw[:8 * 6500 + 4] + (-32768).to_bytes(2, "little", signed=True) + raw[8 * 6500 + 6:])
+  for ext in ("hea", "dat", "atr"):
+    os.remove(os.path.join(root, f"p002.{ext}"))
+  c = _load_cebs(root)
+  assert c.summary.counts == {"window with NaN samples": 1, "missing record": 1}
+  assert c.summary.examples["window with NaN samples"] == [f"b001 window 1 (samples 6000-11999 of {dat})"]
+  assert c.summary.examples["missing record"] == [f"p002 (neither p002.hea nor p002.dat in {root})"]
+  assert (c.records == "b001").sum() == 2 and len(c) == 5 * 3 - 1
+  with pytest.raises(DataError, match=re.escape(f"b001 window 1 (samples 6000-11999 of {dat})")):
+    _load_cebs(root, strict=True)
+
+
+def test_regression_header_leaving_less_than_a_window_is_one_skipped_record(cebs_dir, tmp_path):
+  """A header whose length field left less than one window counted the record twice: its hidden
+  windows as lost and the record as shorter than one window (4 skips for 3 windows)."""
+  root = str(tmp_path / "cebsdb")
+  shutil.copytree(cebs_dir, root)
+  hea = os.path.join(root, "m001.hea")
+  text = _read(hea).decode()
+  assert text.startswith("m001 4 5000 36000\n")
+  _rewrite(hea, text.replace("m001 4 5000 36000", "m001 4 5000 5", 1).encode())
+  c = _load_cebs(root)
+  assert c.summary.counts == {"record shorter than one window": 1}
+  assert c.summary.examples["record shorter than one window"] == [
+      f"m001 ({hea}: 5 samples, its signal file holds 36000; one window is 6000 samples)"]
+  assert len(c) == 5 * 3 and "m001" not in c.records

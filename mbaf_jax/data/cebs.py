@@ -37,8 +37,10 @@ record (named in ``summary.info["missing_records"]``), a ``.dat`` without its
 unreadable header, a missing channel name, a wrong sampling rate, a flat
 channel, windows with NaN samples (skipped one by one, counted) and the windows
 a header hides when it claims fewer samples than its signal file holds
-(counted per window). ``summary.format()`` is the report to print on every run:
-windows and records read, per class, skips, short records.
+(counted per window; a header that leaves less than one window makes the record
+one "record shorter than one window"). Every skipped item names its file.
+``summary.format()`` is the report to print on every run: windows and records
+read, per class, skips, short records.
 """
 import dataclasses
 import os
@@ -171,7 +173,7 @@ def _read_record(path: str, name: str, channel_names: dict, seconds_per_state: f
     if os.path.exists(default_dat):
       summary.skip("signal file without its header (.hea missing)", hea)
     else:
-      summary.skip("missing record", name)
+      summary.skip("missing record", f"{name} (neither {name}.hea nor {name}.dat in {path})")
       summary.info.setdefault("missing_records", []).append(name)
     return None
   try:
@@ -204,10 +206,15 @@ def _read_record(path: str, name: str, channel_names: dict, seconds_per_state: f
       return None
   target = int(round(seconds_per_state * FS))
   held = _samples_in_files(path, header)
+  if sampto < window:  # the whole record is skipped, the windows its header hides with it
+    summary.skip("record shorter than one window",
+                 f"{name} ({hea}: {sig_len} samples" + (f", its signal file holds {held}" if held else "")
+                 + f"; one window is {window} samples)")
+    return None
   if held is not None and held > sig_len and sampto < target:
     lost = min(held, target) // window - sampto // window
     if lost > 0:
-      summary.skip(HEADER_SHORT, f"{name}: header {sig_len} samples, signal file {held}: {lost} window(s)",
+      summary.skip(HEADER_SHORT, f"{name} ({hea}): header {sig_len} samples, signal file {held}: {lost} window(s)",
                    n=lost)
   try:
     rec = wfdb.rdrecord(base, sampto=sampto, channels=[names.index(c) for c in channel_names.values()])
@@ -290,18 +297,17 @@ def load_cebs(root, strict: bool = False, modes: Sequence[str] = MODES,
     normed = {m: _normalize(x, normalize) for m, x in sigs.items()}
     flat = [m for m, x in normed.items() if x is None]
     if flat:
-      summary.skip("flat or all-NaN channel", f"{name}: {', '.join(channel_names[m] for m in flat)}")
+      summary.skip("flat or all-NaN channel",
+                   f"{name}: {', '.join(channel_names[m] for m in flat)} ({os.path.join(path, name)}.dat)")
       continue
     n_win = next(iter(normed.values())).shape[0] // win
-    if n_win == 0:
-      summary.skip("record shorter than one window", f"{name} ({win / FS} s needed)")
-      continue
     windows = {m: x[:n_win * win].reshape(n_win, chunks, chunk_samples) for m, x in normed.items()}
     ok = np.ones(n_win, bool)
     for x in windows.values():
       ok &= np.isfinite(x).all(axis=(1, 2))
     for w in np.flatnonzero(~ok):
-      summary.skip("window with NaN samples", f"{name} window {w} (samples {w * win}-{(w + 1) * win - 1})")
+      summary.skip("window with NaN samples",
+                   f"{name} window {w} (samples {w * win}-{(w + 1) * win - 1} of {os.path.join(path, name)}.dat)")
     keep = np.flatnonzero(ok)
     for m in modes:
       parts[m].append(windows[m][keep].astype(np.float32))
