@@ -139,12 +139,12 @@ def count_sketch(x, hashes, signs, dim: int, method: str = "segment_sum") -> jax
   batch_spec = None if spec is None else tuple(spec)[:-1]
   if method == "segment_sum":
     moved = jnp.moveaxis(xs, -1, 0)  # (d, ...)
-    kw = {} if spec is None else {"out_sharding": P(None, *batch_spec)}
+    kw = {} if spec is None else {"out_sharding": sharding.like(x, P(None, *batch_spec))}
     out = jax.ops.segment_sum(moved, hashes, num_segments=dim,
                               indices_are_sorted=False, **kw)
     return jnp.moveaxis(out, 0, -1)
   if method == "scatter":
-    kw = {} if spec is None else {"out_sharding": P(*batch_spec, None)}
+    kw = {} if spec is None else {"out_sharding": sharding.like(x, P(*batch_spec, None))}
     out = jnp.zeros(x.shape[:-1] + (dim,), x.dtype, **kw)
     return out.at[..., hashes].add(xs, mode="drop", **kw)
   matrix = jax.nn.one_hot(hashes, dim, dtype=x.dtype)  # (d, D)

@@ -8,10 +8,16 @@ operands, ``lax.scan`` over a sharded axis) raise ``ShardingTypeError``. Under A
 no mesh, or inside ``shard_map`` over the batch axis (a Manual axis), the type carries no
 sharding: every helper here is then the identity, so those paths compute exactly what they
 computed before.
+
+An array placed on an Explicit mesh has a sharded type whether or not a mesh context is active
+(``jax.device_put(x, NamedSharding(mesh, P("data")))`` then ``jax.jit`` without
+``jax.set_mesh``: the usual case in a data pipeline). A bare ``PartitionSpec`` needs that
+context, so every sharding built here is a ``NamedSharding`` on the array's own (abstract) mesh,
+read from its type (:func:`like`): the helpers work with and without ``jax.set_mesh``.
 """
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 
 def explicit_spec(x) -> PartitionSpec | None:
@@ -29,6 +35,19 @@ def explicit_spec(x) -> PartitionSpec | None:
   if spec is None or all(s is None for s in spec):
     return None
   return spec
+
+
+def like(x, spec: PartitionSpec) -> NamedSharding:
+  """``spec`` on the mesh of ``x``'s type: an ``out_sharding`` valid without a mesh context.
+
+  Args:
+    x: an array or tracer whose type is explicitly sharded (:func:`explicit_spec` not None).
+    spec: the wanted partition spec over that mesh's axes.
+
+  Returns:
+    ``NamedSharding(jax.typeof(x).sharding.mesh, spec)`` (an abstract mesh under ``jit``).
+  """
+  return NamedSharding(jax.typeof(x).sharding.mesh, spec)
 
 
 def is_explicitly_sharded(x) -> bool:
@@ -50,7 +69,7 @@ def replicate(x):
   """
   if not is_explicitly_sharded(x):
     return x
-  return jax.sharding.reshard(x, PartitionSpec())
+  return jax.sharding.reshard(x, like(x, PartitionSpec()))
 
 
 def zeros_like_rows(x, shape, dtype, axis: int = 0):
@@ -73,7 +92,8 @@ def zeros_like_rows(x, shape, dtype, axis: int = 0):
   if spec is None:
     return jnp.zeros(shape, dtype)
   rest = (None,) * (len(shape) - 1)
-  return jnp.zeros(shape, dtype, out_sharding=PartitionSpec(tuple(spec)[axis], *rest))
+  out = like(x, PartitionSpec(tuple(spec)[axis], *rest))
+  return jnp.zeros(shape, dtype, out_sharding=out)
 
 
 def take_rows(table, ids):
@@ -93,5 +113,5 @@ def take_rows(table, ids):
   spec = explicit_spec(ids)
   if spec is None:
     return jnp.take(table, ids, axis=0)
-  out = PartitionSpec(*spec, *((None,) * (table.ndim - 1)))
+  out = like(ids, PartitionSpec(*spec, *((None,) * (table.ndim - 1))))
   return table.at[ids].get(out_sharding=out, mode="fill")  # jnp.take's default mode
