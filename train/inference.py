@@ -165,6 +165,7 @@ def read_npy(paths: Sequence[str], inputs: Sequence[factory.RawInput]) -> list[n
 
 # --------------------------------------------------------------------------- predictor
 def _names(inputs: Sequence[factory.RawInput]) -> str:
+  """The inputs' names, "ECG and RESP"."""
   return " and ".join(i.name for i in inputs)
 
 
@@ -229,6 +230,7 @@ class Predictor:
     return np.concatenate(out).astype(np.float32)
 
   def _check_count(self, inputs) -> None:
+    """Refuses another number of arguments than ``self.inputs``."""
     if len(inputs) != len(self.inputs):
       noun = "arrays" if all(i.kind == "array" for i in self.inputs) else "inputs"
       raise PredictError(f"this model takes {len(self.inputs)} {noun} ({_names(self.inputs)}), "
