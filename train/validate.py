@@ -22,6 +22,8 @@ from mbaf_jax import models
 from mbaf_jax.data import cebs as cebs_data
 from mbaf_jax.errors import UserError
 from mbaf_jax.models import factory
+from mbaf_jax.models import heads
+from train import datasets
 from train import optimizers
 from train import parallel
 from train import run_identity
@@ -83,7 +85,35 @@ def _ranges(config) -> list:
   dropout = config.model.get("head_dropout", 0.0)
   if not 0.0 <= dropout < 1.0:
     problems.append(f"config.model.head_dropout={dropout} must be in [0, 1)")
+  features = config.model.get("head_features", ())
+  if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in features):
+    problems.append(f"config.model.head_features={tuple(features)} must be positive integers "
+                    "(the head's hidden layer widths)")
+  try:
+    heads.activation(config.model.get("head_activation", "relu"))
+  except (ValueError, TypeError) as e:
+    problems.append(f"config.model.head_{str(e).rstrip('.')}")
   return problems
+
+
+def _class_names(config) -> list:
+  """``config.data.class_names``: a comma-separated list of distinct names, as many as
+  ``config.model.num_classes``; where the data set fixes its classes (IEMOCAP, CEBS) it is empty
+  or exactly those names in label order (the loader labels by them, so another list would
+  mislabel every result)."""
+  d, raw = config.data, config.data.get("class_names", "")
+  if not raw:
+    return []
+  names = datasets.manifest_class_names(d)
+  fixed = {"iemocap": datasets.IEMOCAP_CLASSES, "cebs": datasets.CEBS_CLASSES}.get(d.dataset)
+  if fixed is not None and tuple(names) != tuple(fixed):
+    return [f"config.data.class_names={raw!r} is not {d.dataset}'s classes; leave it empty or "
+            f"give them in label order: {','.join(fixed)!r}"]
+  if len(set(names)) != len(names) or len(names) != config.model.num_classes:
+    return [f"config.data.class_names={raw!r} names {len(names)} class"
+            f"{'' if len(names) == 1 else 'es'} ({len(set(names))} distinct); expected "
+            f"config.model.num_classes={config.model.num_classes} distinct comma-separated names"]
+  return []
 
 
 def data_problems(config) -> list:
@@ -145,6 +175,9 @@ def _model(config) -> list:
     factory.family(m.name)
   except UserError as e:
     return [str(e).rstrip(".")]
+  except (ImportError, TypeError, ValueError):  # e.g. "../x": not a module name at all
+    return [f"config.model.name={m.name!r} is unknown; expected one of "
+            f"{factory.known_families()}"]
   kinds = fusion_kinds(config)
   if not kinds:
     return ["config.fusions is empty; expected e.g. 'dmf' or 'dmf,naive'"]
@@ -158,24 +191,36 @@ def _model(config) -> list:
                  label=np.zeros((2,), np.int32))
   except (ValueError, TypeError, KeyError) as e:
     return [f"config.data does not give the model's input shapes ({e})"]
+  # The kinds the run trains, then those it does not: their options are checked too (a typo
+  # there is still a typo, and a later run that trains the kind would meet it).
+  unused = [k for k in factory.FUSION_KINDS if k not in kinds and k in m.get("fusion", {})]
   problems = []
-  for kind in kinds:
+  for kind in kinds + unused:
     try:
       with warnings.catch_warnings():  # e.g. "no GloVe matrix": init is only abstract here
         warnings.simplefilter("ignore")
         model, _ = models.build_model(m, kind, vocab_size=8,
                                       max_tokens=config.data.max_tokens)
         steps.abstract_variables(model, batch, jax.random.key(0))
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, ArithmeticError) as e:
       text = str(e).splitlines()[0].rstrip(".") if str(e) else type(e).__name__
-      problems.append(f"the {kind} model cannot be built from config.model ({text})")
+      if kind in kinds:
+        problems.append(f"the {kind} model cannot be built from config.model ({text})")
+      else:
+        problems.append(f"config.model.fusion.{kind} is invalid ({text}); this run does not "
+                        f"train {kind} (config.fusions={config.fusions!r}), but its options are "
+                        "checked all the same")
   return problems
 
 
 def problems(config) -> list:
   """Every problem of ``config`` a user must fix, one sentence each (empty: it can run)."""
-  return (_ranges(config) + data_problems(config) + _optimiser(config) + _layout(config) +
-          _model(config))
+  ranges = _ranges(config)
+  # A model field out of range (num_classes=0, head_features=(0,)) would fail the abstract
+  # initialisation with a less helpful message (or none): it is reported once, by _ranges.
+  model = [] if any(p.startswith("config.model.") for p in ranges) else _model(config)
+  return (ranges + data_problems(config) + _class_names(config) + _optimiser(config) +
+          _layout(config) + model)
 
 
 @dataclasses.dataclass(frozen=True)
