@@ -206,3 +206,7 @@ def test_fuzz_command_line_ends_cleanly(tmp_path):
     if proc.returncode == 2:
       assert proc.stderr.count("error:") == 1, f"{flag}:\n{proc.stderr[-3000:]}"
   print(f"12 command lines in {time.monotonic() - started:.0f} s")
+
+
+def test_help_config_says_unused_fusion_options_are_checked():
+  assert "also those of kinds it does not train" in " ".join(config_help.render().split())

@@ -213,7 +213,9 @@ def describe_fields(width: int = 100) -> str:
   leaves = config_leaves(common.base_config())
   out = [textwrap.fill("Config fields and their defaults in configs/common.py (set with "
                        "--config.<field>=<value>; each config file and variant changes some of "
-                       "them):", width=width)]
+                       "them). The options of every fusion kind (model.fusion.<kind>.*) are "
+                       "checked before a run, also those of kinds it does not train "
+                       "(config.fusions):", width=width)]
   order = {p: i for i, p in enumerate(meanings)}  # as configs/common.py sets them
   for path in sorted(leaves, key=lambda p: order.get(p, len(order))):
     meaning, head = meanings.get(path, ""), f"  {path} = {leaves[path]!r}"
