@@ -210,3 +210,15 @@ def test_fuzz_command_line_ends_cleanly(tmp_path):
 
 def test_help_config_says_unused_fusion_options_are_checked():
   assert "also those of kinds it does not train" in " ".join(config_help.render().split())
+
+
+def test_fuzz_regression_input_sizes_are_named():
+  # A negative or huge audio length was reported as "config.data does not give the model's input
+  # shapes" without the field; out of range it is now named once, and a huge one is named too.
+  with pytest.raises(UserError) as e:
+    validate.plan(set_fields(iemocap.get_config("smoke"), {"data.max_seconds": -1.0}))
+  assert "(1) config.data.max_seconds=-1.0 must be > 0" in str(e.value)
+  assert "(2)" not in str(e.value)
+  with pytest.raises(UserError) as e:
+    validate.plan(set_fields(iemocap.get_config("smoke"), {"data.max_seconds": 1e30}))
+  assert "config.data does not give the model's input shapes (max_seconds=1e+30," in str(e.value)

@@ -167,6 +167,10 @@ def _layout(config) -> list:
   return []
 
 
+# The config.data fields the model's input shapes come from (named when they give none).
+_INPUT_SIZES = ("max_seconds", "sample_rate", "max_tokens", "chunks", "chunk_samples")
+
+
 def _model(config) -> list:
   """Builds every fusion kind's model and initialises it abstractly; with pretrained encoder
   directories only their existence is checked here (loading them is the model build's work)."""
@@ -189,8 +193,9 @@ def _model(config) -> list:
   try:
     batch = dict(models.dummy_batch(config.data, config.model, 2), mask=np.ones((2,), bool),
                  label=np.zeros((2,), np.int32))
-  except (ValueError, TypeError, KeyError) as e:
-    return [f"config.data does not give the model's input shapes ({e})"]
+  except (ValueError, TypeError, KeyError, ArithmeticError) as e:
+    sizes = ", ".join(f"{k}={config.data[k]!r}" for k in _INPUT_SIZES if k in config.data)
+    return [f"config.data does not give the model's input shapes ({sizes}: {e})"]
   # The kinds the run trains, then those it does not: their options are checked too (a typo
   # there is still a typo, and a later run that trains the kind would meet it).
   unused = [k for k in factory.FUSION_KINDS if k not in kinds and k in m.get("fusion", {})]
@@ -216,11 +221,12 @@ def _model(config) -> list:
 def problems(config) -> list:
   """Every problem of ``config`` a user must fix, one sentence each (empty: it can run)."""
   ranges = _ranges(config)
-  # A model field out of range (num_classes=0, head_features=(0,)) would fail the abstract
-  # initialisation with a less helpful message (or none): it is reported once, by _ranges.
-  model = [] if any(p.startswith("config.model.") for p in ranges) else _model(config)
+  # A model or data field out of range (num_classes=0, head_features=(0,), max_seconds=-1)
+  # would fail the abstract initialisation with a less helpful message (or none): it is
+  # reported once, by _ranges.
+  skip_model = any(p.startswith(("config.model.", "config.data.")) for p in ranges)
   return (ranges + data_problems(config) + _class_names(config) + _optimiser(config) +
-          _layout(config) + model)
+          _layout(config) + ([] if skip_model else _model(config)))
 
 
 @dataclasses.dataclass(frozen=True)
