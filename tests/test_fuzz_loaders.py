@@ -25,6 +25,7 @@ import wfdb
 from hypothesis import given, strategies as st
 
 from mbaf_jax.data import audio, cebs, iemocap, synthetic, synthetic_cebs
+from mbaf_jax.data import manifest as manifest_lib
 from mbaf_jax.data.report import DataError, LoadSummary
 
 # ------------------------------------------------------------------ mutations of a file's bytes
@@ -554,3 +555,212 @@ def test_regression_header_leaving_less_than_a_window_is_one_skipped_record(cebs
   assert c.summary.examples["record shorter than one window"] == [
       f"m001 ({hea}: 5 samples, its signal file holds 36000; one window is 6000 samples)"]
   assert len(c) == 5 * 3 and "m001" not in c.records
+
+
+# ------------------------------------------------------------------ manifests (CSV / TSV / JSONL)
+
+MANIFEST_CLASSES = ("ang", "hap", "neu", "sad")
+MANIFEST_ROWS = [  # (audio, text, label, group): quoting, Unicode, an empty transcript, a tab
+    ("clips/a000.wav", "Excuse me.", "neu", "spk01"),
+    ("clips/a001.wav", 'He said "no", then left.', "ang", "spk01"),
+    ("clips/a002.wav", "naïve café — déjà vu", "hap", "spk02"),
+    ("clips/a003.wav", "", "sad", "spk02"),
+    ("/data/abs/a004.wav", "one, two, three", "neu", "spk03"),
+    ("clips/a005.wav", "a\ttab", "hap", "spk03"),
+    ("clips/sub dir/a006.wav", "[LAUGHTER] fine", "sad", "spk01"),
+    ("clips/a007.wav", "Ünïcödé ✓ 中文", "ang", "spk02"),
+]
+
+
+def _manifest_bytes(fmt: str) -> bytes:
+  import csv  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  if fmt == "jsonl":
+    return "".join(json.dumps(dict(zip(manifest_lib.COLUMNS, r)), ensure_ascii=False) + "\n"
+                   for r in MANIFEST_ROWS).encode()
+  buf = io.StringIO()
+  w = csv.writer(buf, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
+  w.writerow(manifest_lib.COLUMNS)
+  w.writerows(MANIFEST_ROWS)
+  return buf.getvalue().encode()
+
+
+def _numbered_lines(raw: bytes) -> dict:
+  """``{line number: text}`` of a manifest as its format defines lines: LF-separated, UTF-8 (a BOM
+  ignored) or UTF-16 with its BOM; a CR before the LF dropped."""
+  if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+    lines = raw.decode("utf-16", "replace").split("\n")
+  else:
+    if raw.startswith(codecs.BOM_UTF8):
+      raw = raw[len(codecs.BOM_UTF8):]
+    lines = [b.decode("utf-8", "replace") for b in raw.split(b"\n")]
+  return {i: ln[:-1] if ln.endswith("\r") else ln for i, ln in enumerate(lines, 1)}
+
+
+def _manifest_lines(raw: bytes) -> list:
+  """The non-blank lines of a manifest (:func:`_numbered_lines`), in order."""
+  return [ln for ln in _numbered_lines(raw).values() if ln.strip()]
+
+
+@st.composite
+def manifest_mutations(draw, raw: bytes, fmt: str):
+  """Row-level edits a person or a tool makes to a manifest, then byte-level damage."""
+  import csv  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  lines = raw.decode().split("\n")
+  ops = []
+  for _ in range(draw(st.integers(0, 2))):
+    i = draw(st.integers(0 if fmt == "jsonl" else 1, len(lines) - 2))
+    op = draw(st.sampled_from(("empty_field", "drop_field", "extra_field", "duplicate_row",
+                               "stray_quote", "blank_line", "reorder_header")))
+    if not lines[i].strip():
+      op = "blank_line"  # a blank line inserted before: add another
+    elif fmt == "jsonl":
+      import json  # pylint: disable=g-import-not-at-top
+      obj = json.loads(lines[i])
+      key = draw(st.sampled_from(manifest_lib.COLUMNS))
+      if op == "empty_field":
+        obj[key] = draw(st.sampled_from(("", " ", None, 0, [], {})))
+      elif op == "drop_field":
+        obj.pop(key, None)
+      elif op == "extra_field":
+        obj["extra"] = "x"
+      lines[i] = json.dumps(obj, ensure_ascii=draw(st.booleans()))
+    else:
+      delim = "\t" if fmt == "tsv" else ","
+      fields = next(csv.reader([lines[i]], delimiter=delim))
+      k = draw(st.integers(0, len(fields) - 1))
+      if op == "empty_field":
+        fields[k] = draw(st.sampled_from(("", " ", '""')))
+      elif op == "drop_field":
+        del fields[k]
+      elif op == "extra_field":
+        fields.insert(k, draw(st.sampled_from(("x", "", " extra"))))
+      elif op == "reorder_header":
+        i = 0
+        fields = next(csv.reader([lines[0]], delimiter=delim))
+        fields = draw(st.permutations(fields))
+      if op in ("empty_field", "drop_field", "extra_field", "reorder_header"):
+        buf = io.StringIO()
+        csv.writer(buf, delimiter=delim, lineterminator="").writerow(fields)
+        lines[i] = buf.getvalue()
+      elif op == "stray_quote":
+        k = draw(st.integers(0, len(lines[i])))
+        lines[i] = lines[i][:k] + '"' + lines[i][k:]
+    if op == "duplicate_row":
+      lines.insert(draw(st.integers(1, len(lines) - 1)), lines[i])
+    elif op == "blank_line":
+      lines.insert(i, draw(st.sampled_from(("", " ", "\r", "\t"))))
+    ops.append(f"{op} at line {i + 1}")
+  data = "\n".join(lines).encode()
+  if draw(st.booleans()):
+    data = draw(byte_mutations(data, max_ops=2))
+    ops.append(data.how)
+  out = Mutated(data)
+  out.how = "; ".join(ops) or "unchanged"
+  return out
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl"])
+@given(data=st.data())
+def test_fuzz_manifest(fmt, data):
+  """A damaged manifest: every data line is a row read or a row skipped and counted, a row read has
+  the header's number of fields, and a refusal is one DataError naming the file."""
+  raw = _manifest_bytes(fmt)
+  mutated = data.draw(manifest_mutations(raw, fmt), label="manifest")
+  with tempfile.TemporaryDirectory(prefix="mbaf_fuzz_") as tmp:
+    path = os.path.join(tmp, "m." + fmt)
+    with open(path, "wb") as f:
+      f.write(mutated)
+    summary = LoadSummary(name="manifest")
+    try:
+      m = manifest_lib.load_manifest(path, class_names=MANIFEST_CLASSES, summary=summary)
+    except DataError as e:
+      assert path in str(e), str(e)
+      lines = _manifest_lines(bytes(mutated))
+      if fmt != "jsonl" and lines and lines[0] == _manifest_lines(raw)[0]:
+        assert re.search(r"line \d+", str(e)), f"the header is intact, the error names no line: {e}"
+      return
+    lines = _manifest_lines(bytes(mutated))
+    data_lines = lines if fmt == "jsonl" else lines[1:]
+    assert len(m.paths) + summary.total_skipped == len(data_lines), (len(m.paths), dict(summary.counts))
+    assert set(m.labels.tolist()) <= set(range(len(MANIFEST_CLASSES)))
+    assert len(m.paths) == len(m.texts) == len(m.labels) == len(m.groups)
+    # Every row read: its line has exactly the header's fields (no shifted column was read).
+    rows = manifest_lib.read_manifest(path, manifest_lib.COLUMNS, may_be_empty=("text",),
+                                      path_columns=("audio",))
+    if fmt != "jsonl":
+      import csv  # pylint: disable=g-import-not-at-top
+      delim = "\t" if fmt == "tsv" else ","
+      by_number = _numbered_lines(bytes(mutated))
+      width = len(next(csv.reader([lines[0]], delimiter=delim)))
+      for r in rows:
+        if not r.problem:
+          fields = next(csv.reader([by_number[r.line]], delimiter=delim))
+          assert len(fields) == width or not any(f.strip() for f in fields[width:]), (r, fields)
+
+
+def _manifest_file(tmp_path, name, data: bytes):
+  path = tmp_path / name
+  path.write_bytes(data)
+  return str(path)
+
+
+_HEADER = b"audio,text,label,group\n"
+
+
+def test_regression_manifest_open_quote_does_not_swallow_the_rows_after_it(tmp_path):
+  """A quote left open made the CSV reader run on to the end of the file: the rows after it
+  became part of one bad row's text and were lost without a count."""
+  path = _manifest_file(tmp_path, "m.csv", _HEADER + b'a.wav,"oops,ang,s1\nb.wav,fine,neu,s1\n'
+                        b'c.wav,ok,sad,s2\n')
+  s = LoadSummary(name="manifest")
+  m = manifest_lib.load_manifest(path, class_names=MANIFEST_CLASSES, summary=s)
+  assert [os.path.basename(p) for p in m.paths] == ["b.wav", "c.wav"]
+  assert s.counts == {manifest_lib.REASON_BAD_ROW: 1}
+  assert s.examples[manifest_lib.REASON_BAD_ROW][0].startswith(f"{path}:2 (the line is not one CSV row (")
+
+
+def test_regression_manifest_unquoted_comma_is_a_bad_row_not_shifted_columns(tmp_path):
+  """An unquoted comma in a transcript shifted the row's label and group by one column, and the
+  row was read (label 'world', group 'ang') without a word."""
+  path = _manifest_file(tmp_path, "m.csv", _HEADER + b"a.wav,hello, world,ang,s1\nb.wav,fine,neu,s1\n"
+                        b"c.wav,trailing delimiter,sad,s2,\n")
+  s = LoadSummary(name="manifest")
+  m = manifest_lib.load_manifest(path, summary=s)
+  assert [os.path.basename(p) for p in m.paths] == ["b.wav", "c.wav"] and m.class_names == ("neu", "sad")
+  assert s.counts == {manifest_lib.REASON_BAD_ROW: 1}
+  assert s.examples[manifest_lib.REASON_BAD_ROW] == [
+      f"{path}:2 (5 fields for the 4 columns of line 1 (a comma inside an unquoted value?))"]
+
+
+def test_regression_manifest_bad_byte_costs_its_row_and_line_numbers_count_blank_lines(tmp_path):
+  """A byte that is not UTF-8 refused the whole manifest (a UserError without a line), and blank
+  lines were not counted in the line numbers a CSV row was named by."""
+  path = _manifest_file(tmp_path, "m.csv", _HEADER + b"\na.wav,caf\xe9,ang,s1\n\nb.wav,fine,neu,s1\n"
+                        b",no audio,sad,s2\n")
+  s = LoadSummary(name="manifest")
+  m = manifest_lib.load_manifest(path, class_names=MANIFEST_CLASSES, summary=s)
+  assert [os.path.basename(p) for p in m.paths] == ["b.wav"]
+  assert s.counts == {manifest_lib.REASON_NOT_UTF8: 1, manifest_lib.REASON_MISSING_FIELD: 1}
+  assert s.examples[manifest_lib.REASON_NOT_UTF8] == [f"{path}:3 (the line is not UTF-8 text)"]
+  assert s.examples[manifest_lib.REASON_MISSING_FIELD] == [f"{path}:6 (empty 'audio' column)"]
+  with pytest.raises(DataError, match=re.escape(f"{path}:3 (the line is not UTF-8 text)")):
+    manifest_lib.load_manifest(path, summary=LoadSummary(name="manifest", strict=True))
+
+
+def test_regression_manifest_encodings_and_refusals(tmp_path):
+  """Excel's "Unicode text" (UTF-16 with a BOM, tab-separated) was refused as not UTF-8; a
+  refusal was a UserError, not the DataError every other loader raises."""
+  rows = "audio\ttext\tlabel\tgroup\r\na.wav\tnaïve\tang\ts1\r\nb.wav\t中文\tneu\ts2\r\n"
+  path = _manifest_file(tmp_path, "m.tsv", codecs.BOM_UTF16_LE + rows.encode("utf-16-le"))
+  m = manifest_lib.load_manifest(path)
+  assert m.texts == ["naïve", "中文"] and m.class_names == ("ang", "neu")
+  empty = _manifest_file(tmp_path, "e.csv", b"")
+  with pytest.raises(DataError, match=re.escape(f"manifest {empty!r} has no column(s)")):
+    manifest_lib.load_manifest(empty)
+  twice = _manifest_file(tmp_path, "t.jsonl", b'{"audio": "a.wav", "text": "", "label": "ang", '
+                         b'"group": "s1"}\n{"audio": "a.wav", "text": "", "label": "neu", "group": "s1"}\n')
+  with pytest.raises(DataError, match="line 2 repeats the audio of line 1 with another label"):
+    manifest_lib.load_manifest(twice)

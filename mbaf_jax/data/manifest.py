@@ -10,9 +10,11 @@ or one JSON object per line (``.jsonl``)::
 
 :func:`read_manifest` reads any manifest's rows: ``.csv`` / ``.tsv`` with a header line, or
 ``.jsonl`` / ``.ndjson`` / ``.json`` with one JSON object per line; UTF-8, with or without a byte
-order mark; column names are case-insensitive and other columns are ignored; a path column is
-resolved against the manifest's folder. Every data row comes back with its line number and, when
-it cannot be used (a line that is not a JSON object, an empty or missing value), the reason;
+order mark, or UTF-16 with its byte order mark; column names are case-insensitive and other
+columns are ignored; a path column is resolved against the manifest's folder. A row is one line:
+blank lines are skipped, and every other line comes back as a row with its line number and, when
+it cannot be used, the reason (a line that is not UTF-8, not a JSON object, not one CSV row — a
+quote left open — or with more fields than the header has columns; an empty or missing value);
 a :class:`~mbaf_jax.data.report.LoadSummary` counts those rows as skipped.
 
 :func:`load_manifest` reads a training manifest (columns ``audio,text,label,group``) into a
@@ -30,6 +32,7 @@ and so is a repeated row (same audio file, label and group: the first is kept, s
 is on both sides of a split); the same audio file with another label or group is an error. With
 a strict summary the first skip raises instead.
 """
+import codecs
 import csv
 import json
 import os
@@ -37,13 +40,14 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from mbaf_jax.data.report import LoadSummary
-from mbaf_jax.errors import UserError
+from mbaf_jax.data.report import DataError, LoadSummary
 
 JSON_LINES = (".jsonl", ".ndjson", ".json")  # one JSON object per line
 DELIMITERS = {".csv": ",", ".tsv": "\t"}  # a header line, then one row per line
 COLUMNS = ("audio", "text", "label", "group")  # a training manifest's columns
 REASON_BAD_LINE = "manifest line is not a JSON object"
+REASON_BAD_ROW = "manifest line is not one row of the header's columns"
+REASON_NOT_UTF8 = "manifest line is not UTF-8 text"
 REASON_MISSING_FIELD = "row with a missing field"
 REASON_UNKNOWN_LABEL = "label not in config.data.class_names"
 REASON_DUPLICATE = "duplicate of an earlier row (same audio file, label and group; first kept)"
@@ -81,38 +85,83 @@ def _text(v):
   return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
 
 
+def _lines(path: str, source: str) -> list:
+  """``(line number, text, is decodable)`` of every line: split at LF (a CR before it dropped);
+  UTF-8 with or without a BOM, or UTF-16 with its BOM (Excel's "Unicode text"); each line decoded
+  on its own, so a byte that is not UTF-8 costs its line, not the file."""
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+  except OSError as e:
+    raise DataError(f"{source} cannot be read ({e}).") from None
+  if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+    chunks = [(c, "\ufffd" not in c) for c in raw.decode("utf-16", "replace").split("\n")]
+  else:
+    if raw.startswith(codecs.BOM_UTF8):
+      raw = raw[len(codecs.BOM_UTF8):]
+    chunks = []
+    for b in raw.split(b"\n"):
+      try:
+        chunks.append((b.decode("utf-8"), True))
+      except UnicodeDecodeError:
+        chunks.append((b.decode("utf-8", "replace"), False))
+  return [(i, c[:-1] if c.endswith("\r") else c, ok) for i, (c, ok) in enumerate(chunks, 1)]
+
+
 def _records(path: str, source: str) -> tuple[list, set]:
-  """``([(line, {column: value} or None for a line that is not an object, detail)], columns)``."""
+  """``([(line, {column: value} or None, skip reason, problem)], columns)`` of the non-blank lines.
+
+  A CSV / TSV row is one line: a line that does not parse as one CSV row (a quote left open, a
+  quote inside an unquoted field) or holds more non-empty fields than the header has columns (an
+  unquoted delimiter in a value) is a bad line, never merged with the next one or read shifted.
+  """
   ext = os.path.splitext(path)[1].lower()
   if ext not in JSON_LINES and ext not in DELIMITERS:
-    raise UserError(f"{source} has extension {ext!r}; use .csv (or .tsv) with a header line, or "
+    raise DataError(f"{source} has extension {ext!r}; use .csv (or .tsv) with a header line, or "
                     ".jsonl with one JSON object per line.")
+  lines = [(i, text, ok) for i, text, ok in _lines(path, source) if text.strip()]
   records = []
-  try:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-      if ext in JSON_LINES:
-        for i, line in enumerate(f, 1):
-          if not line.strip():
-            continue
-          try:
-            obj = json.loads(line)
-            detail = ""
-          except ValueError as e:
-            obj, detail = None, f" ({e})"
-          if isinstance(obj, dict):
-            records.append((i, {str(k).strip().lower(): _text(v) for k, v in obj.items()}, ""))
-          else:
-            records.append((i, None, detail))
-        columns = set().union(*(r for _, r, _ in records if r is not None))
+  if ext in JSON_LINES:
+    for i, line, ok in lines:
+      if not ok:
+        records.append((i, None, REASON_NOT_UTF8, "the line is not UTF-8 text"))
+        continue
+      try:
+        obj = json.loads(line)
+        detail = ""
+      except ValueError as e:
+        obj, detail = None, f" ({e})"
+      if isinstance(obj, dict):
+        records.append((i, {str(k).strip().lower(): _text(v) for k, v in obj.items()}, "", ""))
       else:
-        reader = csv.DictReader(f, delimiter=DELIMITERS[ext])
-        columns = {str(k).strip().lower() for k in (reader.fieldnames or []) if k is not None}
-        for i, row in enumerate(reader, 2):
-          records.append((i, {str(k).strip().lower(): _text(v) for k, v in row.items()
-                              if k is not None}, ""))
-  except (OSError, UnicodeDecodeError, csv.Error) as e:
-    raise UserError(f"{source} cannot be read ({e}).") from None
-  return records, columns
+        records.append((i, None, REASON_BAD_LINE, f"the line is not a JSON object{detail}"))
+    return records, set().union(*(r for _, r, _, _ in records if r is not None))
+  delimiter = DELIMITERS[ext]
+  if not lines:
+    return [], set()
+  header_line, header, ok = lines[0]
+  try:
+    header = next(csv.reader([header], delimiter=delimiter, strict=True)) if ok else []
+  except csv.Error:
+    header = []
+  keys = [str(k).strip().lower() for k in header]
+  for i, line, ok in lines[1:]:
+    if not ok:
+      records.append((i, None, REASON_NOT_UTF8, "the line is not UTF-8 text"))
+      continue
+    try:
+      fields = next(csv.reader([line], delimiter=delimiter, strict=True))
+    except csv.Error as e:
+      records.append((i, None, REASON_BAD_ROW, f"the line is not one CSV row ({e}; a quote left "
+                                               "open?)"))
+      continue
+    if any(f.strip() for f in fields[len(keys):]):
+      records.append((i, None, REASON_BAD_ROW, f"{len(fields)} fields for the {len(keys)} columns "
+                      f"of line {header_line} (a {'tab' if delimiter == chr(9) else 'comma'} "
+                      "inside an unquoted value?)"))
+      continue
+    records.append((i, dict(zip(keys, fields)), "", ""))
+  return records, set(keys)
 
 
 def read_manifest(path: str, columns: Sequence, *, may_be_empty: Sequence[str] = (),
@@ -138,8 +187,8 @@ def read_manifest(path: str, columns: Sequence, *, may_be_empty: Sequence[str] =
     One :class:`Row` per data line, in file order.
 
   Raises:
-    UserError: an unknown extension, an unreadable file, or a column no row has.
-    DataError: a bad row with a strict ``summary``.
+    DataError: an unknown extension, an unreadable file, or a column no row has; a bad row with
+      a strict ``summary``.
   """
   source = source or f"manifest {path!r}"
   records, found = _records(path, source)
@@ -147,14 +196,14 @@ def read_manifest(path: str, columns: Sequence, *, may_be_empty: Sequence[str] =
   picked = [next((n for n in alternatives if n in found), None) for alternatives in names]
   missing = ["/".join(alternatives) for alternatives, p in zip(names, picked) if p is None]
   if missing:
-    raise UserError(f"{source} has no column(s) {missing} (found {sorted(found)}). {hint}".strip())
+    raise DataError(f"{source} has no column(s) {missing} (found {sorted(found)}). {hint}".strip())
   rows = []
-  for line, record, detail in records:
+  for line, record, reason, problem in records:
     empty = {alternatives[0]: "" for alternatives in names}
     if record is None:
-      rows.append(Row(line, empty, f"the line is not a JSON object{detail}"))
+      rows.append(Row(line, empty, problem))
       if summary is not None:
-        summary.skip(REASON_BAD_LINE, f"{path}:{line}{detail}")
+        summary.skip(reason, f"{path}:{line} ({problem})")
       continue
     values, problems = {}, []
     for alternatives, column in zip(names, picked):
@@ -192,7 +241,7 @@ def load_manifest(path: str, class_names: Sequence[str] = (),
     A :class:`Manifest`.
 
   Raises:
-    UserError: an unknown extension, an unreadable file, a missing column; an audio file that
+    DataError: an unknown extension, an unreadable file, a missing column; an audio file that
       appears twice with another label or group.
   """
   summary = summary if summary is not None else LoadSummary(name="manifest")
@@ -221,7 +270,7 @@ def load_manifest(path: str, class_names: Sequence[str] = (),
     first[audio] = (r.line, label, group)
     out.append((audio, text, index[label], group))
   if conflicts:
-    raise UserError(f"manifest {path!r}: {len(conflicts)} row(s) repeat an audio file with "
+    raise DataError(f"manifest {path!r}: {len(conflicts)} row(s) repeat an audio file with "
                     f"another label or group ({'; '.join(conflicts[:5])}"
                     f"{'; ...' if len(conflicts) > 5 else ''}); the same recording would be "
                     "trained on and tested on, or carry two labels. Remove the repeated rows or "
