@@ -13,7 +13,7 @@ setup(
     package_data={"mbaf_jax": ["**/*.json", "**/*.txt"]},
     install_requires=[
         "jax>=0.4.35",
-        "flax>=0.10",
+        "flax>=0.12.6",  # mbaf_jax.nnx: nnx.Optimizer(wrt=), nnx.view, nnx.capture, Variable.get_value
         "optax>=0.2.3",
         "orbax-checkpoint>=0.6",
         "chex>=0.1.87",

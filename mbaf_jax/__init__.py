@@ -7,6 +7,7 @@ Two papers, one library:
 * **MBAF** — Memory Based Attentive Fusion (one memory over the concatenated
   modes): :class:`MBAF`.
 * The papers' baseline, concatenation: :class:`NaiveFusion`.
+* The same layers as Flax NNX modules: :mod:`mbaf_jax.nnx`.
 
 Memory is explicit state in the ``'memory'`` variable collection; see
 ``docs/ARCHITECTURE.md`` for the write-then-carry contract.
@@ -18,7 +19,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("ops", "fusion", "encoders", "data", "models")
+_SUBMODULES = ("ops", "fusion", "nnx", "encoders", "data", "models")
 _FUSION_NAMES = ("DualMemoryFusion", "MBAF", "NaiveFusion", "FusionOutput")
 
 __all__ = list(_SUBMODULES) + list(_FUSION_NAMES)

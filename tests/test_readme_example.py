@@ -33,3 +33,28 @@ def test_readme_train_step_example_runs_and_carries_memory():
                                 mutable=["memory"])
   np.testing.assert_array_equal(new["memory"]["M_a"], carried["M_a"])
   assert out.fused.shape == (4, 64)
+
+
+NNX_HEADING = "## Use a fusion layer with Flax NNX"
+
+
+def test_readme_nnx_example_runs_writes_memory_and_eval_only_reads_it():
+  text = README.read_text()
+  assert NNX_HEADING in text, f"{README} lost the section {NNX_HEADING!r}"
+  section = text.split(NNX_HEADING, 1)[1].split("\n## ", 1)[0]
+  blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+  assert len(blocks) == 1, f"expected one python code block under {NNX_HEADING!r}"
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import mbaf_jax.nnx as mnnx  # pylint: disable=g-import-not-at-top
+  ns = {}
+  exec(compile(blocks[0], str(README), "exec"), ns)  # pylint: disable=exec-used
+  assert np.isfinite(ns["loss"]) and ns["logits"].shape == (4, 4)
+  model = ns["model"]
+  assert model.fusion.deterministic  # the example ends in evaluation mode
+  fresh = ns["Classifier"](nnx.Rngs(0))  # the memory the example started from
+  memory = lambda m: np.asarray(nnx.to_pure_dict(nnx.state(m, mnnx.Memory))["fusion"]["memory"]["M_a"])
+  assert np.abs(memory(model) - memory(fresh)).max() > 1e-4  # the three steps wrote it
+  before = memory(model)
+  model(ns["x_a"], ns["x_t"])  # evaluation again: read only
+  np.testing.assert_array_equal(memory(model), before)
+  assert not nnx.state(ns["optimizer"].opt_state, mnnx.Memory)  # the optimiser never holds memory
