@@ -13,7 +13,8 @@ from configs import cebs as cebs_config
 from configs import iemocap, iemocap_mbaf
 from mbaf_jax.errors import UserError
 from mbaf_jax.models import factory
-from train import datasets
+
+import plans  # tests/plans.py
 from train import optimizers
 from train import steps
 
@@ -71,7 +72,7 @@ def test_dummy_batch_is_what_make_inputs_gives_real_examples(name, tmp_path):
   for field in fam.DATA_FIELDS:  # the fields that fix the shapes exist in the config
     assert field in config.data
   # Training goes through the same two calls (train.datasets.model_inputs).
-  inputs, vocab_size = datasets.model_inputs(config, str(tmp_path / "run"), raw)
+  inputs, vocab_size = plans.model_inputs(config, str(tmp_path / "run"), raw)
   assert vocab_size == pre.vocab_size
   jax.tree.map(np.testing.assert_array_equal, inputs, batch)
   # Inference: the preprocessing training saved, loaded (never rebuilt), and one list entry per
@@ -85,8 +86,8 @@ def test_dummy_batch_is_what_make_inputs_gives_real_examples(name, tmp_path):
   specs = fam.raw_inputs(data, model)
   assert len(specs) == len(columns)
   for spec, column in zip(specs, columns):
-    assert spec.kind in factory.RAW_KINDS
-    if spec.kind == "array":
+    assert spec.medium in factory.MEDIA
+    if spec.medium == "array":
       assert np.shape(column[0]) == spec.shape
   per_example = fam.raw_examples(data, model, columns)
   jax.tree.map(np.testing.assert_array_equal, fam.make_inputs(data, model, per_example, loaded),
@@ -232,7 +233,7 @@ def test_a_third_modality_is_one_module_file(kind, tmp_path, monkeypatch):
   workdir = str(tmp_path / "run")
 
   # What the trainer does: inputs through the family, the model through build_model.
-  inputs, vocab_size = datasets.model_inputs(config, workdir, raw)
+  inputs, vocab_size = plans.model_inputs(config, workdir, raw)
   assert _shapes(inputs) == _shapes(factory.dummy_batch(config.data, config.model, N))
   model, pretrained = factory.build_model(config.model, kind, vocab_size=vocab_size,
                                           max_tokens=config.data.max_tokens)

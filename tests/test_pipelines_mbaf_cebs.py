@@ -162,7 +162,7 @@ def test_cebs_f4_trains_end_to_end(cebs_dir, tmp_path):
   rng = np.random.default_rng(1)
   ecg, resp = (rng.normal(size=(3, 6, 1000)).astype(np.float32) for _ in range(2))
   p = _check_memory(c, "mbaf", workdir, {"modes": (ecg, resp)})
-  assert [(i.name, i.kind, i.shape) for i in p.inputs] == [("ECG", "array", (6, 1000)),
+  assert [(i.name, i.medium, i.shape) for i in p.inputs] == [("ECG", "array", (6, 1000)),
                                                          ("RESP", "array", (6, 1000))]
   probs = p(ecg, resp)
   assert probs.shape == (3, 3) and np.allclose(probs.sum(-1), 1.0, atol=1e-5)

@@ -232,7 +232,7 @@ class Predictor:
   def _check_count(self, inputs) -> None:
     """Refuses another number of arguments than ``self.inputs``."""
     if len(inputs) != len(self.inputs):
-      noun = "arrays" if all(i.kind == "array" for i in self.inputs) else "inputs"
+      noun = "arrays" if all(i.medium == "array" for i in self.inputs) else "inputs"
       raise PredictError(f"this model takes {len(self.inputs)} {noun} ({_names(self.inputs)}), "
                          f"got {len(inputs)} argument(s); call predictor("
                          + ", ".join(i.name.lower() for i in self.inputs) + ").")
@@ -242,7 +242,7 @@ class Predictor:
     self._check_count(inputs)
     columns = []
     for spec, x in zip(self.inputs, inputs):
-      if spec.kind == "array":
+      if spec.medium == "array":
         x = np.asarray(x, np.float32)
         if x.ndim == len(spec.shape):
           x = x[None]
@@ -251,7 +251,7 @@ class Predictor:
           raise PredictError(f"the {spec.name} input must have shape (N, {shape})"
                              f"{f' ({spec.note})' if spec.note else ''}, got {tuple(np.shape(x))}.")
         columns.append(list(x))
-      elif spec.kind == "text":
+      elif spec.medium == "text":
         if isinstance(x, str):
           raise PredictError(f"{spec.name} must be a list of strings (one per example), got one "
                              "string; wrap it in a list.")
@@ -267,11 +267,11 @@ class Predictor:
 
   def predict_files(self, *inputs) -> np.ndarray:
     """Like ``__call__``, with every audio input given as file paths (read at its rate)."""
-    if not any(i.kind == "audio" for i in self.inputs):
+    if not any(i.medium == "audio" for i in self.inputs):
       raise PredictError(f"this model takes no audio files but {_names(self.inputs)}; call "
                          "predictor(...) with them (the command line: --npy).")
     self._check_count(inputs)
-    return self(*[read_waves(x, spec.sample_rate) if spec.kind == "audio" else x
+    return self(*[read_waves(x, spec.sample_rate) if spec.medium == "audio" else x
                   for spec, x in zip(self.inputs, inputs)])
 
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from mbaf_jax.data import manifest as manifest_lib
 from mbaf_jax.errors import UserError
+from train import cli
 from train import inference
 from train.inference import PredictError
 
@@ -176,14 +177,14 @@ def format_npy_csv(probs, classes) -> str:
 
 def _check_inputs(predictor: inference.Predictor, npy: bool) -> None:
   """Refuses an input format the model's declared inputs do not take."""
-  kinds = [i.kind for i in predictor.inputs]
-  takes = ", ".join(f"{i.name} ({i.kind})" for i in predictor.inputs)
-  if kinds == ["audio", "text"] and npy:
+  media = [i.medium for i in predictor.inputs]
+  takes = ", ".join(f"{i.name} ({i.medium})" for i in predictor.inputs)
+  if media == ["audio", "text"] and npy:
     raise PredictError(f"--npy is for CEBS models and others whose inputs are all arrays; this "
                        f"workdir's model takes {takes} (--wav/--text, --manifest or --wav_dir).")
-  if kinds == ["audio", "text"] or (npy and set(kinds) == {"array"}):
+  if media == ["audio", "text"] or (npy and set(media) == {"array"}):
     return
-  if set(kinds) == {"array"}:
+  if set(media) == {"array"}:
     raise PredictError(f"this workdir's model takes arrays, not audio: pass --npy with one .npy "
                        f"per input ({' '.join(i.name for i in predictor.inputs)}), or use the "
                        "Python API train.inference.load(workdir)(*arrays).")
@@ -280,5 +281,15 @@ def run(argv: Sequence[str] | None = None) -> int:
   return 0
 
 
+def main() -> None:
+  """``python -m train.predict``: a Ctrl-C (nothing to save) stops at once with status 130."""
+  try:
+    status = run()
+  except KeyboardInterrupt:
+    print("\nstopped: interrupted; no output was written.", file=sys.stderr, flush=True)
+    status = cli.INTERRUPTED
+  cli.exit_now(status)
+
+
 if __name__ == "__main__":
-  sys.exit(run())
+  main()

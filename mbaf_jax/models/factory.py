@@ -47,7 +47,7 @@ DTYPES = ("float32", "bfloat16")  # config.model.dtype: the compute dtype
 PACKAGE = "mbaf_jax.models"  # a plain family name is a module of this package
 CONTRACT = ("DATA_FIELDS", "input_spec", "build", "preprocessor", "make_inputs",
             "text_embedding", "raw_inputs", "raw_examples")  # the names every family defines
-RAW_KINDS = ("audio", "text", "array")  # what a RawInput holds (RawInput.kind)
+MEDIA = ("audio", "text", "array")  # what a RawInput holds (RawInput.medium)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +69,7 @@ class RawInput:
   physiological signal sampled at ``sample_rate``, read from a ``.npy`` file of N examples).
   """
   name: str  # the predictor's argument name, e.g. "waves", "texts", "ECG"
-  kind: str  # one of RAW_KINDS
+  medium: str  # one of MEDIA
   shape: tuple = ()  # "array": the shape of one example
   sample_rate: int | None = None  # Hz of an "audio" waveform or of the signal of an "array"
   note: str = ""  # what one example must be, for error messages (e.g. how it is cut)
