@@ -209,6 +209,12 @@ def _model(config) -> list:
         steps.abstract_variables(model, batch, jax.random.key(0))
     except (ValueError, TypeError, ArithmeticError) as e:
       text = str(e).splitlines()[0].rstrip(".") if str(e) else type(e).__name__
+      if "unexpected keyword argument" in text:  # the encoders' keyword arguments come from here
+        given = [f"config.model.{p}.overrides={m[p].overrides.to_dict()}"
+                 for p in ("audio", "text") if p in m and m[p].get("overrides")]
+        text += f"; given by {', '.join(given)}" if given else ""
+      if any(text in p for p in problems):
+        continue  # not the fusion's: every kind fails the same way, reported once
       if kind in kinds:
         problems.append(f"the {kind} model cannot be built from config.model ({text})")
       else:
