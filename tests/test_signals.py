@@ -1,7 +1,9 @@
 """SIGINT / SIGTERM: a handler only records the request; while a fold trains, the run checkpoints
 at the next step boundary and exits 130, and the rerun resumes from that step; before training it
 stops after the current phase; after the run it changes nothing; a second signal exits at once."""
+import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -107,7 +109,7 @@ def test_sigint_during_a_real_run_checkpoints_and_the_rerun_resumes(tmp_path):
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == 130, (out, err)
   assert "SIGINT received: saving a checkpoint" in err, err
-  step = int(re.search(r"stopped: checkpointed after step (\d+) of fold (\S+) \(naive "
+  step = int(re.search(r"stopped: SIGINT received; checkpointed after step (\d+) of fold (\S+) \(naive "
                        r"fusion\); rerun the same command to resume",
                        err).group(1))
   assert 3 <= step < 25 and "Traceback" not in err
@@ -117,3 +119,53 @@ def test_sigint_during_a_real_run_checkpoints_and_the_rerun_resumes(tmp_path):
   assert done.returncode == 0, done.stderr
   assert f"[naive/loso_s1] resumed at step {step}" in done.stdout
   assert "[naive/loso_s1] test WA" in done.stdout
+
+
+# Runs of the property test below: a few in CI, more with MBAF_SIGNAL_RUNS (e.g. 30).
+SIGNAL_RUNS = int(os.environ.get("MBAF_SIGNAL_RUNS", "2"))
+
+
+def _fold_results(workdir: str) -> dict:
+  with open(workdir_lib.metrics_path(workdir)) as f:
+    folds = json.load(f)["fusions"]["naive"]["folds"]
+  return {name: {k: fold[k] for k in ("wa", "ua", "f1", "confusion", "best_step")}
+          for name, fold in folds.items()}
+
+
+@pytest.mark.slow
+def test_a_signal_at_any_moment_ends_cleanly_and_the_rerun_matches_an_uninterrupted_run(tmp_path):
+  """Property: SIGINT or SIGTERM at a random moment of a run (drawn, seeded, over the whole run:
+  start-up, loading, compiling, training, evaluation, checkpoint and output writes, exit) ends with
+  no traceback and no abort, exit 130 (or 0 when the run had already finished, saying so), and the
+  rerun of the same command completes with results bit-identical to an uninterrupted run."""
+  cache = tmp_path / "xla"
+  base = [sys.executable, "-m", "train.main", "--config=configs/iemocap.py:smoke",
+          "--config.fusions=naive", "--config.data.max_folds=1", "--config.train.max_steps=16",
+          "--config.train.progress=False", "--config.train.checkpoint_every_steps=4",
+          f"--compilation_cache_dir={cache}", "--config.data.data_dir=" + str(tmp_path / "data")]
+  env = dict(os.environ, PYTHONUNBUFFERED="1")
+  t0 = time.time()
+  ref = subprocess.run(base + [f"--workdir={tmp_path / 'ref'}"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert ref.returncode == 0, ref.stderr
+  length = time.time() - t0  # the run's length with a warm compilation cache (the draws' range)
+  rng = random.Random(20261207)
+  for i in range(SIGNAL_RUNS):
+    workdir = str(tmp_path / f"run{i}")
+    signum = (signal.SIGINT, signal.SIGTERM)[i % 2]
+    delay = rng.uniform(0.2, 1.1 * length)
+    proc = subprocess.Popen(base + [f"--workdir={workdir}"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    if proc.poll() is None:
+      proc.send_signal(signum)
+    out, err = proc.communicate(timeout=600)
+    what = f"{signal.Signals(signum).name} after {delay:.2f} s of {length:.1f} s"
+    assert proc.returncode in (0, 130), (what, proc.returncode, err)
+    assert "Traceback" not in err and "Exception ignored" not in err, (what, err)
+    if proc.returncode == 130:
+      assert re.search(r"stopped: SIG\w+ received; .*rerun the same command", err), (what, err)
+    rerun = subprocess.run(base + [f"--workdir={workdir}"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, (what, rerun.stderr)
+    assert _fold_results(workdir) == _fold_results(str(tmp_path / "ref")), what
