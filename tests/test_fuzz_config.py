@@ -23,6 +23,7 @@ from mbaf_jax.errors import UserError
 from train import config_help
 from train import validate
 
+import xla_env  # tests/xla_env.py
 from overrides import set_fields  # tests/overrides.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -195,8 +196,8 @@ def test_fuzz_command_line_ends_cleanly(tmp_path):
   base = [sys.executable, "-m", "train.main", "--config=configs/iemocap.py:smoke",
           "--config.train.max_steps=1", "--config.data.max_folds=1", "--config.fusions=naive",
           f"--config.data.data_dir={data}", f"--compilation_cache_dir={cache}"]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  # One CPU device, compiled with LLVM's cheap pipeline as the rest of the suite is.
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_env.COMPILE_FAST_FLAGS)
   started = time.monotonic()
   for i, flag in enumerate(_command_line_overrides(random.Random(20240), 12)):
     proc = subprocess.run(base + [f"--workdir={tmp_path / f'run{i}'}", flag], cwd=ROOT, env=env,
