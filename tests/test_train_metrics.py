@@ -1,5 +1,6 @@
 """train.metrics against hand-computed values and an independent per-example loop."""
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -93,3 +94,26 @@ def test_plot_confusion_writes_png(tmp_path):
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert os.path.getsize(path) > 1000
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_metrics_equal_scikit_learn(seed):
+  """WA, UA, macro-F1 and the confusion matrix against scikit-learn's (an independent
+  implementation): accuracy, balanced accuracy (mean recall over the classes present), macro F1
+  over the classes present in truth or prediction (0 for a class never predicted correctly)."""
+  sk = pytest.importorskip("sklearn.metrics")
+  rng = np.random.default_rng(seed)
+  k = int(rng.integers(2, 7))
+  n = int(rng.integers(1, 60))
+  labels = rng.integers(0, k - (seed % 2), n)  # odd seeds: the last class never occurs in truth
+  preds = np.where(rng.random(n) < 0.6, labels, rng.integers(0, k, n))
+  m = metrics.classification_metrics(labels, preds, k)
+  np.testing.assert_array_equal(m["confusion"], sk.confusion_matrix(labels, preds,
+                                                                      labels=range(k)))
+  assert m["wa"] == pytest.approx(sk.accuracy_score(labels, preds), abs=1e-12)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true"
+    ua = sk.balanced_accuracy_score(labels, preds)
+  assert m["ua"] == pytest.approx(ua, abs=1e-12)
+  assert m["f1"] == pytest.approx(sk.f1_score(labels, preds, average="macro", zero_division=0),
+                                  abs=1e-12)

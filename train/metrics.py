@@ -4,7 +4,6 @@ DMF §3 / MBAF §5 report *weighted accuracy* (WA: plain accuracy over all utter
 *unweighted accuracy* (UA: the mean of the per-class recalls); DMF also reports macro-F1.
 Metrics are computed on the host from the predictions of the real (unpadded) rows only.
 """
-import json
 import os
 from typing import Mapping, Sequence
 
@@ -157,11 +156,3 @@ def format_table(rows: Mapping[str, Mapping]) -> str:
                  f"{100 * ua['mean']:6.2f} ± {100 * ua['std']:5.2f} "
                  f"{f1['mean']:6.3f} ± {f1['std']:5.3f}")
   return "\n".join(lines)
-
-
-def write_json(path: str, obj) -> None:
-  """Writes ``obj`` as indented JSON atomically (temp file + rename)."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
