@@ -169,3 +169,13 @@ def test_a_signal_at_any_moment_ends_cleanly_and_the_rerun_matches_an_uninterrup
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, (what, rerun.stderr)
     assert _fold_results(workdir) == _fold_results(str(tmp_path / "ref")), what
+
+
+def test_a_warning_is_one_line_without_its_source():
+  code = ("import warnings\n"
+          "from train import cli\n"
+          "cli.plain_warnings()\n"
+          "warnings.warn('iemocap: LOSO has 3 sessions (fewer than five)')\n")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                     timeout=60)
+  assert r.stderr == "warning: iemocap: LOSO has 3 sessions (fewer than five)\n", r.stderr

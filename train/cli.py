@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 
 from mbaf_jax.errors import UserError
 from train.errors import Stopped
@@ -189,6 +190,17 @@ def exit_now(status: int) -> None:
     except (OSError, ValueError):
       pass
   os._exit(status)  # pylint: disable=protected-access
+
+
+def _one_line(message, category, filename, lineno, line=None) -> str:
+  del category, filename, lineno, line
+  return f"warning: {message}\n"
+
+
+def plain_warnings() -> None:
+  """Prints every Python warning (e.g. a loader's "fewer than five sessions") as one line,
+  ``warning: <message>``, without the source file and line that mean nothing to a user."""
+  warnings.formatwarning = _one_line
 
 
 def default_cache_dir() -> str:

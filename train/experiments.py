@@ -374,6 +374,7 @@ def main(argv=None) -> int:
     print(_list_tables())
     return 0
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  cli.plain_warnings()
   if args.compile_cache != "none":  # every seed of a config compiles its steps once
     cli.enable_compilation_cache(
         args.compile_cache or os.path.join(os.path.abspath(args.workdir), "jax_cache"),

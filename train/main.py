@@ -112,6 +112,7 @@ def main(argv):
           "(expected a config file such as configs/iemocap.py, optionally with :variant).",
           file=sys.stderr)
     sys.exit(2)
+  cli.plain_warnings()
   cli.enable_compilation_cache(_CACHE_DIR.value)
   cli.exit_now(run(config, _WORKDIR.value, restore_signals=False))
 

@@ -283,6 +283,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 def main() -> None:
   """``python -m train.predict``: a Ctrl-C (nothing to save) stops at once with status 130."""
+  cli.plain_warnings()
   try:
     status = run()
   except KeyboardInterrupt:
