@@ -60,8 +60,7 @@ def _demo_overrides(c, smoke=False):
   at the paper's rates needs far more steps than a short demo; every encoder layer trainable,
   because DMF §2.1 freezes the *pretrained* feature extractor and embeddings, and frozen random
   ones only hold the tiny encoders back; gradients clipped and the reader temperature floored at
-  1, which keep the README's demo table reproducible (their effect on DMF's UA is measured in
-  docs/DMF.md, "The demo, before and after").
+  1, which keep the README's demo table reproducible (docs/DMF.md, "The demo, before and after").
   """
   c.model.audio.size = "tiny"
   c.model.text.size = "tiny"

@@ -94,9 +94,8 @@ def attend(p, b, attention: str):
     ``α_i = exp(b_{t,i} b̂_i) / Σ_j exp(b_{t,j} b̂_j)`` over the C features and
     ``c_{t,i} = C · α_i b_{t,i}`` (the factor C makes uniform attention the identity).
     **Unbounded**: ``c_t`` scales with ``b_t``, which contains the read ``m_r``, with a gain of
-    up to C, so the memory recurrence can grow geometrically and overflow within a few
-    batches (measured: NaN on every seed of the digits study, docs/RESULTS.md). Use it with
-    ``write_max``.
+    up to C, so the memory recurrence can grow geometrically and overflow (docs/RESULTS.md).
+    Use it with ``write_max``.
   * ``"none"``: ``c_t = b_t`` (the printed equations taken literally). **Unbounded** for the
     same reason (gain of the composer MLP); use it with ``write_max``.
 
@@ -125,9 +124,9 @@ def transform(p, c, write_max=None):
   ReLU-n, not in the paper): Eq. 8 writes a convex mix of ``M_{t−1}`` and ``h_t``, so then
   every memory entry stays within ``[min(M_0, 0), max(M_0, write_max)]``. Uncapped, the
   "feature" and "none" readings of Eqs. 5–6 make Eqs. 2–8 a recurrence
-  ``M ← (1 − z) M + z g(M)`` whose gain can exceed 1 (the read ``m_r`` feeds ``h_t``):
-  measured, the memory grew 10 → 4e9 in two training steps and overflowed
-  (docs/PAPER_NOTES.md, "MBAF memory growth"). The default "keys" reading needs no cap.
+  ``M ← (1 − z) M + z g(M)`` whose gain can exceed 1 (the read ``m_r`` feeds ``h_t``), so the
+  memory can overflow (docs/PAPER_NOTES.md, "MBAF memory growth"). The default "keys" reading
+  needs no cap.
   """
   y = c @ p["write_kernel"]
   if "write_bias" in p:
