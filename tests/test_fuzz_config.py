@@ -232,3 +232,17 @@ def test_fuzz_regression_encoder_overrides_are_named_once():
                              {"model.text.overrides": {"momentum": -1.0}}))
   assert "given by config.model.text.overrides={'momentum': -1.0}" in str(e.value)
   assert "(2)" not in str(e.value)
+
+
+def test_fuzz_regression_zero_encoder_width_and_huge_chunks():
+  from configs import ablations, cebs  # pylint: disable=g-import-not-at-top
+  # A zero encoder width was "float division by zero" without its field.
+  with pytest.raises(UserError) as e:
+    validate.plan(set_fields(ablations.get_config("smoke"),
+                             {"model.audio.kwargs.dense_features": (0,)}))
+  assert "a size is zero: config.model.audio.kwargs.dense_features=(0,)" in str(e.value)
+  assert "'dmf' does not apply" not in str(e.value)
+  # A huge CEBS chunk was a MemoryError traceback.
+  with pytest.raises(UserError) as e:
+    validate.plan(set_fields(cebs.get_config("smoke"), {"data.chunk_samples": 2**31}))
+  assert "chunk_samples=2147483648: Unable to allocate" in str(e.value)

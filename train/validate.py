@@ -50,12 +50,12 @@ _AT_LEAST = {
     "data.chunk_samples": (1, "samples per CEBS chunk"),
     "data.num_groups": (2, "folds of the grouped cross-validation"),
     "model.num_classes": (2, "classes"),
-    "optim.memory_learning_rate": (0.0, "the fusion layer's learning rate"),
     "optim.grad_clip_norm": (0.0, "the gradient-norm clip (0: off)"),
 }
 _ABOVE_ZERO = {
     "data.max_seconds": "seconds of audio per utterance",
     "optim.learning_rate": "the network's learning rate",
+    "optim.memory_learning_rate": "the memory module's learning rate",
 }
 # Data set → (the protocols that apply to it, the classes its loader gives; None: from the data).
 _DATASETS = {"iemocap": (("loso", "8:1:1"), 4), "cebs": (("logo",), 3),
@@ -171,6 +171,17 @@ def _layout(config) -> list:
 _INPUT_SIZES = ("max_seconds", "sample_rate", "max_tokens", "chunks", "chunk_samples")
 
 
+def _leaves(section, prefix: str = "") -> dict:
+  """Dotted path → value of every leaf of a config section."""
+  out = {}
+  for key, value in section.items():
+    if hasattr(value, "items"):
+      out.update(_leaves(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = value
+  return out
+
+
 def _model(config) -> list:
   """Builds every fusion kind's model and initialises it abstractly; with pretrained encoder
   directories only their existence is checked here (loading them is the model build's work)."""
@@ -193,7 +204,7 @@ def _model(config) -> list:
   try:
     batch = dict(models.dummy_batch(config.data, config.model, 2), mask=np.ones((2,), bool),
                  label=np.zeros((2,), np.int32))
-  except (ValueError, TypeError, KeyError, ArithmeticError) as e:
+  except (ValueError, TypeError, KeyError, ArithmeticError, MemoryError) as e:
     sizes = ", ".join(f"{k}={config.data[k]!r}" for k in _INPUT_SIZES if k in config.data)
     return [f"config.data does not give the model's input shapes ({sizes}: {e})"]
   # The kinds the run trains, then those it does not: their options are checked too (a typo
@@ -213,6 +224,13 @@ def _model(config) -> list:
         given = [f"config.model.{p}.overrides={m[p].overrides.to_dict()}"
                  for p in ("audio", "text") if p in m and m[p].get("overrides")]
         text += f"; given by {', '.join(given)}" if given else ""
+      if isinstance(e, ArithmeticError):  # e.g. a zero width: name the zero sizes
+        zeros = [f"config.model.{k}={v!r}" for k, v in _leaves(m).items()
+                 if not isinstance(v, bool) and (v == 0 if isinstance(v, (int, float)) else
+                                                 isinstance(v, tuple) and 0 in v)]
+        text += f"; a size is zero: {', '.join(zeros)}" if zeros else ""
+      if kind not in kinds and "does not apply to model" in text:
+        continue  # a kind this model family never trains: its options are not its own
       if any(text in p for p in problems):
         continue  # not the fusion's: every kind fails the same way, reported once
       if kind in kinds:
