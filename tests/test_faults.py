@@ -41,6 +41,8 @@ BAD_CONFIGS = {
     "unknown fusion option": ({"model.fusion.dmf.slot": 3}, "does not accept"),
     "optimiser misspelt": ({"optim.name": "adamm"}, "config.optim.name='adamm'"),
     "learning_rate=0": ({"optim.learning_rate": 0.0}, "config.optim.learning_rate=0.0 must be > 0"),
+    "memory_learning_rate=0": ({"optim.memory_learning_rate": 0.0},
+                               "config.optim.memory_learning_rate=0.0 must be > 0"),
     "dataset unknown": ({"data.dataset": "iemocapp"}, "config.data.dataset='iemocapp' is unknown"),
     "protocol": ({"data.protocol": "logo"},
                  "config.data.protocol='logo' does not apply to iemocap"),

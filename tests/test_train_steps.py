@@ -164,10 +164,6 @@ def test_a_misspelt_optimiser_or_keyword_is_a_user_error_naming_close_matches():
     optimizers.make_optimizer(_optim("sgd", momentom=0.9), params)
   with pytest.raises(UserError, match=r"kwargs sets learning_rate"):
     optimizers.make_optimizer(_optim("sgd", learning_rate=0.1), params)
-  bad = _optim()
-  bad.memory_learning_rate = 0.0
-  with pytest.raises(UserError, match=r"config.optim.memory_learning_rate=0.0 must be > 0"):
-    optimizers.make_optimizer(bad, params)
   assert {"sgd", "adam", "adamw", "rmsprop", "lamb"} <= set(optimizers.optax_optimizers())
   assert not any(n.startswith("scale_by_") for n in optimizers.optax_optimizers())
 

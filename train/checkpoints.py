@@ -157,17 +157,12 @@ class FoldCheckpointer:
   Args:
     directory: the fold's directory (``workdir.fold_dir``).
     keep: how many ``latest`` checkpoints to keep (``config.train.keep_checkpoints``).
-    fingerprint: :func:`model_fingerprint` of the config; saved in every checkpoint's meta and
+    fingerprint: ``run_identity.model_fingerprint`` of the config; saved in every checkpoint's meta and
       checked on restore ("" saves none and checks none).
     create: False opens the managers without creating their directories (reading only).
-
-  Raises:
-    ValueError: ``keep`` < 1.
   """
 
   def __init__(self, directory: str, keep: int = 2, fingerprint: str = "", create: bool = True):
-    if keep < 1:
-      raise ValueError(f"config.train.keep_checkpoints={keep} must be >= 1.")
     quiet_orbax_logs()
     _drop_closed_loop_noise()
     self.directory = os.path.abspath(directory)

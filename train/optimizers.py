@@ -138,13 +138,11 @@ def make_optimizer(optim_config, params, memory=None) -> optax.GradientTransform
     The optax transformation.
 
   Raises:
-    UserError: an unknown optimiser name, a keyword it does not take, or a learning rate ≤ 0.
+    UserError: an unknown optimiser name or a keyword it does not take (the learning rates are
+      checked with the rest of the config, ``train.validate``).
   """
   fn = optax_optimizer(optim_config.name)
   kwargs = optimizer_kwargs(optim_config, fn)
-  for field in ("learning_rate", "memory_learning_rate"):
-    if not optim_config[field] > 0:
-      raise UserError(f"config.optim.{field}={optim_config[field]} must be > 0.")
   tx = optax.multi_transform(
       {"network": fn(learning_rate=optim_config.learning_rate, **kwargs),
        "memory": fn(learning_rate=optim_config.memory_learning_rate, **kwargs),
