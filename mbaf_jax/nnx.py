@@ -215,7 +215,7 @@ class _LinenLayer(nnx.Module):
     return {}
 
   def __call__(self, *modes, mask=None, deterministic: bool | None = None,
-               rngs: nnx.Rngs | None = None) -> FusionOutput:
+               rngs: nnx.Rngs | None = None, **kwargs) -> FusionOutput:
     """Fuses the modes; in training mode writes the new memory and batch statistics.
 
     Args:
@@ -223,6 +223,7 @@ class _LinenLayer(nnx.Module):
       mask: optional ``(B,)`` mask, 1 = real row; padded rows never touch memory or statistics.
       deterministic: overrides the layer's mode for this call (True: evaluation).
       rngs: overrides the layer's kept streams for this call (DMF: ``'gumbel'``, ``'dropout'``).
+      **kwargs: any further keyword argument of the Linen layer's call, passed on as it is.
 
     Returns:
       ``FusionOutput(fused (B, out_features), aux)``: ``aux`` holds the loss terms of a
@@ -236,11 +237,11 @@ class _LinenLayer(nnx.Module):
                  for c, v in variables.items()}
     keys = self._call_keys(train, rngs)
     if not train:  # evaluation: nothing is mutable, so nothing can be written
-      return module.apply(variables, *modes, mask=mask, train=False, rngs=keys)
+      return module.apply(variables, *modes, mask=mask, train=False, rngs=keys, **kwargs)
     mutable = [c for c in WRITTEN if c in variables]
     capture = hasattr(self, "__captures__")  # inside nnx.capture: sow DMF's diagnostics
     out, new = module.apply(variables, *modes, mask=mask, train=True, rngs=keys,
-                            mutable=mutable + ([DIAGNOSTICS] if capture else []))
+                            mutable=mutable + ([DIAGNOSTICS] if capture else []), **kwargs)
     for col in mutable:
       _write(getattr(self, col), jax.lax.stop_gradient(new[col]))
     for path, values in traverse_util.flatten_dict(unfreeze(new.get(DIAGNOSTICS, {}))).items():

@@ -244,15 +244,15 @@ def close(got, want, what):
           err_msg=f"{what}{jax.tree_util.keystr(p)}"), got, want)
 
 
-FAST = {("no_context", "naive"), ("no_context", "dmf"), ("no_context", "mbaf"),
-        ("shard_map", "mbaf"), ("pmap", "mbaf")}
-
-
 def _cases():
+  """The fast set is the setting a pipeline hands over (sharded inputs, no mesh context; the NNX
+  DMF runs the Linen DMF's code, so it is in the slow set with the other settings); Linen's set_mesh, Auto and shard_map runs are also in tests/test_explicit_sharding.py and
+  its pmap runs in tests/test_dual_memory.py and tests/test_mbaf.py."""
   for setting in SETTINGS:
     for name in LAYERS:
       for api in FORWARDS:
-        marks = () if (setting, name) in FAST else (pytest.mark.slow,)
+        fast = setting == "no_context" and (api == "linen" or name != "dmf")  # same code path
+        marks = () if fast else (pytest.mark.slow,)
         yield pytest.param(setting, name, api, marks=marks, id=f"{setting}-{name}-{api}")
 
 
