@@ -246,3 +246,10 @@ def test_fuzz_regression_zero_encoder_width_and_huge_chunks():
   with pytest.raises(UserError) as e:
     validate.plan(set_fields(cebs.get_config("smoke"), {"data.chunk_samples": 2**31}))
   assert "chunk_samples=2147483648: Unable to allocate" in str(e.value)
+
+
+def test_fuzz_regression_huge_encoder_option_is_named():
+  from configs import ablations  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UserError) as e:
+    validate.plan(set_fields(ablations.get_config("smoke"), {"model.audio.kwargs.shift": 2**31}))
+  assert "a size is too large: config.model.audio.kwargs.shift=2147483648" in str(e.value)
