@@ -344,7 +344,8 @@ def test_regression_second_transcript_line_of_an_id_is_counted(tmp_path):
       f"{tr_path}:4: {_DIALOG}_F000 (its line 1 is kept)"]
 
 
-def _wav_mutation(draw, root, path):
+def _wav_mutation(draw, root, path, folders=None):
+  """Damages, deletes or duplicates (into one of ``folders``, default the IEMOCAP tree's) a wav."""
   op = draw(st.sampled_from(("truncate", "flip_header", "flip_body", "delete", "duplicate", "empty",
                              "junk", "sample_rate")))
   raw = _read(path)
@@ -359,7 +360,7 @@ def _wav_mutation(draw, root, path):
   elif op == "delete":
     os.remove(path)
   elif op == "duplicate":  # a copy under another name, in its own or another dialog's folder
-    folders = sorted({os.path.dirname(w) for s in IEMO_SESSIONS for w in _wav_files(root, s)})
+    folders = folders or sorted({os.path.dirname(w) for s in IEMO_SESSIONS for w in _wav_files(root, s)})
     folder = draw(st.sampled_from(folders))
     name = os.path.basename(folder) + draw(st.sampled_from(("_F900", "_M901", "_X000", "")))
     shutil.copyfile(path, os.path.join(folder, name + ".wav"))
@@ -764,3 +765,105 @@ def test_regression_manifest_encodings_and_refusals(tmp_path):
                          b'"group": "s1"}\n{"audio": "a.wav", "text": "", "label": "neu", "group": "s1"}\n')
   with pytest.raises(DataError, match="line 2 repeats the audio of line 1 with another label"):
     manifest_lib.load_manifest(twice)
+
+
+# ------------------------------------------------------------------ predict's inputs (train.predict)
+
+# Transcript texts: any characters but LF (the line break) and surrogates, control characters and
+# other Unicode line breaks included; sometimes very long, sometimes empty.
+_TEXTS = st.one_of(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"), max_size=30),
+                   st.just(""), st.builds(lambda w, n: (w + " ") * n, st.sampled_from(("word", "é", "中")),
+                                          st.integers(1000, 5000)))
+
+
+@st.composite
+def transcript_files(draw, names):
+  """``(bytes, {line number: (name, text)})`` of a --transcripts file naming ``names`` (and some
+  names that are no file), with blank lines, tabs and odd separators."""
+  lines, expected = [], {}
+  for _ in range(draw(st.integers(1, 6))):
+    if draw(st.integers(0, 5)) == 0:
+      lines.append(draw(st.sampled_from(("", " ", "\t", "\r"))))
+      continue
+    name = draw(st.sampled_from(names + ["absent", "absent.wav"]))
+    sep = draw(st.sampled_from((" ", "\t", "  ", " \t ", "\u3000")))
+    text = draw(_TEXTS)
+    lines.append(name + sep + text + draw(st.sampled_from(("", "\r"))))
+    expected[len(lines)] = (name, text.strip())
+  return ("\n".join(lines) + "\n").encode(), expected
+
+
+@pytest.fixture(scope="module")
+def predict_wavs(iemo):
+  """Three sentence wavs of the synthetic corpus (file names)."""
+  src, manifest = iemo
+  u = [x for x in manifest["utterances"] if x["session"] == 1][:3]
+  return [os.path.join(src, "Session1", "sentences", "wav", x["dialog"], x["id"] + ".wav") for x in u]
+
+
+@given(data=st.data())
+def test_fuzz_predict_wav_dir_and_transcripts(predict_wavs, data):
+  """--wav_dir + --transcripts with odd texts and damaged files: every non-blank line is a row,
+  a good row is the file and text its line names and is decoded and written to the output CSV
+  as it is, a bad row is named by its line with the reason."""
+  from train import predict  # pylint: disable=g-import-not-at-top
+  import csv  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory(prefix="mbaf_fuzz_") as tmp:
+    wav_dir = os.path.join(tmp, "wavs")
+    os.makedirs(wav_dir)
+    for i, w in enumerate(predict_wavs):
+      shutil.copyfile(w, os.path.join(wav_dir, f"u{i}.wav"))
+    names = sorted(os.listdir(wav_dir)) + ["u0", "u1"]
+    if data.draw(st.booleans(), label="damage a wav"):
+      _wav_mutation(data.draw, tmp, os.path.join(wav_dir, data.draw(st.sampled_from(sorted(os.listdir(wav_dir))))),
+                    folders=[wav_dir])
+    raw, expected = data.draw(transcript_files(names), label="transcripts")
+    damaged = data.draw(st.booleans(), label="damage the transcripts")
+    if damaged:
+      raw = bytes(data.draw(byte_mutations(raw, max_ops=2), label="bytes"))
+    tpath = os.path.join(tmp, "t.txt")
+    with open(tpath, "wb") as f:
+      f.write(raw)
+    try:
+      rows = predict.read_wav_dir_rows(wav_dir, tpath)
+    except predict.PredictError as e:
+      assert tpath in str(e), str(e)
+      assert not _manifest_lines(raw), f"{e} for a file with lines"
+      return
+    assert len(rows) == len(_manifest_lines(raw))
+    for r in rows:
+      if not damaged:
+        name, text = expected[r.line]
+        assert r.text == text
+        assert os.path.basename(r.path) in (name, name + ".wav") if name.startswith("u") else r.problem
+    good, waves, bad = predict._decode_rows(rows, 16000, False, "--transcripts")  # pylint: disable=protected-access
+    assert len(good) + len(bad) == len(rows) and all(r.problem for r in bad)
+    assert all(w.ndim == 1 and w.size > 0 and np.isfinite(w).all() for w in waves)
+    probs = np.full((len(good), 4), 0.25)
+    written = list(csv.reader(io.StringIO(predict.format_csv([r.path for r in good], [r.text for r in good],
+                                                             probs, MANIFEST_CLASSES), newline="")))
+    assert written[0][:3] == ["wav", "text", "pred"]
+    assert [(w[0], w[1]) for w in written[1:]] == [(r.path, r.text) for r in good]
+    if bad:
+      with pytest.raises(predict.PredictError, match=rf"line {bad[0].line}: "):
+        predict._decode_rows(rows, 16000, True, "--transcripts")  # pylint: disable=protected-access
+
+
+def test_regression_transcripts_tab_separator_bad_byte_and_lone_cr(predict_wavs, tmp_path):
+  """--transcripts: a tab after the file name lost the transcript's first word ('u0.wav<TAB>hello
+  world' read as 'world'); a byte that is not UTF-8 refused the whole file; a lone CR inside a
+  transcript split its line in two (a bad row 'names ...' and shifted line numbers)."""
+  from train import predict  # pylint: disable=g-import-not-at-top
+  wav_dir = tmp_path / "wavs"
+  wav_dir.mkdir()
+  shutil.copyfile(predict_wavs[0], wav_dir / "u0.wav")
+  t = tmp_path / "t.txt"
+  t.write_bytes(b"u0.wav\thello world\nu0 caf\xe9\nu0 one\rtwo\nu0\n")
+  rows = predict.read_wav_dir_rows(str(wav_dir), str(t))
+  wav = str(wav_dir / "u0.wav")
+  assert rows == [predict.InputRow(1, wav, "hello world", ""),
+                  predict.InputRow(2, "", "", "the line is not UTF-8 text"),
+                  predict.InputRow(3, wav, "one\rtwo", ""), predict.InputRow(4, wav, "", "")]
+  good, _, bad = predict._decode_rows(rows, 16000, False, "t")  # pylint: disable=protected-access
+  assert [r.line for r in good] == [1, 3, 4] and [r.line for r in bad] == [2]

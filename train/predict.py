@@ -76,26 +76,29 @@ def read_manifest_rows(path: str) -> list[InputRow]:
 
 
 def read_wav_dir_rows(wav_dir: str, transcripts: str) -> list[InputRow]:
-  """``--wav_dir`` + ``--transcripts`` (lines ``<file or stem> <text>``) → one
-  :class:`InputRow` per non-empty line; a line naming no file of ``wav_dir`` has a problem.
+  """``--wav_dir`` + ``--transcripts`` (lines ``<file or stem> <text>``, the first run of
+  whitespace between them, a tab included) → one :class:`InputRow` per non-empty line; a line
+  naming no file of ``wav_dir``, or that is not UTF-8, has a problem (lines are split at LF, read
+  as ``mbaf_jax.data.manifest.read_lines`` reads them).
 
   Raises:
     PredictError: ``wav_dir`` is not a directory, or ``transcripts`` cannot be read or is empty.
   """
   if not os.path.isdir(wav_dir):
     raise PredictError(f"--wav_dir={wav_dir!r} is not a directory.")
+  source = f"--transcripts={transcripts!r}"
   try:
-    with open(transcripts, encoding="utf-8") as f:
-      lines = [(i, ln.rstrip("\n")) for i, ln in enumerate(f, 1) if ln.strip()]
-  except (OSError, UnicodeDecodeError) as e:
-    raise PredictError(f"--transcripts={transcripts!r} cannot be read ({e}); give a text file of "
-                       "lines '<wav file name or stem> <transcript>'.") from None
+    lines = [(i, ln, ok) for i, ln, ok in manifest_lib.read_lines(transcripts, source) if ln.strip()]
+  except UserError as e:
+    raise PredictError(f"{e} Give a text file of lines '<wav file name or stem> <transcript>'.") from None
   files = {f: f for f in os.listdir(wav_dir)}
   files.update({os.path.splitext(f)[0]: f for f in os.listdir(wav_dir)})
   rows = []
-  for i, ln in lines:
-    name, _, text = ln.strip().partition(" ")
-    name = name.split("\t")[0] if "\t" in name else name
+  for i, ln, ok in lines:
+    if not ok:
+      rows.append(InputRow(i, "", "", "the line is not UTF-8 text"))
+      continue
+    name, text = (ln.strip().split(None, 1) + [""])[:2]  # the first run of whitespace separates them
     if name not in files:
       rows.append(InputRow(i, os.path.join(wav_dir, name), text.strip(),
                            f"names {name!r}, which is not a file in --wav_dir={wav_dir!r}"))

@@ -85,10 +85,15 @@ def _text(v):
   return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
 
 
-def _lines(path: str, source: str) -> list:
-  """``(line number, text, is decodable)`` of every line: split at LF (a CR before it dropped);
-  UTF-8 with or without a BOM, or UTF-16 with its BOM (Excel's "Unicode text"); each line decoded
-  on its own, so a byte that is not UTF-8 costs its line, not the file."""
+def read_lines(path: str, source: str) -> list:
+  """``(line number, text, is decodable)`` of every line of a text file: split at LF (a CR before
+  it dropped); UTF-8 with or without a BOM, or UTF-16 with its BOM (Excel's "Unicode text"); each
+  line decoded on its own, so a byte that is not UTF-8 costs its line, not the file (its text has
+  U+FFFD in place of the bad bytes).
+
+  Raises:
+    DataError: the file cannot be opened (``source`` names it).
+  """
   try:
     with open(path, "rb") as f:
       raw = f.read()
@@ -119,7 +124,7 @@ def _records(path: str, source: str) -> tuple[list, set]:
   if ext not in JSON_LINES and ext not in DELIMITERS:
     raise DataError(f"{source} has extension {ext!r}; use .csv (or .tsv) with a header line, or "
                     ".jsonl with one JSON object per line.")
-  lines = [(i, text, ok) for i, text, ok in _lines(path, source) if text.strip()]
+  lines = [(i, text, ok) for i, text, ok in read_lines(path, source) if text.strip()]
   records = []
   if ext in JSON_LINES:
     for i, line, ok in lines:
