@@ -67,8 +67,8 @@ def _batch(seed, real=B):
           "label": labels, "mask": mask}
 
 
-TX = optimizers.make_optimizer(_optim(), steps.abstract_params(MODEL, _batch(0),
-                                                               jax.random.key(0)))
+TX = optimizers.make_optimizer(
+    _optim(), steps.abstract_variables(MODEL, _batch(0), jax.random.key(0))["params"])
 
 
 def _init():
@@ -154,7 +154,7 @@ def test_optimizer_groups_lr_and_frozen():
 
 
 def test_a_misspelt_optimiser_or_keyword_is_a_user_error_naming_close_matches():
-  params = steps.abstract_params(MODEL, _batch(0), jax.random.key(0))
+  params = steps.abstract_variables(MODEL, _batch(0), jax.random.key(0))["params"]
   with pytest.raises(UserError, match=r"config.optim.name='adamm' is not an optax optimiser; "
                                       r"did you mean 'adam'"):
     optimizers.make_optimizer(_optim("adamm"), params)
@@ -375,8 +375,8 @@ def test_pmap_train_step_equals_one_device(fusion):
   layer = (DualMemoryFusion(slots=4, cbp_dim=32, num_heads=2, writer_ff_dim=16,
                             attention_tokens=4) if fusion == "dmf" else NaiveFusion())
   model = FieldModel(fusion=layer)
-  tx = optimizers.make_optimizer(_optim(), steps.abstract_params(model, _batch(0),
-                                                                jax.random.key(0)))
+  tx = optimizers.make_optimizer(
+      _optim(), steps.abstract_variables(model, _batch(0), jax.random.key(0))["params"])
   init = parallel.to_host(steps.create_state(steps.init_variables(model, _batch(0), jax.random.key(0)),
                                        tx))
   ref = jax.jit(steps.make_train_step(model.apply, tx))

@@ -98,11 +98,6 @@ def abstract_variables(model: nn.Module, batch: dict, key: jax.Array) -> dict:
   return jax.eval_shape(lambda k: init_variables(model, batch, k), key)
 
 
-def abstract_params(model: nn.Module, batch: dict, key: jax.Array):
-  """Parameter shapes (``jax.eval_shape``, nothing computed)."""
-  return abstract_variables(model, batch, key)["params"]
-
-
 def create_state(variables: dict, tx: optax.GradientTransformation) -> TrainState:
   """A step-0 TrainState from initialised variables and the optimiser."""
   params = variables["params"]
