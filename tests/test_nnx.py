@@ -165,8 +165,9 @@ def test_nnx_layer_equals_linen_in_train_and_eval(name):
 
 
 def test_train_eval_switches_and_views():
-  """``eval()`` reads and never writes the memory; ``train()`` writes it; ``nnx.view`` copies
-  the mode (and ``axis_name``) without touching the layer."""
+  """``eval()`` reads and never writes the memory; ``train()`` writes it, with no gradient path
+  through the written memory; ``nnx.view`` copies the mode (and ``axis_name``) without touching
+  the layer."""
   module, variables, dims, xs = linen_setup("mbaf")
   layer = mnnx.from_linen(module, variables, dims)
   layer.eval()
@@ -180,7 +181,13 @@ def test_train_eval_switches_and_views():
   assert view.linen().axis_name == "batch"
   layer.train()
   assert not layer.deterministic
-  layer(*xs)
+
+  def written_memory(model):  # a loss of the memory the call wrote: no gradient flows through it
+    model(*xs)
+    return jnp.sum(model.memory["memory"][...] ** 2)
+
+  grads = nnx.grad(written_memory)(layer)
+  assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(nnx.to_pure_dict(grads)))
   assert largest_change(pure(layer, mnnx.Memory)["memory"], variables["memory"]) > 1e-4
 
 
