@@ -54,7 +54,7 @@ def _build(c, kind, dtype):
 
 
 def _batch(c, b, seed=0):
-  return timing.random_batch(c, b, seed)
+  return timing.random_batch(c.data, c.model, b, seed)
 
 
 def main(argv=None):

@@ -282,13 +282,13 @@ def test_diverged_run_is_recorded_and_excluded(monkeypatch, tmp_path):
 def test_random_batch_shapes_ranges_and_seed():
   """train.timing.random_batch: dummy_batch's shapes, random values in range, same seed = same."""
   c = iemocap.get_config("demo")
-  b = timing.random_batch(c, 3, seed=0)
+  b = timing.random_batch(c.data, c.model, 3, seed=0)
   zeros = models.dummy_batch(c.data, c.model, 3)
   assert {k: v.shape for k, v in zeros.items()} == {k: b[k].shape for k in zeros}
   assert b["label"].shape == (3,) and b["mask"].all() and b["mask"].dtype == bool
   assert b["input_values"].dtype == np.float32 and b["input_values"].std() > 0.5
   assert b["input_ids"].min() >= 5 and b["input_ids"].max() < 100  # tiny text encoder
   assert 0 <= b["label"].min() and b["label"].max() < 4
-  again = timing.random_batch(c, 3, seed=0)
+  again = timing.random_batch(c.data, c.model, 3, seed=0)
   assert all(np.array_equal(b[k], again[k]) for k in b)
-  assert not np.array_equal(b["input_values"], timing.random_batch(c, 3, seed=1)["input_values"])
+  assert not np.array_equal(b["input_values"], timing.random_batch(c.data, c.model, 3, seed=1)["input_values"])

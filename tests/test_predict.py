@@ -12,7 +12,6 @@ from mbaf_jax.encoders import text_cnn_rnn
 from mbaf_jax.errors import UserError
 from mbaf_jax.models import mbaf_iemocap
 from train import workdir as workdir_lib
-from train import datasets
 from train import inference
 from train import optimizers
 from train import predict
@@ -231,7 +230,6 @@ def test_latest_checkpoint_and_inconsistent_or_damaged_workdirs(trained, tmp_pat
   """--checkpoint=latest loads the last step; a checkpoint that does not fit the workdir's
   config.json, or cannot be read, is a PredictError that says so (nothing is compiled)."""
   import shutil
-  from train import checkpoints
   config, workdir, _ = trained
   latest = inference.load(workdir, checkpoint="latest")
   assert (latest.checkpoint, latest.step) == ("latest", config.train.max_steps)
@@ -368,23 +366,24 @@ def test_class_names_come_from_the_workdir_never_another_data_set(tmp_path):
   import ml_collections as mlc
   w = str(tmp_path)
 
-  def config(dataset, num_classes, **data):
-    return mlc.ConfigDict({"data": dict(dataset=dataset, **data),
-                           "model": {"num_classes": num_classes}})
+  def config(dataset, num_classes, **data):  # the data and model sections of a run's config
+    c = mlc.ConfigDict({"data": dict(dataset=dataset, **data),
+                        "model": {"num_classes": num_classes}})
+    return c.data, c.model
 
-  assert inference.class_names(w, config("iemocap", 4)) == CLASSES
-  assert inference.class_names(w, config("cebs", 3)) == ("basal", "music", "post-music")
+  assert inference.class_names(w, *config("iemocap", 4)) == CLASSES
+  assert inference.class_names(w, *config("cebs", 3)) == ("basal", "music", "post-music")
   m = tmp_path / "mine.csv"
   m.write_text("audio,text,label,group\na.wav,hi,yes,g1\nb.wav,ho,no,g2\nc.wav,,maybe,g1\n")
-  assert inference.class_names(w, config("manifest", 3, data_dir=str(m), class_names="")) == (
+  assert inference.class_names(w, *config("manifest", 3, data_dir=str(m), class_names="")) == (
       "maybe", "no", "yes")
-  assert inference.class_names(w, config("manifest", 2, data_dir=str(m),
+  assert inference.class_names(w, *config("manifest", 2, data_dir=str(m),
                                          class_names="yes,no")) == ("yes", "no")
   gone = config("manifest", 3, data_dir=str(tmp_path / "gone.csv"), class_names="")
   with pytest.raises(inference.PredictError, match=r"class names of this run are unknown.*"
                      r"metrics.json is missing.*gone.csv' does not exist"):
-    inference.class_names(w, gone)
+    inference.class_names(w, *gone)
   with pytest.raises(inference.PredictError, match=r"3 classes .* but its model has 4 outputs"):
-    inference.class_names(w, config("manifest", 4, data_dir=str(m), class_names=""))
+    inference.class_names(w, *config("manifest", 4, data_dir=str(m), class_names=""))
   (tmp_path / "metrics.json").write_text(json.dumps({"class_names": ["p", "q", "r"]}))
-  assert inference.class_names(w, gone) == ("p", "q", "r")
+  assert inference.class_names(w, *gone) == ("p", "q", "r")

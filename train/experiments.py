@@ -260,7 +260,7 @@ def run_inference(args, log=print) -> dict:
   rows = {}
   for kind in ("dmf", "naive"):
     model, _ = models.build_model(c.model, kind)
-    batch = timing.random_batch(c, 1)
+    batch = timing.random_batch(c.data, c.model, 1)
     variables = steps.init_variables(model, batch, jax.random.key(0))
     tx = optimizers.make_optimizer(c.optim, variables["params"], variables.get("memory", {}))
     state = steps.create_state(variables, tx)

@@ -93,7 +93,7 @@ def _restore_variables(workdir: str, ref: ckpt_lib.CheckpointRef, fingerprint: s
   return jax.tree.map(jax.numpy.asarray, steps.TrainState.from_saved(tree).variables())
 
 
-def class_names(workdir: str, config) -> tuple:
+def class_names(workdir: str, data, model) -> tuple:
   """The class names of a training workdir, in output column order: those metrics.json lists,
   else those of the run's data set (``train.datasets.class_names``: IEMOCAP's, CEBS's, or the
   manifest's ``class_names`` / sorted labels).
@@ -111,13 +111,13 @@ def class_names(workdir: str, config) -> tuple:
     pass
   if not names:
     try:
-      names = datasets.class_names(config.data)
+      names = datasets.class_names(data)
     except UserError as e:
       raise PredictError(f"the class names of this run are unknown: {path} is missing and the "
                          f"data set cannot tell them ({e}). Restore metrics.json, or set "
                          "config.data.class_names in config.json.") from None
   names = tuple(str(n) for n in names)
-  k = config.model.get("num_classes")
+  k = model.get("num_classes")
   if k is not None and len(names) != int(k):
     raise PredictError(f"the run's data set has {len(names)} classes {list(names)} but its model "
                        f"has {k} outputs ({workdir_lib.config_path(workdir)}); the workdir is "
@@ -307,7 +307,7 @@ def load(workdir: str, fusion: str | None = None, fold: str | None = None,
     pre = family.preprocessor(data, model_config, workdir)  # the saved tokenizer / vocabulary
   except UserError as e:
     raise PredictError(str(e)) from None
-  classes = class_names(workdir, config)
+  classes = class_names(workdir, config.data, config.model)
   model, _ = family.build(model_config, ref.fusion, vocab_size=pre.vocab_size,
                           max_tokens=data.max_tokens)
 

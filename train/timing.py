@@ -74,7 +74,7 @@ def compile_and_time(fn: Callable, args: Sequence[Any], warmup: int = 3,
   return compiled, dict(times, compile_s=compile_s)
 
 
-def random_batch(config, batch_size: int, seed: int = 0) -> dict:
+def random_batch(data, model, batch_size: int, seed: int = 0) -> dict:
   """A DMF (audio + text) batch of ``config`` with random audio, token ids and labels.
 
   The shapes are :func:`mbaf_jax.models.dummy_batch`'s; audio is standard normal, token ids are
@@ -83,7 +83,8 @@ def random_batch(config, batch_size: int, seed: int = 0) -> dict:
   keep it off any all-zeros fast path.
 
   Args:
-    config: the full config (``config.data``, ``config.model``) of a DMF model.
+    data: the config's ``data`` section.
+    model: the config's ``model`` section (a DMF model).
     batch_size: rows.
     seed: NumPy generator seed.
 
@@ -91,9 +92,9 @@ def random_batch(config, batch_size: int, seed: int = 0) -> dict:
     The batch as a dict of NumPy arrays (``dummy_batch``'s keys plus ``label`` and ``mask``).
   """
   rng = np.random.default_rng(seed)
-  batch = models.dummy_batch(config.data, config.model, batch_size)
+  batch = models.dummy_batch(data, model, batch_size)
   batch["input_values"] = rng.normal(size=batch["input_values"].shape).astype(np.float32)
-  batch["input_ids"] = rng.integers(5, 1000 if config.model.text.size == "base" else 100,
+  batch["input_ids"] = rng.integers(5, 1000 if model.text.size == "base" else 100,
                                     size=batch["input_ids"].shape).astype(np.int32)
   batch["label"] = rng.integers(0, 4, size=(batch_size,)).astype(np.int32)
   batch["mask"] = np.ones((batch_size,), bool)
