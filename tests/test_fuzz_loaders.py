@@ -691,6 +691,18 @@ def test_fuzz_manifest(fmt, data):
     # Every row read: its line has exactly the header's fields (no shifted column was read).
     rows = manifest_lib.read_manifest(path, manifest_lib.COLUMNS, may_be_empty=("text",),
                                       path_columns=("audio",))
+    # train.predict reads a training manifest as it is: one row per data line, bad ones named.
+    from train import predict  # pylint: disable=g-import-not-at-top
+    try:
+      inputs = predict.read_manifest_rows(path)
+    except predict.PredictError as e:
+      assert path in str(e) and not data_lines, str(e)
+    else:
+      assert [r.line for r in inputs] == [r.line for r in rows] and len(inputs) == len(data_lines)
+      for r, t in zip(inputs, rows):  # a row training can use, predict can: the same file and text
+        assert r.path if not r.problem else r.problem
+        if not t.problem:
+          assert (r.path, r.text, r.problem) == (t.values["audio"], t.values["text"], "")
     if fmt != "jsonl":
       import csv  # pylint: disable=g-import-not-at-top
       delim = "\t" if fmt == "tsv" else ","
