@@ -18,6 +18,24 @@ Rows (one JSON line each, ``benchmarks/common.py`` keys plus the comparison):
   call runs every layer. Target: ≥ 1.2× PyTorch eager.
 * ``vs_torch_wav2vec2_conv_fwd_bwd`` (``--only wav2vec2_conv``): Wav2Vec2's convolutional feature
   encoder alone, forward+backward (a profile of the full model's forward+backward).
+* ``vs_torch_wav2vec2_posconv_{fwd,fwd_bwd}`` (``--only wav2vec2_posconv``): Wav2Vec2-base's
+  positional convolution alone (grouped conv 768 → 768, K 128, 16 groups, at the frames of
+  ``--seconds``), this library's default (``pos_conv_impl="auto"``) against XLA's own grouped
+  convolution (``jax_xla``: ``ratio_jax_xla`` = its time / the default's) and transformers'
+  module with the same weights.
+* ``vs_torch_dmf_model_train_step_{dmf,naive}`` and ``vs_torch_dmf_model_infer_b1_{dmf,naive}``
+  (``--only dmf_model``): the whole DMF model of ``configs/iemocap.py`` (Wav2Vec2-base + BERT-base
+  with DMF §2.1's frozen parts, DualMemoryFusion or naive concatenation, head; 5 s / 30 tokens,
+  batch ``--dmf-model-batch``) against its PyTorch twin of ``dmf_model_torch.py`` (transformers'
+  encoders, ``torch_reference.py``'s DMF layer, same weights): one SGD step each (DMF §3
+  learning rates), eager and ``torch.compile``; and the evaluation forward at batch 1. ``step0``
+  holds both sides' step-0 loss with dropout off, same batch and Gumbel noise (they must agree),
+  ``max_abs_dev_log_probs`` the batch-1 outputs' deviation.
+
+Every record names the CPU (``cpu_model``, from ``/proc/cpuinfo``) and holds the 1-minute load
+average before and after the row; ``quiet`` is false when either exceeds 1.5 (on 2 cores: something
+else ran). PyTorch's OpenMP threads slow down far more than XLA's under such load: compare only
+quiet rows.
 
 Each round times every implementation once (``--iters`` calls, their median), in the order
 jax, torch eager, torch.compile, jax, ...; a record holds each implementation's median over the
@@ -29,11 +47,13 @@ median and interquartile range, the machine's load average before and after, and
     python -m benchmarks.bench_vs_torch --quick               # tiny sizes: a smoke check
     python -m benchmarks.bench_vs_torch                        # full sizes (CPU: ~30 min)
     python -m benchmarks.bench_vs_torch --only dmf,bert --rounds 9
+    python -m benchmarks.bench_vs_torch --only dmf_model,wav2vec2_posconv --wav2vec2-batch 4
 
 Needs PyTorch (``pip install -e '.[bench]'``); float32 only.
 """
 import dataclasses
 import os
+import platform
 import statistics
 import sys
 import time
@@ -47,11 +67,14 @@ import optax
 from benchmarks import bench_mbaf_layer, common
 from mbaf_jax.encoders import Bert, BertConfig, Wav2Vec2, Wav2Vec2Config
 from mbaf_jax.encoders import hf_loading
-from mbaf_jax.encoders.wav2vec2 import FeatureEncoder
+from mbaf_jax.encoders.wav2vec2 import (FeatureEncoder, PositionalConvEmbedding,
+                                        feat_extract_output_lengths)
 from mbaf_jax.fusion.dual_memory import DualMemoryFusion
 from mbaf_jax.fusion.mbaf import MBAF
+from mbaf_jax.ops import conv as conv_ops
 
-ALL = ("dmf", "mbaf", "wav2vec2", "bert", "wav2vec2_conv")
+ALL = ("dmf", "mbaf", "wav2vec2", "bert", "dmf_model", "wav2vec2_conv", "wav2vec2_posconv")
+DEFAULT = ("dmf", "mbaf", "wav2vec2", "bert", "dmf_model")
 TARGETS = {"dmf": {"torch_eager": 1.3, "torch_compile": 1.0},
            "wav2vec2": {"torch_eager": 1.2}, "bert": {"torch_eager": 1.2}}
 MBAF_FULL = [("iemocap", (2048, 4800), 30, 64), ("cebs", (512, 512), 20, 32)]
@@ -142,6 +165,30 @@ def summarize(times: dict, errors: dict, first_call_s: dict, group: str) -> dict
   return rec
 
 
+QUIET_LOAD = 1.5  # a row whose 1-minute load average exceeds this, before or after, is not quiet
+
+
+def cpu_model() -> str:
+  """The CPU's ``model name`` from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def is_quiet(load_before: float, load_after: float, limit: float = QUIET_LOAD) -> bool:
+  """Whether a row ran on a quiet machine: both 1-minute load averages at most ``limit``.
+
+  The load average counts the benchmark's own busy threads too (≈ 1 on an idle machine during a
+  single-process benchmark), so ``limit`` = 1.5 on 2 cores means "nothing else ran".
+  """
+  return max(load_before, load_after) <= limit
+
+
 def _first_line(e: BaseException) -> str:
   text = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
   return f"{type(e).__name__}: {text}"[:400]
@@ -180,15 +227,17 @@ def run_comparison(bench: str, group: str, impls: dict, timing: tuple, shape: di
       fn()
     ok[name] = fn
   times = interleave(ok, rounds, iters)
-  rec = {"bench": bench, "device": common.device_name(), "shape": shape, "dtype": "float32",
-         "iters_per_round": iters}
+  rec = {"bench": bench, "device": common.device_name(), "cpu_model": cpu_model(),
+         "shape": shape, "dtype": "float32", "iters_per_round": iters}
   rec.update(summarize(times, errors, first_call_s, group))
   jax_ms = rec["jax_median_ms"]
   items = shape.get("batch", 1)
+  load1 = os.getloadavg()
   rec.update({"median_ms": jax_ms, "throughput": round(items / (jax_ms * 1e-3), 2),
               "throughput_unit": "samples/s", "peak_mem_mb": round(common.peak_mem_mb(), 1),
               "loadavg_before": [round(v, 2) for v in load0],
-              "loadavg_after": [round(v, 2) for v in os.getloadavg()]})
+              "loadavg_after": [round(v, 2) for v in load1],
+              "quiet": is_quiet(load0[0], load1[0])})
   torch = _torch()
   rec.update({"torch_version": torch.__version__, "torch_threads": torch.get_num_threads()})
   rec.update(extra)
@@ -454,6 +503,153 @@ def conv_rows(args, device):
   return [rec]
 
 
+def posconv_rows(args, device):
+  """Wav2Vec2-base's positional convolution alone (weight norm, grouped conv 768 → 768, K 128,
+  16 groups, same-pad, GELU) at the frames of ``--seconds`` of audio: this library's default
+  (``pos_conv_impl="auto"``: on CPU the per-group weight gradient of ``ops.conv``), XLA's own
+  grouped convolution (``jax_xla``) and transformers' ``Wav2Vec2PositionalConvEmbedding`` with the
+  same weights; ``fwd`` and ``fwd_bwd`` (gradient of ``Σ y·c`` w.r.t. the input and every
+  parameter). ``ratio_jax_xla`` = XLA-conv time / default time: the fix's speed-up."""
+  torch = _torch()
+  import transformers  # pylint: disable=g-import-not-at-top
+  base = (Wav2Vec2Config.tiny if args.quick else Wav2Vec2Config.base)(layerdrop=0.0)
+  batch = 2 if args.quick else args.wav2vec2_batch
+  n = int(round((0.1 if args.quick else args.seconds) * 16000))
+  frames = int(feat_extract_output_lengths(n, base.conv_kernel, base.conv_stride))
+  torch.manual_seed(0)
+  hf = transformers.Wav2Vec2Model(hf_config("wav2vec2", base)).to(device)
+  params = same_weights("wav2vec2", Wav2Vec2(base), hf,
+                        (jnp.zeros((1, n)), jnp.ones((1, n), jnp.int32)))
+  p_conv = params["encoder"]["pos_conv_embed"]
+  kx, kc = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(kx, (batch, frames, base.hidden_size), jnp.float32)
+  cot = jax.random.normal(kc, x.shape, jnp.float32)
+  t_x = torch.as_tensor(np.array(x), device=device)
+  t_cot = torch.as_tensor(np.array(cot), device=device)
+  hf_pos = hf.encoder.pos_conv_embed
+  jfns, devs = {}, {}
+  for name, impl in (("jax", "auto"), ("jax_xla", "xla")):
+    mod = PositionalConvEmbedding(dataclasses.replace(base, pos_conv_impl=impl))
+    fwd = jax.jit(lambda p, x, mod=mod: mod.apply({"params": p}, x))
+    grad = jax.jit(jax.grad(lambda p, x, mod=mod: jnp.sum(mod.apply({"params": p}, x) * cot),
+                            (0, 1)))
+    jfns[name] = (fwd, grad)
+  with torch.no_grad():
+    t_y = hf_pos(t_x).cpu().numpy()
+  for name, (fwd, _) in jfns.items():
+    devs[f"max_abs_dev_fwd_{name}"] = float(np.max(np.abs(t_y - np.asarray(fwd(p_conv, x)))))
+  g_auto, g_xla = (jfns[k][1](p_conv, x) for k in ("jax", "jax_xla"))
+  devs["max_abs_dev_grads_auto_vs_xla"] = max(
+      float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g_auto),
+                                                      jax.tree.leaves(g_xla)))
+  t_x_req = t_x.clone().requires_grad_(True)
+
+  def t_fwd():
+    with torch.no_grad():
+      out = hf_pos(t_x)
+    _sync(device)
+    return out
+
+  def t_fwd_bwd():
+    hf_pos.zero_grad(set_to_none=True)
+    t_x_req.grad = None
+    (hf_pos(t_x_req) * t_cot).sum().backward()
+    _sync(device)
+
+  shape = {"batch": batch, "frames": frames, "channels": base.hidden_size,
+           "kernel": base.num_conv_pos_embeddings, "groups": base.num_conv_pos_embedding_groups}
+  extra = dict(devs, default_impl=conv_ops.resolve_impl("auto", base.num_conv_pos_embedding_groups))
+  rows = []
+  for mode, k, tfn in (("fwd", 0, t_fwd), ("fwd_bwd", 1, t_fwd_bwd)):
+    impls = {name: (lambda f=fns[k]: jax.block_until_ready(f(p_conv, x)))
+             for name, fns in jfns.items()}
+    impls["torch_eager"] = tfn
+    rows.append(run_comparison(f"vs_torch_wav2vec2_posconv_{mode}", "wav2vec2_posconv", impls,
+                               (args.rounds, args.iters, args.warmup), shape, extra))
+    common.emit(rows[-1])
+  return rows
+
+
+# ----------------------------------------------------------------------------- whole model
+
+
+def dmf_model_rows(args, device):
+  """The whole DMF model (``configs/iemocap.py``: Wav2Vec2-base + BERT-base + DualMemoryFusion or
+  naive concatenation + head, 5 s of audio / 30 tokens, encoders' frozen parts frozen, layerdrop
+  0) against its PyTorch twin of ``dmf_model_torch.py`` (same weights): one optimizer step, and
+  the evaluation forward at batch 1. The step-0 losses with dropout off must agree."""
+  torch = _torch()
+  from benchmarks import dmf_model_torch as dm  # pylint: disable=g-import-not-at-top
+  rows = []
+  c = dm.model_config(args.quick)
+  b = 2 if args.quick else args.dmf_model_batch
+  vocab = (BertConfig.tiny() if args.quick else BertConfig.base()).vocab_size
+  timing = (args.encoder_rounds, 1, 0)  # the first (compiling) call is the warm-up
+  for kind in ("dmf", "naive"):
+    batch = dm.random_batch(c, b, vocab)
+    model, variables, tm = dm.build_pair(c, kind, batch, device=device)
+    check = dm.step0_loss_deviation(model, variables, tm, batch, device)
+    params = variables["params"]
+    state = {k: v for k, v in variables.items() if k != "params"}
+    tx = dm.optimizer(params, state.get("memory", {}))
+    opt_state = tx.init(params)
+    step = jax.jit(dm.make_jax_train_step(model, tx))
+    key = jax.random.key(1)
+    impls = {"jax": lambda step=step, params=params, state=state, opt_state=opt_state, batch=batch:
+             jax.block_until_ready(step(params, state, opt_state, batch, key))}
+    tb = dm.torch_batch(batch, device)
+    for name, compiled in (("torch_eager", False), ("torch_compile", True)):
+      if compiled and args.no_compile:
+        continue
+      forward = torch.compile(tm) if compiled else tm
+      opt = dm.torch_optimizer(tm)
+
+      def torch_step(forward=forward, opt=opt, tm=tm, tb=tb):
+        tm.train()
+        loss = dm.torch_train_step(tm, forward, opt, tb, dm.torch_gumbel(tm, b, device))
+        _sync(device)
+        return loss
+      impls[name] = torch_step
+    shape = {"batch": b, "audio_samples": int(batch["input_values"].shape[1]),
+             "tokens": int(batch["input_ids"].shape[1]), "kind": kind,
+             "size": "tiny" if args.quick else "base"}
+    extra = {"kind": kind, "step0": check, "frozen": "Wav2Vec2 conv feature encoder, BERT "
+             "embeddings (DMF §2.1)", "layerdrop": 0.0,
+             "params_m": round(sum(v.size for v in jax.tree.leaves(params)) / 1e6, 2)}
+    if kind == "dmf":
+      extra["fusion"] = {k: v for k, v in c.model.fusion.dmf.items()}
+    rows.append(run_comparison(f"vs_torch_dmf_model_train_step_{kind}", "dmf_model", impls,
+                               timing, shape, extra))
+    common.emit(rows[-1])
+    # Batch-1 inference latency (evaluation forward: memory read, no write).
+    b1 = {k: v[:1] for k, v in batch.items()}
+    infer = jax.jit(lambda v, x, m: model.apply(v, x, mask=m, train=False).log_probs)
+    j_in = (dm.inputs_of(b1), b1["mask"])
+    impls = {"jax": lambda infer=infer, variables=variables, j_in=j_in:
+             jax.block_until_ready(infer(variables, *j_in))}
+    tb1 = dm.torch_batch(b1, device)
+    outs = {}
+    for name, compiled in (("torch_eager", False), ("torch_compile", True)):
+      if compiled and args.no_compile:
+        continue
+      forward = torch.compile(tm) if compiled else tm
+
+      def torch_infer(forward=forward, tm=tm, tb1=tb1, name=name):
+        tm.eval()
+        with torch.no_grad():
+          outs[name] = forward(tb1, tb1["mask"], False, None)[0]
+        _sync(device)
+      impls[name] = torch_infer
+    j_out = np.asarray(infer(variables, *j_in))
+    impls["torch_eager"]()
+    dev = float(np.max(np.abs(outs["torch_eager"].cpu().numpy() - j_out)))
+    rows.append(run_comparison(f"vs_torch_dmf_model_infer_b1_{kind}", "dmf_model_infer", impls,
+                               (args.rounds, args.iters, args.warmup), dict(shape, batch=1),
+                               {"kind": kind, "max_abs_dev_log_probs": dev}))
+    common.emit(rows[-1])
+  return rows
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -465,8 +661,10 @@ def main(argv=None):
                       "round for DMF (default 3), 1 for MBAF")
   p.add_argument("--encoder-rounds", type=int, default=None,
                  help="interleaved rounds of the encoders, one call each (default 3, quick 2)")
-  p.add_argument("--only", default=",".join(ALL[:4]),
-                 help=f"comma list of {','.join(ALL)} (default: all but wav2vec2_conv)")
+  p.add_argument("--only", default=",".join(DEFAULT),
+                 help=f"comma list of {','.join(ALL)} (default: {','.join(DEFAULT)})")
+  p.add_argument("--dmf-model-batch", type=int, default=4,
+                 help="batch of the whole-model train step (dmf_model; default 4)")
   p.add_argument("--mbaf-cases", default="", help="comma list of iemocap,cebs (default both)")
   p.add_argument("--wav2vec2-batch", type=int, default=8)
   p.add_argument("--bert-batch", type=int, default=8)
@@ -498,8 +696,12 @@ def main(argv=None):
   for model_name in ("wav2vec2", "bert"):
     if model_name in only:
       encoder_rows(model_name, args, device)
+  if "dmf_model" in only:
+    dmf_model_rows(args, device)
   if "wav2vec2_conv" in only:
     conv_rows(args, device)
+  if "wav2vec2_posconv" in only:
+    posconv_rows(args, device)
 
 
 if __name__ == "__main__":
