@@ -205,13 +205,5 @@ def text_embedding(data, model, workdir: str, *, seed: int, verbose: bool = True
   return None
 
 
-def raw_inputs(data, model) -> tuple:
-  """``(waves, texts)``: a waveform at ``data.sample_rate`` and its transcript per example."""
-  del model
-  return factory.audio_text_inputs(data)
-
-
-def raw_examples(data, model, columns) -> dict:
-  """``(waves, texts)`` columns → ``{"waves", "texts"}`` (``make_inputs``)."""
-  del data, model
-  return factory.audio_text_examples(columns)
+raw_inputs = factory.audio_text_inputs  # (waves, texts) per example
+raw_examples = factory.audio_text_examples  # (waves, texts) columns → {"waves", "texts"}

@@ -200,18 +200,20 @@ def build_model(model_config, fusion_kind: str, vocab_size: int | None = None,
                                          max_tokens=max_tokens, text_embedding=text_embedding)
 
 
-def audio_text_inputs(data) -> tuple:
-  """The raw inputs of an audio + text family: ``waves`` (mono, at ``data.sample_rate``) and
+def audio_text_inputs(data, model) -> tuple:
+  """``raw_inputs`` of an audio + text family: ``waves`` (mono, at ``data.sample_rate``) and
   ``texts`` (one transcript per waveform)."""
+  del model
   return (RawInput("waves", "audio", sample_rate=int(data.sample_rate),
                    note="a mono waveform (1-D float array); longer ones are cut to "
                         "data.max_seconds"),
           RawInput("texts", "text", note="its transcript"))
 
 
-def audio_text_examples(columns) -> dict:
-  """``(waves, texts)`` columns → the raw examples ``{"waves", "texts"}`` of an audio + text
-  family."""
+def audio_text_examples(data, model, columns) -> dict:
+  """``raw_examples`` of an audio + text family: ``(waves, texts)`` columns → the raw examples
+  ``{"waves", "texts"}``."""
+  del data, model
   waves, texts = columns
   return {"waves": list(waves), "texts": [str(t) for t in texts]}
 
