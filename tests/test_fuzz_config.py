@@ -240,7 +240,7 @@ def test_fuzz_regression_zero_encoder_width_and_huge_chunks():
   with pytest.raises(UserError) as e:
     validate.plan(set_fields(ablations.get_config("smoke"),
                              {"model.audio.kwargs.dense_features": (0,)}))
-  assert "a size is zero: config.model.audio.kwargs.dense_features=(0,)" in str(e.value)
+  assert "a size is zero or negative: config.model.audio.kwargs.dense_features=(0,)" in str(e.value)
   assert "'dmf' does not apply" not in str(e.value)
   # A huge CEBS chunk was a MemoryError traceback.
   with pytest.raises(UserError) as e:
@@ -253,3 +253,10 @@ def test_fuzz_regression_huge_encoder_option_is_named():
   with pytest.raises(UserError) as e:
     validate.plan(set_fields(ablations.get_config("smoke"), {"model.audio.kwargs.shift": 2**31}))
   assert "a size is too large: config.model.audio.kwargs.shift=2147483648" in str(e.value)
+
+
+def test_fuzz_regression_negative_encoder_width_is_named():
+  from configs import ablations  # pylint: disable=g-import-not-at-top
+  with pytest.raises(UserError) as e:
+    validate.plan(set_fields(ablations.get_config("demo"), {"model.audio.kwargs.sinc_filters": -1}))
+  assert "a size is zero or negative: config.model.audio.kwargs.sinc_filters=-1" in str(e.value)

@@ -224,13 +224,13 @@ def _model(config) -> list:
         given = [f"config.model.{p}.overrides={m[p].overrides.to_dict()}"
                  for p in ("audio", "text") if p in m and m[p].get("overrides")]
         text += f"; given by {', '.join(given)}" if given else ""
-      if isinstance(e, ArithmeticError):  # a zero or huge size: name the integer fields
-        bad = ((lambda n: n == 0) if isinstance(e, ZeroDivisionError) else
+      if isinstance(e, ArithmeticError):  # a zero, negative or huge size: name those
+        bad = ((lambda n: n <= 0) if isinstance(e, ZeroDivisionError) else
                (lambda n: abs(n) >= 2**31))
         named = [f"config.model.{k}={v!r}" for k, v in _leaves(m).items()
                  if any(isinstance(n, int) and not isinstance(n, bool) and bad(n)
                         for n in (v if isinstance(v, tuple) else (v,)))]
-        word = "zero" if isinstance(e, ZeroDivisionError) else "too large"
+        word = "zero or negative" if isinstance(e, ZeroDivisionError) else "too large"
         text += f"; a size is {word}: {', '.join(named)}" if named else ""
       if kind not in kinds and "does not apply to model" in text:
         continue  # a kind this model family never trains: its options are not its own
