@@ -9,19 +9,15 @@ Built like NNX layers and called like them::
 Each NNX layer holds the variables of the Linen layer of the same name (``mbaf_jax.fusion``) and
 runs that layer's code, so the two APIs compute the same numbers from the same variables and
 random keys (``tests/test_nnx.py``). The variables are typed by role, under the Linen collection
-names and paths (``layer.params['reader_a']['temperature']['kernel']``,
+names and paths as attributes (``layer.params['reader_a']['temperature']['kernel']``,
 ``layer.memory['M_a']``):
 
-========================  ===============  =================================================
-attribute (collection)    variable type    what
-========================  ===============  =================================================
-``params``                ``nnx.Param``    trained parameters
-``memory``                :class:`Memory`  the explicit memory: written by a training call,
-                                           only read in evaluation; never a parameter
-``batch_stats``           ``nnx.BatchStat``  running statistics of DMF's composer batch norm
-``constants``             :class:`Constant`  DMF's count sketch (hashes, signs): drawn at
-                                           init, never updated
-========================  ===============  =================================================
+* ``params`` (``nnx.Param``): the trained parameters;
+* ``memory`` (:class:`Memory`): the explicit memory, written by a training call, only read in
+  evaluation, never a parameter;
+* ``batch_stats`` (``nnx.BatchStat``): the running statistics of DMF's composer batch norm;
+* ``constants`` (:class:`Constant`): DMF's count sketch (hashes, signs), drawn at init and never
+  updated;
 
 so ``nnx.state(layer, Memory)`` is the memory, ``nnx.Optimizer(model, tx, wrt=nnx.Param)``
 trains the parameters only, and ``nnx.state(model)`` (orbax, ``nnx.split``) saves everything.
@@ -44,7 +40,7 @@ batch, build the layer with it or take ``nnx.view(layer, axis_name="batch")``.
 """
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
