@@ -260,3 +260,13 @@ def test_fuzz_regression_negative_encoder_width_is_named():
   with pytest.raises(UserError) as e:
     validate.plan(set_fields(ablations.get_config("demo"), {"model.audio.kwargs.sinc_filters": -1}))
   assert "a size is zero or negative: config.model.audio.kwargs.sinc_filters=-1" in str(e.value)
+
+
+def test_fuzz_regression_an_encoder_argument_error_names_the_config_field():
+  """An encoder refuses its own argument (SincNet's kernel_size); the message points at the
+  config field whose value it quotes."""
+  c = _MODULES[os.path.join(config_help.CONFIG_DIR, "ablations.py")].get_config("demo")
+  c.model.audio.kwargs.sinc_kernel = 0
+  with pytest.raises(UserError, match=r"kernel_size must be an odd int >= 3 .* got 0; given by "
+                                      r"config\.model\.audio\.kwargs\.sinc_kernel=0"):
+    validate.plan(c)

@@ -10,6 +10,7 @@ fails when the layer is set up (``slots=0``) is caught before the data set is lo
 """
 import dataclasses
 import json
+import re
 import types
 import warnings
 
@@ -182,6 +183,15 @@ def _leaves(section, prefix: str = "") -> dict:
   return out
 
 
+def _given_by(text: str, model) -> str:
+  """``"; given by config.model.<field>=<value>"`` for the integer fields of ``model`` whose value
+  an encoder's error message quotes ("... got 0"), or "" when none or too many match."""
+  quoted = {int(x) for x in re.findall(r"got (-?\d+)\b", text)}
+  named = [f"config.model.{k}={v!r}" for k, v in _leaves(model).items()
+           if isinstance(v, int) and not isinstance(v, bool) and v in quoted]
+  return f"; given by {', '.join(named)}" if 0 < len(named) <= 3 else ""
+
+
 def _model(config) -> list:
   """Builds every fusion kind's model and initialises it abstractly; with pretrained encoder
   directories only their existence is checked here (loading them is the model build's work)."""
@@ -232,6 +242,8 @@ def _model(config) -> list:
                         for n in (v if isinstance(v, tuple) else (v,)))]
         word = "zero or negative" if isinstance(e, ZeroDivisionError) else "too large"
         text += f"; a size is {word}: {', '.join(named)}" if named else ""
+      if "config." not in text:  # an encoder's own argument name: point at the config's values
+        text += _given_by(text, m)
       if kind not in kinds and "does not apply to model" in text:
         continue  # a kind this model family never trains: its options are not its own
       if any(text in p for p in problems):
