@@ -90,7 +90,8 @@ MBAF_OPTIONS: dict[str, Callable[[Any], bool]] = {
     "dtype": _is_f32,
     "param_dtype": _is_f32,
 }
-NAIVE_OPTIONS: dict[str, Callable[[Any], bool]] = {"dtype": _is_f32}
+NAIVE_OPTIONS: dict[str, Callable[[Any], bool]] = {"dtype": _is_f32,
+                                                   "absent": lambda v: v in ("zeros", "learned")}
 
 
 def options(layer: fnn.Module, mirrored: dict[str, Callable[[Any], bool]]) -> dict:
@@ -248,6 +249,15 @@ def masked_batch_norm(x, mask, scale, bias, stats: dict, momentum: float, train:
   return (xf - mean) * torch.rsqrt(var + eps) * scale + bias, new
 
 
+def presence(modality_mask, mask, b: int):
+  """``(present (B, M) bool or None, row mask (B,))``: rows with no mode present are padding."""
+  m = torch.ones(b) if mask is None else mask.to(torch.float32)
+  if modality_mask is None:
+    return None, m
+  present = modality_mask > 0
+  return present, torch.where(present.any(1), m, torch.zeros(()))
+
+
 # ----------------------------------------------------------------------------- DMF
 
 
@@ -358,12 +368,17 @@ class TorchDMF(nn.Module):
     s = p.reshape(b, self.tokens, dim // self.tokens)
     return (s + mha(s, s, s, need_weights=False)[0]).reshape(b, dim)
 
-  def forward(self, x_a, x_t, mask=None, train: bool = False, noise=None) -> Output:
+  def forward(self, x_a, x_t, mask=None, modality_mask=None, train: bool = False,
+              noise=None) -> Output:
     """DMF Eqs. 1–4 on ``(B, d)`` embeddings.
 
     Args:
       x_a, x_t: audio and text embeddings.
       mask: ``(B,)`` 1 = real row (None: all real).
+      modality_mask: ``(B, 2)`` bool, True = present (None: both). An absent embedding is the
+        present mode's read of the absent mode's memory (audio absent: ``x_a ← x_{t,a}``,
+        text absent: ``x_t ← x_{a,t}``), both readers read again with the completed pair, and
+        a memory is written only from the rows that have its mode.
       train: batch statistics, Gumbel noise, write the memories, similarity loss.
       noise: ``(g_a (B, n), g_t (B, n))`` Gumbel noise of the audio and text readers
         (:func:`dmf_gumbel_noise`); required when training or ``gumbel_noise_in_eval``.
@@ -376,10 +391,14 @@ class TorchDMF(nn.Module):
       raise NotImplementedError("DualMemoryFusion.dropout_rate > 0 in training is not mirrored "
                                 "by the PyTorch reference (random dropout masks).")
     b = x_a.shape[0]
-    m = torch.ones(b) if mask is None else mask.to(x_a.dtype)
+    present, m = presence(modality_mask, mask, b)
     keep = (m > 0)[:, None]
     zero = torch.zeros((), dtype=x_a.dtype)
-    x_a, x_t = torch.where(keep, x_a, zero), torch.where(keep, x_t, zero)
+    if present is not None:
+      p_a, p_t = present[:, :1], present[:, 1:]
+    else:
+      p_a = p_t = torch.ones(b, 1, dtype=torch.bool)
+    x_a, x_t = torch.where(keep & p_a, x_a, zero), torch.where(keep & p_t, x_t, zero)
     m_a, m_t = self.memory["M_a"], self.memory["M_t"]
     if train or o["gumbel_noise_in_eval"]:
       if noise is None:
@@ -387,13 +406,21 @@ class TorchDMF(nn.Module):
       g_a, g_t = noise
     else:
       g_a = g_t = None
-    x_at = self.reader_a(x_a, m_t, g_a)  # audio reads the text memory
-    x_ta = self.reader_t(x_t, m_a, g_t)  # text reads the audio memory
-    if o.get("read_mode", "gumbel") == "uniform":  # ablation: every sample reads the slot mean
-      x_at, x_ta = m_t.mean(0).expand_as(x_at), m_a.mean(0).expand_as(x_ta)
+    def read(q_a, q_t):
+      x_at = self.reader_a(q_a, m_t, g_a)  # audio reads the text memory
+      x_ta = self.reader_t(q_t, m_a, g_t)  # text reads the audio memory
+      if o.get("read_mode", "gumbel") == "uniform":  # ablation: every sample reads the slot mean
+        x_at, x_ta = m_t.mean(0).expand_as(x_at), m_a.mean(0).expand_as(x_ta)
+      return x_at, x_ta
+
+    x_at, x_ta = read(x_a, x_t)
+    c_a, c_t = x_a, x_t
+    if present is not None:  # complete the pair with the reads, then read again
+      c_a, c_t = torch.where(p_a, x_a, x_ta), torch.where(p_t, x_t, x_at)
+      x_at, x_ta = read(c_a, c_t)
     dim = o["cbp_dim"]
-    pooled = (compact_bilinear_pooling(x_a, x_at, self.sketch, dim),
-              compact_bilinear_pooling(x_ta, x_t, self.sketch, dim))
+    pooled = (compact_bilinear_pooling(c_a, x_at, self.sketch, dim),
+              compact_bilinear_pooling(x_ta, c_t, self.sketch, dim))
     outs, stats = [], {}
     for i, p in enumerate(pooled):
       if self.tokens:
@@ -408,8 +435,8 @@ class TorchDMF(nn.Module):
       # Eq. 4's gradient reaches the writer's batch rows only with similarity_grad="all".
       detach = o.get("similarity_grad", "all") == "writer"
       wa, wt = (x_a.detach(), x_t.detach()) if detach else (x_a, x_t)
-      new_a = self.writer_a(m_a, wa, m)
-      new_t = self.writer_t(m_t, wt, m)
+      new_a = self.writer_a(m_a, wa, m * p_a[:, 0])  # rows with audio write M_a
+      new_t = self.writer_t(m_t, wt, m * p_t[:, 0])  # rows with text write M_t
       red = o["similarity_reduction"]
       aux["memory_similarity"] = o.get("similarity_weight", 1.0) * (
           similarity_loss(new_a, red) + similarity_loss(new_t, red))
@@ -486,33 +513,61 @@ class TorchMBAF(nn.Module):
       h = torch.clamp_max(h, self.opts["write_max"])
     return z, h
 
-  def forward(self, *modes, mask=None, train: bool = False) -> Output:
+  def complete(self, x_t, present, memory):
+    """Absent modes: the absent columns of ``x_t`` (zeros there) take the read ``m_r`` of
+    Eqs. 2–3 keyed by it (mapped to width l by the output layer when ``H ≠ l``)."""
+    q = self.read(x_t) if self.read is not None else x_t
+    m_r = F.softmax(q @ memory.T, dim=-1) @ memory
+    if self.output is not None:
+      m_r = self.output(m_r)
+    return torch.where(present, x_t, m_r)
+
+  def forward(self, *modes, mask=None, modality_mask=None, train: bool = False) -> Output:
     """MBAF on ``(B, d_i)`` modes; writes the memory when ``train`` (``write`` option).
+
+    ``modality_mask`` ``(B, M)`` bool (None: all present): absent slices of ``x_t`` come from a
+    first read (:meth:`complete`), rows with a memory mode absent do not write, an absent
+    pass-through mode's output slice is zeros; a row with no mode present is padding.
 
     Returns:
       :class:`Output` (``aux`` and ``batch_stats`` empty).
     """
     b = modes[0].shape[0]
-    m = torch.ones(b) if mask is None else mask.to(modes[0].dtype)
+    present, m = presence(modality_mask, mask, b)
     sel = self.opts["memory_modes"]
     sel = tuple(range(len(modes))) if sel is None else tuple(sel)
+    cross = self.opts["read"] == "cross"
+    m_write = m
+    if present is not None:
+      zero = torch.zeros((), dtype=modes[0].dtype)
+      modes = [torch.where(present[:, i:i + 1], x, zero) for i, x in enumerate(modes)]
+      cols = torch.cat([present[:, i:i + 1].expand(b, modes[i].shape[1]) for i in sel], -1)
+      m_write = torch.where(present[:, list(sel)].all(1), m, torch.zeros(()))
     x_t = torch.cat([modes[i] for i in sel], dim=-1)  # Eq. 1 / Eq. 13
-    x_c = torch.cat([modes[i] for i in reversed(sel)], -1) if self.opts["read"] == "cross" else x_t
+    widths = [modes[i].shape[1] for i in sel]
+
+    def composer_input(x):  # Eq. 11: the modes of x_t in reversed order
+      return torch.cat(list(reversed(torch.split(x, widths, dim=-1))), -1) if cross else x
+
     memory = self.memory["memory"]
     if train and self.opts["write"] == "scan":  # faithful: sample t reads M_{t−1}
-      hs = []
+      hs, xs = [], []
       for t in range(b):
-        z, h = self.head(x_t[t], x_c[t], memory)
+        x = x_t[t] if present is None else self.complete(x_t[t], cols[t], memory)
+        z, h = self.head(x, composer_input(x), memory)
         new = memory * (1 - z[:, None]) + z[:, None] * h[None, :]  # Eq. 8
-        memory = torch.where(m[t] > 0, new, memory)
+        memory = torch.where(m_write[t] > 0, new, memory)
         hs.append(h)
-      h = torch.stack(hs)
+        xs.append(x)
+      h, x_t = torch.stack(hs), torch.stack(xs)
     else:
-      z, h = self.head(x_t, x_c, memory)
+      if present is not None:
+        x_t = self.complete(x_t, cols, memory)
+      z, h = self.head(x_t, composer_input(x_t), memory)
       if train:  # "batched": every sample read M_0; the B writes of Eq. 8 applied in order
         for t in range(b):
           new = memory * (1 - z[t][:, None]) + z[t][:, None] * h[t][None, :]
-          memory = torch.where(m[t] > 0, new, memory)
+          memory = torch.where(m_write[t] > 0, new, memory)
     if self.output is not None:
       h = self.output(h)
     o = x_t + h  # Eq. 9
@@ -529,16 +584,26 @@ class TorchMBAF(nn.Module):
 
 
 class TorchNaive(nn.Module):
-  """NaiveFusion: ``x_1 ⊕ … ⊕ x_n``, padded rows zeroed."""
+  """NaiveFusion: ``x_1 ⊕ … ⊕ x_n``, padded rows zeroed; an absent mode's slice is zeros or
+  its learned embedding ``absent_{i}``."""
+
+  def __init__(self, absent_dims: tuple = ()):
+    super().__init__()
+    self.absent = nn.ParameterList([nn.Parameter(torch.zeros(d)) for d in absent_dims])
 
   def leaves(self) -> list[Leaf]:
-    return []
+    return [Leaf((f"absent_{i}",), e, None, _same, _same) for i, e in enumerate(self.absent)]
 
-  def forward(self, *modes, mask=None, train: bool = False) -> Output:
+  def forward(self, *modes, mask=None, modality_mask=None, train: bool = False) -> Output:
     del train
+    present, m = presence(modality_mask, mask, modes[0].shape[0])
+    if present is not None:
+      modes = [torch.where(present[:, i:i + 1], x,
+                           self.absent[i] if len(self.absent) else torch.zeros((), dtype=x.dtype))
+               for i, x in enumerate(modes)]
     fused = torch.cat(modes, dim=-1)
-    if mask is not None:
-      fused = torch.where((mask > 0)[:, None], fused, torch.zeros((), dtype=fused.dtype))
+    if mask is not None or present is not None:
+      fused = torch.where((m > 0)[:, None], fused, torch.zeros((), dtype=fused.dtype))
     return Output(fused, {}, {}, {})
 
 
@@ -579,8 +644,12 @@ def from_flax(variables, layer: fnn.Module) -> nn.Module:
     ref = TorchMBAF(opts, _mbaf_sizes(opts, in_width))
     ref.memory = {"memory": _tensor(variables["memory"]["memory"])}
   elif isinstance(layer, NaiveFusion):
-    options(layer, NAIVE_OPTIONS)
-    return TorchNaive()
+    opts = options(layer, NAIVE_OPTIONS)
+    params = variables.get("params", {})
+    if opts["absent"] == "zeros":
+      return TorchNaive()
+    ref = TorchNaive(tuple(np.asarray(params[f"absent_{i}"]).shape[0]
+                           for i in range(len(params))))
   else:
     raise NotImplementedError(f"{type(layer).__name__} has no PyTorch reference.")
   ref.flax_shapes = load_params(ref.leaves(), variables["params"])

@@ -23,12 +23,23 @@ TOL = 1e-5
 MASK = np.array([1, 1, 0, 1, 1], np.float32)  # row 2 is padding (and holds garbage)
 
 
-def _inputs(widths, seed=0):
+# modality_mask rows: all present, mode 0 absent, (padded row), mode 1 absent, none present
+# (a padding row); a third mode, when there is one, is absent in rows 0 and 3.
+MODALITY = np.array([[1, 1, 0], [0, 1, 1], [1, 1, 1], [1, 0, 0], [0, 0, 0]], bool)
+
+
+def _inputs(widths, seed=0, modality=None):
   rng = np.random.default_rng(seed)
   xs = [rng.normal(size=(len(MASK), w)).astype(np.float32) for w in widths]
-  for x in xs:
+  for i, x in enumerate(xs):
     x[MASK == 0] = 1e3  # garbage in the padded row must not reach anything
+    if modality is not None:
+      x[~modality[:, i]] = -2e3  # nor in an absent mode
   return xs
+
+
+def _modality(n_modes):
+  return MODALITY[:, :n_modes] if n_modes > 1 else MODALITY[:, :1] | True
 
 
 def _close(actual, expected, what):
@@ -50,7 +61,7 @@ def _fields(cls):
   return {f.name for f in dataclasses.fields(cls)}
 
 
-def _jax_run(layer, variables, xs, train, rngs, weights):
+def _jax_run(layer, variables, xs, train, rngs, weights, modality=None):
   """Flax forward + gradients of ``Σ mask · tanh(fused) · r + aux (+ Σ new memory · r_m)``."""
   params = variables.get("params", {})
   state = {k: v for k, v in variables.items() if k != "params"}
@@ -58,8 +69,9 @@ def _jax_run(layer, variables, xs, train, rngs, weights):
   r, r_mem = weights
 
   def loss(params, *xs):
+    kw = {} if modality is None else {"modality_mask": jnp.asarray(modality)}
     out, new = layer.apply({"params": params, **state}, *xs, mask=mask, train=train, rngs=rngs,
-                           mutable=["memory", "batch_stats"])
+                           mutable=["memory", "batch_stats"], **kw)
     value = jnp.sum(mask[:, None] * jnp.tanh(out.fused) * r) + sum(out.aux.values())
     if r_mem is not None:  # MBAF's new memory is differentiable (DMF's is stop-gradient)
       value = value + jnp.sum(new["memory"]["memory"] * r_mem)
@@ -71,11 +83,13 @@ def _jax_run(layer, variables, xs, train, rngs, weights):
   return value, out, new, grads
 
 
-def _torch_run(ref, xs, train, noise, weights):
+def _torch_run(ref, xs, train, noise, weights, modality=None):
   r, r_mem = weights
   ts = [torch.tensor(x, requires_grad=True) for x in xs]
   m = torch.tensor(MASK)
   kw = {"noise": noise} if noise is not None else {}
+  if modality is not None:
+    kw["modality_mask"] = torch.tensor(modality)
   out = ref(*ts, mask=m, train=train, **kw)
   value = (m[:, None] * torch.tanh(out.fused) * torch.tensor(np.asarray(r))).sum()
   value = value + sum(out.aux.values())
@@ -85,16 +99,17 @@ def _torch_run(ref, xs, train, noise, weights):
   return value, out, [t.grad.numpy() for t in ts]
 
 
-def _compare(layer, variables, xs, train, rngs=None, noise=None, mem_weight=False):
+def _compare(layer, variables, xs, train, rngs=None, noise=None, mem_weight=False,
+             modality=None):
   out_dim = layer.output_dim(*(x.shape[1] for x in xs))
   rng = np.random.default_rng(1)
   r = rng.normal(size=(len(MASK), out_dim)).astype(np.float32)
   r_mem = None
   if mem_weight:
     r_mem = rng.normal(size=variables["memory"]["memory"].shape).astype(np.float32)
-  value, out, new, grads = _jax_run(layer, variables, xs, train, rngs, (r, r_mem))
+  value, out, new, grads = _jax_run(layer, variables, xs, train, rngs, (r, r_mem), modality)
   ref = tr.from_flax(variables, layer)
-  t_value, t_out, t_grads = _torch_run(ref, xs, train, noise, (r, r_mem))
+  t_value, t_out, t_grads = _torch_run(ref, xs, train, noise, (r, r_mem), modality)
   _close(t_out.fused.detach(), out.fused, "fused")
   assert set(t_out.aux) == set(out.aux)
   for k in out.aux:
@@ -110,6 +125,8 @@ def _compare(layer, variables, xs, train, rngs=None, noise=None, mem_weight=Fals
     _close_tree(tr.flax_grads(ref), grads[0], "grad params")
   for i, (g, t) in enumerate(zip(grads[1:], t_grads)):
     _close(t, g, f"grad input {i}")
+    if modality is not None:  # an absent input gets no gradient
+      assert float(jnp.abs(g[~modality[:, i]]).max()) == 0.0, f"grad of absent mode {i}"
   return out, grads
 
 
@@ -264,3 +281,60 @@ def test_dmf_dropout_in_training_raises():
   noise = tr.dmf_gumbel_noise(layer, jax.random.key(1), len(MASK))
   with pytest.raises(NotImplementedError, match="dropout_rate"):
     ref(*map(torch.tensor, xs), train=True, noise=noise)
+
+
+# ------------------------------------------------------------------------------ modality_mask
+
+
+@pytest.mark.parametrize("mode,opts", [("train", {}), ("train", {"similarity_grad": "all"}),
+                                       ("train", {"read_mode": "uniform"}),
+                                       ("eval", {"writer_in_eval": True})])
+def test_dmf_modality_mask_matches_torch(mode, opts):
+  """An absent embedding is the present mode's read; a memory is written from its mode's rows."""
+  layer = DualMemoryFusion(**DMF_SMALL, **opts)
+  modality = _modality(2)
+  xs = _inputs((16, 16), modality=modality)
+  variables = layer.init({"params": jax.random.key(0)}, *xs)
+  train = mode == "train"
+  key = jax.random.key(7)
+  noise = tr.dmf_gumbel_noise(layer, key, len(MASK)) if train else None
+  out, _ = _compare(layer, variables, xs, train, {"gumbel": key} if train else None, noise,
+                    modality=modality)
+  assert "memory_similarity" in out.aux
+
+
+@pytest.mark.parametrize("write", ["scan", "batched"])
+def test_mbaf_modality_mask_matches_torch(write):
+  layer = MBAF(slots=4, write=write, attention_keys=3)
+  modality = _modality(2)
+  xs = _inputs((6, 5), modality=modality)
+  variables = layer.init({"params": jax.random.key(0), "memory": jax.random.key(1)}, *xs)
+  for train in (True, False):
+    _compare(layer, variables, xs, train=train, mem_weight=train, modality=modality)
+
+
+def test_mbaf_modality_mask_options_match_torch():
+  """Three modes, memory on modes 2 and 0 (mode 1 passes through), cross read, H ≠ l."""
+  layer = MBAF(slots=3, hidden=7, mlp_dims=(9,), compose_dim=5, write_bias=True, read="cross",
+               memory_modes=(2, 0), attention="keys", attention_keys=2)
+  modality = _modality(3)
+  xs = _inputs((4, 3, 6), modality=modality)
+  variables = layer.init({"params": jax.random.key(2)}, *xs)
+  for train in (True, False):
+    _compare(layer, variables, xs, train=train, mem_weight=train, modality=modality)
+  identity = MBAF(slots=3, read_projection=False, write="batched")
+  variables = identity.init({"params": jax.random.key(3)}, *xs)
+  _compare(identity, variables, xs, train=True, mem_weight=True, modality=modality)
+
+
+@pytest.mark.parametrize("absent", ["zeros", "learned"])
+def test_naive_modality_mask_matches_torch(absent):
+  layer = NaiveFusion(absent=absent)
+  modality = _modality(3)
+  xs = _inputs((3, 5, 2), modality=modality)
+  variables = layer.init(jax.random.key(0), *xs)
+  if absent == "learned":  # non-zero embeddings, so that the test tells them from zeros
+    variables = {"params": {k: v + 1.5 for k, v in variables["params"].items()}}
+  _, grads = _compare(layer, variables, xs, train=True, modality=modality)
+  if absent == "learned":  # each embedding's gradient sums the upstream of its absent real rows
+    assert float(jnp.abs(grads[0]["absent_0"]).max()) > 0

@@ -1,7 +1,8 @@
 """Pieces shared by the fusion layers.
 
 * :class:`FusionOutput` — what every fusion layer returns;
-* :func:`batch_mask`, :func:`check_modes` — argument checks that name the argument;
+* :func:`batch_mask`, :func:`check_modes`, :func:`modality_presence` — argument checks that name
+  the argument (``modality_mask``: which modes each row has);
 * :class:`CompactBilinearPooling` — linen wrapper of :func:`mbaf_jax.ops.compact_bilinear_pooling`
   whose count-sketch hashes/signs live in the ``'constants'`` collection (DMF Eq. 3);
 * :class:`MaskedBatchNorm` — batch normalisation whose statistics exclude padded rows,
@@ -46,6 +47,34 @@ def batch_mask(mask, batch_size, name="mask"):
     raise ValueError(f"{name} must have shape ({batch_size},) to match the batch, "
                      f"got {mask.shape}")
   return mask.astype(jnp.float32)
+
+
+def modality_presence(modality_mask, batch_size: int, n_modes: int, mask):
+  """Checks ``modality_mask`` and folds the rows with no mode present into the batch mask.
+
+  Args:
+    modality_mask: ``(B, M)`` bool or {0, 1}, True = mode present; ``None``: all present.
+    batch_size: ``B``.
+    n_modes: ``M``, the number of modes the layer was called with.
+    mask: the ``(B,)`` float32 batch mask of :func:`batch_mask`.
+
+  Returns:
+    ``(present (B, M) bool, row_mask (B,) float32)``: ``row_mask`` is ``mask`` with the rows
+    that have no mode present set to 0 (they are treated as padding). ``(None, mask)`` when
+    ``modality_mask`` is None.
+
+  Raises:
+    ValueError naming ``modality_mask`` when its shape is not ``(B, M)``.
+  """
+  if modality_mask is None:
+    return None, mask
+  mm = jnp.asarray(modality_mask)
+  if mm.shape != (batch_size, n_modes):
+    raise ValueError(f"modality_mask must have shape (B, M) = ({batch_size}, {n_modes}) (one "
+                     f"flag per row and mode, True = present), got {mm.shape}.")
+  present = mm > 0 if mm.dtype != jnp.bool_ else mm
+  row_mask = jnp.where(jnp.any(present, axis=1), mask, jnp.zeros((), mask.dtype))
+  return present, row_mask
 
 
 def check_modes(modes: Sequence[Any], layer: str, count: int | None = None,

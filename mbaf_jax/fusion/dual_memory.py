@@ -29,7 +29,7 @@ import numpy as np
 from mbaf_jax import ops
 from mbaf_jax.fusion.common import (CompactBilinearPooling, FusionOutput, MaskedBatchNorm,
                                     batch_mask, check_modes, gather_batch, local_slice,
-                                    xavier_normal)
+                                    modality_presence, xavier_normal)
 from mbaf_jax.ops import validation
 
 READER_LOGITS = ("log_softmax", "log_clamp", "log_softplus")
@@ -313,7 +313,7 @@ class MemoryWriter(nn.Module):
 class DualMemoryFusion(nn.Module):
   """DMF's dual-memory fusion layer (DMF §2.2–2.3, Eqs. 1–4).
 
-  Call: ``layer(x_a, x_t, mask=None, train=False)`` with audio/text embeddings
+  Call: ``layer(x_a, x_t, mask=None, modality_mask=None, train=False)`` with audio/text embeddings
   ``(B, d)`` → ``FusionOutput(fused (B, cbp_dim), aux)``; see the module docstring for
   the reader/composer/writer and the write-then-carry contract. The classification
   head of DMF §2.3 (Dense 1024 → Dense 512 → 4 log-probabilities) is *not* part of
@@ -325,6 +325,12 @@ class DualMemoryFusion(nn.Module):
   ``'constants'`` (the shared CBP's count sketch). RNG streams: ``'gumbel'`` (training
   noise; required when ``train=True`` or ``gumbel_noise_in_eval``), ``'dropout'`` (only
   when ``dropout_rate > 0`` and training).
+
+  Absent modes (``modality_mask``, beyond the paper; docs/PAPER_NOTES.md): an absent mode's
+  embedding is replaced by the present mode's read of the absent mode's memory (audio absent:
+  ``x_a ← x_{t,a}``; text absent: ``x_t ← x_{a,t}``), both readers then read again with the
+  completed pair; the absent mode's writer skips the row (``M_a`` is written only from rows
+  with audio, ``M_t`` only from rows with text). A row with neither mode is padding.
   """
   slots: int = 120  # n_a = n_t, memory slots (DMF: 120)
   memory_dim: int | None = None  # d_a = d_t; None: the input dim (DMF: 768); must equal it
@@ -418,13 +424,17 @@ class DualMemoryFusion(nn.Module):
     return g_a, g_t
 
   @nn.compact
-  def __call__(self, *modes, mask=None, train: bool = False) -> FusionOutput:
+  def __call__(self, *modes, mask=None, modality_mask=None,
+               train: bool = False) -> FusionOutput:
     """Fuses audio and text embeddings through the two memories (DMF Eqs. 1–4).
 
     Args:
       *modes: exactly ``(x_a, x_t)``: the ``(B, d)`` audio and text embeddings.
       mask: optional ``(B,)`` mask, 1 = real row. Padded rows are zeroed on entry and
         excluded from the writer, the batch-norm statistics and the loss.
+      modality_mask: optional ``(B, 2)`` bool, True = mode present (columns audio, text;
+        None: both present). An absent embedding is replaced by the present mode's memory
+        read and never reaches the output, the memories, Eq. 4 or the batch statistics.
       train: write the new memories and return the similarity loss; Gumbel noise on.
 
     Returns:
@@ -445,10 +455,14 @@ class DualMemoryFusion(nn.Module):
     self._check_options(d)
     b, n = x_a.shape[0], self.slots
     m = batch_mask(mask, b)
+    present, m = modality_presence(modality_mask, b, 2, m)  # no mode present: padding
     dtype = self.dtype or jnp.promote_types(jnp.result_type(x_a, x_t), jnp.float32)
     keep = m[:, None] > 0
     x_a = jnp.where(keep, x_a.astype(dtype), 0)  # padded rows: garbage never enters
     x_t = jnp.where(keep, x_t.astype(dtype), 0)
+    if present is not None:  # absent values never enter either
+      x_a = jnp.where(present[:, :1], x_a, 0)
+      x_t = jnp.where(present[:, 1:], x_t, 0)
 
     mem_a = self._memory("M_a", n, d)
     mem_t = self._memory("M_t", n, d)
@@ -460,11 +474,25 @@ class DualMemoryFusion(nn.Module):
     g_a, g_t = self._noise(b, n, n, train or self.gumbel_noise_in_eval)
     rkw = dict(tau_min=self.tau_min, tau_max=self.tau_max, logits=self.reader_logits,
                dtype=self.dtype, param_dtype=self.param_dtype)
-    x_at, w_a, tau_a = MemoryReader(**rkw, name="reader_a")(x_a, m_t, g_a)  # audio reads text
-    x_ta, w_t, tau_t = MemoryReader(**rkw, name="reader_t")(x_t, m_a, g_t)  # text reads audio
-    if self.read_mode == "uniform":  # ablation: every sample reads the slot mean
-      x_at = jnp.broadcast_to(jnp.mean(m_t, axis=0), x_at.shape)
-      x_ta = jnp.broadcast_to(jnp.mean(m_a, axis=0), x_ta.shape)
+    reader_a = MemoryReader(**rkw, name="reader_a")
+    reader_t = MemoryReader(**rkw, name="reader_t")
+
+    def read(q_a, q_t):
+      x_at, w_a, tau_a = reader_a(q_a, m_t, g_a)  # audio reads text
+      x_ta, w_t, tau_t = reader_t(q_t, m_a, g_t)  # text reads audio
+      if self.read_mode == "uniform":  # ablation: every sample reads the slot mean
+        x_at = jnp.broadcast_to(jnp.mean(m_t, axis=0), x_at.shape)
+        x_ta = jnp.broadcast_to(jnp.mean(m_a, axis=0), x_ta.shape)
+      return x_at, w_a, tau_a, x_ta, w_t, tau_t
+
+    x_at, w_a, tau_a, x_ta, w_t, tau_t = read(x_a, x_t)
+    c_a, c_t = x_a, x_t  # the composer's audio and text embeddings
+    if present is not None:
+      # An absent embedding is the present mode's read of its memory: audio absent → x_{t,a}
+      # (text query, audio memory), text absent → x_{a,t}; then both read with the full pair.
+      c_a = jnp.where(present[:, :1], x_a, x_ta)
+      c_t = jnp.where(present[:, 1:], x_t, x_at)
+      x_at, w_a, tau_a, x_ta, w_t, tau_t = read(c_a, c_t)
     diagnose = not self.is_initializing()  # scalars for training logs, never init variables
     for name, w, tau, read in (("a", w_a, tau_a, x_at), ("t", w_t, tau_t, x_ta)):
       for key, value in (read_diagnostics(w, tau, read, m).items() if diagnose else ()):
@@ -472,7 +500,7 @@ class DualMemoryFusion(nn.Module):
 
     # Composer (Eq. 3): one shared CBP, order kept.
     cbp = CompactBilinearPooling(self.cbp_dim, name="cbp")
-    pooled = (cbp(x_a, x_at), cbp(x_ta, x_t))
+    pooled = (cbp(c_a, x_at), cbp(x_ta, c_t))
     outs = []
     for i, p in enumerate(pooled, start=1):
       if self.composer_attention == "tokens":
@@ -486,16 +514,23 @@ class DualMemoryFusion(nn.Module):
 
     aux = {}
     if train or self.writer_in_eval or self.is_initializing():
-      # Writer: the global batch (all devices under pmap/shard_map).
-      xa_g, m_g = gather_batch(x_a, m, self.axis_name)
-      xt_g, _ = gather_batch(x_t, m, self.axis_name)
+      # Writer: the global batch (all devices under pmap/shard_map). A memory is written only
+      # from the rows that have its mode (never from a substituted read).
+      if present is None:
+        xa_g, m_g = gather_batch(x_a, m, self.axis_name)
+        xt_g, _ = gather_batch(x_t, m, self.axis_name)
+        m_ga = m_gt = m_g
+      else:
+        zero = jnp.zeros((), m.dtype)
+        xa_g, m_ga = gather_batch(x_a, jnp.where(present[:, 0], m, zero), self.axis_name)
+        xt_g, m_gt = gather_batch(x_t, jnp.where(present[:, 1], m, zero), self.axis_name)
       if self.similarity_grad == "writer":  # Eq. 4 trains the writer, not the encoders
         xa_g, xt_g = jax.lax.stop_gradient(xa_g), jax.lax.stop_gradient(xt_g)
       wkw = dict(num_heads=self.num_heads, ff_dim=self.writer_ff_dim,
                  dropout_rate=self.dropout_rate, dtype=self.dtype,
                  param_dtype=self.param_dtype)
-      new_a = MemoryWriter(**wkw, name="writer_a")(m_a, xa_g, m_g, train)
-      new_t = MemoryWriter(**wkw, name="writer_t")(m_t, xt_g, m_g, train)
+      new_a = MemoryWriter(**wkw, name="writer_a")(m_a, xa_g, m_ga, train)
+      new_t = MemoryWriter(**wkw, name="writer_t")(m_t, xt_g, m_gt, train)
       f32 = jnp.float32
       aux["memory_similarity"] = self.similarity_weight * (
           ops.memory_similarity_loss(new_a.astype(f32), self.similarity_reduction)

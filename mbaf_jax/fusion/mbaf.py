@@ -15,6 +15,12 @@ sample ``t`` of a batch (each sample is one time step):
 * Eqs. 11–12 cross read: the key uses ``x_t``, the composer ``x_t^s`` (modes reversed)
 * Eq. 13  memory on a subset of modes (``memory_modes``); other modes pass through.
 
+Absent modes (``modality_mask``, beyond the paper; docs/PAPER_NOTES.md): the absent slices of
+``x_t`` are replaced by the same slices of a first read ``m_r`` (keyed by ``x_t`` with the absent
+slices zeroed; mapped to width l by ``output_kernel`` when ``H ≠ l``), then Eqs. 2–9 run on the
+completed ``x_t``. A row with a memory mode absent reads but never writes (Eq. 8's ``h_t`` spans
+every mode's columns); an absent pass-through mode's slice of the output is zeros.
+
 ``write="scan"`` is the faithful sequential semantics (``lax.scan`` over the batch,
 sample t reads the memory written by samples < t); ``write="batched"`` lets every
 sample read ``M_{t−1}`` of the batch and then applies all B erase/writes of Eq. 8
@@ -31,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from mbaf_jax.fusion.common import (FusionOutput, batch_mask, check_modes, gather_batch,
-                                    is_local_batch, local_slice)
+                                    is_local_batch, local_slice, modality_presence)
 from mbaf_jax.ops import validation
 
 WRITE_MODES = ("scan", "batched")
@@ -179,7 +185,8 @@ def compose_writes(memory, z, h):
 class MBAF(nn.Module):
   """Memory Based Attentive Fusion layer (MBAF §3, Eqs. 1–13; Fig. 1).
 
-  Call: ``layer(*modes, mask=None, train=False)`` with ``modes[i]`` ``(B, d_i)`` →
+  Call: ``layer(*modes, mask=None, modality_mask=None, train=False)`` with ``modes[i]``
+  ``(B, d_i)`` →
   ``FusionOutput(fused (B, Σ d_i), aux={})``. ``train=False`` reads the memory and
   never writes; ``train=True`` writes the new memory to ``'memory'`` (when mutable;
   write-then-carry, docs/ARCHITECTURE.md). Padded rows (mask 0) do not touch the
@@ -296,12 +303,15 @@ class MBAF(nn.Module):
 
   # ------------------------------------------------------------------ call
   @nn.compact
-  def __call__(self, *modes, mask=None, train: bool = False) -> FusionOutput:
+  def __call__(self, *modes, mask=None, modality_mask=None,
+               train: bool = False) -> FusionOutput:
     """Fuses the modes through the memory (MBAF Eqs. 1–13).
 
     Args:
       *modes: ``(B, d_i)`` floating arrays, one per modality (n ≥ 1).
       mask: optional ``(B,)`` mask, 1 = real row (None: all real).
+      modality_mask: optional ``(B, M)`` bool, True = mode present (None: all present). An
+        absent mode's slice is the memory read's slice; its values are never read.
       train: write the memory (sequentially over the batch) when True.
 
     Returns:
@@ -318,6 +328,7 @@ class MBAF(nn.Module):
     modes = check_modes(modes, "MBAF")
     bsz = modes[0].shape[0]
     m = batch_mask(mask, bsz)
+    present, m = modality_presence(modality_mask, bsz, len(modes), m)
     s = self.sizes(*(x.shape[1] for x in modes))
     mem_var = self._memory(s)  # checks the memory width first
     if self.has_variable("params", "compose_kernel_0"):
@@ -333,6 +344,9 @@ class MBAF(nn.Module):
     memory = jnp.asarray(mem_var.value, dtype)
 
     sel = s["selected"]
+    if present is not None:  # absent values never enter (where, not multiply)
+      modes = tuple(jnp.where(present[:, i:i + 1], x.astype(dtype), jnp.zeros((), dtype))
+                    for i, x in enumerate(modes))
     x_t = jnp.concatenate([modes[i].astype(dtype) for i in sel], axis=-1)  # Eq. 1 / Eq. 13
     if self.read == "cross":  # Eq. 11: the composer sees the modes in reversed order
       x_c = jnp.concatenate([modes[i].astype(dtype) for i in reversed(sel)], axis=-1)
@@ -341,15 +355,30 @@ class MBAF(nn.Module):
 
     write = train and not self.is_initializing()
     gather = write and is_local_batch(x_t, self.axis_name)
-    if gather:  # the writer sees the global batch (pmap/shard_map, or an explicit sharding)
-      x_all, m_all = gather_batch(jnp.concatenate([x_t, x_c], -1), m, self.axis_name)
-      x_all_t, x_all_c = x_all[:, :s["l"]], x_all[:, s["l"]:]
+    l = s["l"]
+    if present is None:
+      cols, m_write, perm = None, m, None
     else:
-      x_all_t, x_all_c, m_all = x_t, x_c, m
-    h, new_memory = _run(p, memory, x_all_t, x_all_c, m_all, len(s["mlp"]), self.attention,
-                         self.write if write else None, self.read_projection, self.write_max)
+      # (B, l) column presence of x_t; rows with a memory mode absent do not write (Eq. 8).
+      cols = jnp.concatenate([jnp.broadcast_to(present[:, i:i + 1], (bsz, modes[i].shape[1]))
+                              for i in sel], axis=-1)
+      m_write = jnp.where(jnp.all(present[:, list(sel)], axis=1), m, jnp.zeros((), m.dtype))
+      perm = _cross_permutation([modes[i].shape[1] for i in sel]) if self.read == "cross" \
+          else None
+    if gather:  # the writer sees the global batch (pmap/shard_map, or an explicit sharding)
+      parts = [x_t, x_c] + ([] if cols is None else [cols.astype(dtype)])
+      x_all, m_all = gather_batch(jnp.concatenate(parts, -1), m_write, self.axis_name)
+      x_all_t, x_all_c = x_all[:, :l], x_all[:, l:2 * l]
+      cols_all = None if cols is None else x_all[:, 2 * l:] > 0
+    else:
+      x_all_t, x_all_c, m_all, cols_all = x_t, x_c, m_write, cols
+    h, new_memory, x_full = _run(p, memory, x_all_t, x_all_c, m_all, len(s["mlp"]),
+                                 self.attention, self.write if write else None,
+                                 self.read_projection, self.write_max, cols_all, perm)
     if gather:
       h = local_slice(h, bsz, self.axis_name)
+      x_full = local_slice(x_full, bsz, self.axis_name)
+    x_t = x_full
     if write and self.is_mutable_collection("memory"):
       mem_var.value = new_memory.astype(mem_var.value.dtype)
 
@@ -361,21 +390,35 @@ class MBAF(nn.Module):
       pieces[i] = o_sel[:, start:start + modes[i].shape[1]]
       start += modes[i].shape[1]
     fused = jnp.concatenate([pieces[i] if i in pieces else modes[i].astype(dtype)
-                             for i in range(len(modes))], axis=-1)
+                             for i in range(len(modes))], axis=-1)  # absent: zeroed above
     fused = jnp.where(m[:, None] > 0, fused, jnp.zeros((), dtype))
     return FusionOutput(fused=fused, aux={})
 
 
+def _cross_permutation(widths: Sequence[int]):
+  """Column indices that reorder ``x_1 ⊕ … ⊕ x_n`` (widths ``widths``) into ``x_n ⊕ … ⊕ x_1``."""
+  starts = [sum(widths[:i]) for i in range(len(widths))]
+  return jnp.asarray([c for i in reversed(range(len(widths)))
+                      for c in range(starts[i], starts[i] + widths[i])], jnp.int32)
+
+
 def _run(p, memory, x_t, x_c, mask, n_layers, attention, write, read_projection,
-         write_max=None):
+         write_max=None, present=None, perm=None):
   """Eqs. 2–8 over a batch. ``write``: None (read only), "scan" or "batched".
 
+  With ``present`` (``(B, l)`` bool, the columns of ``x_t`` whose mode is present; ``x_t`` and
+  ``x_c`` zero there) each row first reads ``m_r`` with the zero-filled ``x_t`` (Eqs. 2–3), and
+  its absent columns take ``m_r``'s (``m_r · output_kernel`` when ``H ≠ l``); Eqs. 2–7 then
+  run on the completed row. ``perm`` maps ``x_t``'s columns to ``x_c``'s (cross read).
+
   Returns:
-    ``(h (B, H), new_memory (k, H))`` (``new_memory is memory`` when not writing).
+    ``(h (B, H), new_memory (k, H), x_t (B, l))``: ``new_memory is memory`` when not writing;
+    ``x_t`` completed (the input ``x_t`` when ``present`` is None).
   """
   q = x_t @ p["read_kernel"] if read_projection else x_t  # f_r(x_t), memory independent
   k0 = p["compose_kernel_0"]
-  x_part = x_c @ k0[:x_c.shape[-1]] + p["compose_bias_0"]  # x_t's share of Eq. 4's layer 0
+  l = x_c.shape[-1]
+  x_part = x_c @ k0[:l] + p["compose_bias_0"]  # x_t's share of Eq. 4's layer 0
 
   def head(z_q, xp, mem):
     z, m_r = address(z_q, mem)  # Eqs. 2-3
@@ -383,19 +426,36 @@ def _run(p, memory, x_t, x_c, mask, n_layers, attention, write, read_projection,
     c = attend(p, b, attention)  # Eqs. 5-6
     return z, transform(p, c, write_max)  # Eq. 7
 
+  def complete(qi, xpi, xi, ci, mem):
+    """An absent slice of x_t is m_r's slice; f_r and Eq. 4's layer 0 are linear in x_t."""
+    _, m_r = address(qi, mem)
+    if "output_kernel" in p:
+      m_r = m_r @ p["output_kernel"]
+    fill = jnp.where(ci, jnp.zeros((), m_r.dtype), m_r)
+    q_full = qi + (fill @ p["read_kernel"] if read_projection else fill)
+    xp_full = xpi + (fill if perm is None else fill[..., perm]) @ k0[:l]
+    return q_full, xp_full, jnp.where(ci, xi, m_r)
+
   if write == "scan":
     def step(mem, inp):
-      qi, xpi, mi = inp
+      qi, xpi, mi = inp[:3]
+      xi = inp[3] if present is not None else None
+      if present is not None:
+        qi, xpi, xi = complete(qi, xpi, xi, inp[4], mem)
       z, h = head(qi, xpi, mem)
       new = erase_write(mem, z, h)  # Eq. 8
-      return jnp.where(mi > 0, new, mem), h
+      return jnp.where(mi > 0, new, mem), (h if present is None else (h, xi))
 
-    new_memory, h = jax.lax.scan(step, memory, (q, x_part, mask))
-    return h, new_memory
+    inputs = (q, x_part, mask) + (() if present is None else (x_t, present))
+    new_memory, out = jax.lax.scan(step, memory, inputs)
+    h, x_full = out if present is not None else (out, x_t)
+    return h, new_memory, x_full
+  if present is not None:
+    q, x_part, x_t = complete(q, x_part, x_t, present, memory)
   z, h = head(q, x_part, memory)
   if write == "batched":
-    return h, compose_writes(memory, z * (mask[:, None] > 0), h)
-  return h, memory
+    return h, compose_writes(memory, z * (mask[:, None] > 0), h), x_t
+  return h, memory, x_t
 
 
 # --------------------------------------------------------------------------- parameter count

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mbaf_jax.fusion.common import FusionOutput, batch_mask, check_modes
+from mbaf_jax.fusion.common import FusionOutput, batch_mask, check_modes, modality_presence
 from mbaf_jax.fusion.mbaf import MBAF
 from mbaf_jax.fusion.naive import NaiveFusion
 from mbaf_jax.ops import validation
@@ -54,7 +54,10 @@ class VectorSelfAttention(nn.Module):
 class FusionBlock(nn.Module):
   """Fusion with its self-attention placement: MBAF-I/II/III and NF-I/II/III (Fig. 2).
 
-  Call: ``block(*modes, mask=None, train=False)`` → ``FusionOutput(fused (B, Σ d_i), aux)``.
+  Call: ``block(*modes, mask=None, modality_mask=None, train=False)`` →
+  ``FusionOutput(fused (B, Σ d_i), aux)``. ``modality_mask`` (``(B, M)`` bool, True = present)
+  goes to the fusion layer; with placement III an absent mode enters its self-attention as
+  zeros, so its values reach nothing.
   Submodules: ``fusion`` (MBAF or NaiveFusion), ``attention`` (II) or
   ``attention_{i}`` per mode (III). MBAF's memory lives at
   ``variables['memory']['fusion']['memory']``.
@@ -87,12 +90,15 @@ class FusionBlock(nn.Module):
     return int(sum(int(d) for d in in_dims))
 
   @nn.compact
-  def __call__(self, *modes, mask=None, train: bool = False) -> FusionOutput:
+  def __call__(self, *modes, mask=None, modality_mask=None,
+               train: bool = False) -> FusionOutput:
     """Applies the placement (MBAF Fig. 2).
 
     Args:
       *modes: ``(B, d_i)`` encoder outputs.
       mask: optional ``(B,)`` mask, 1 = real row.
+      modality_mask: optional ``(B, M)`` bool, True = mode present (None: all present); a row
+        with no mode present is padding.
       train: passed to the fusion layer (MBAF writes its memory).
 
     Returns:
@@ -102,11 +108,18 @@ class FusionBlock(nn.Module):
     validation.option(self.fusion, FUSIONS, "fusion")
     modes = check_modes(modes, f"FusionBlock({self.fusion}-{self.placement})")
     m = batch_mask(mask, modes[0].shape[0])
+    present, m = modality_presence(modality_mask, modes[0].shape[0], len(modes), m)
     attn = lambda name: VectorSelfAttention(gate=self.gate, dtype=self.dtype,
                                             param_dtype=self.param_dtype, name=name)
     if self.placement == "III":
+      if present is not None:  # SA(0) = 0: an absent mode's values never reach the attention
+        modes = tuple(jnp.where(present[:, i:i + 1], x, jnp.zeros((), x.dtype))
+                      for i, x in enumerate(modes))
       modes = tuple(attn(f"attention_{i}")(x) for i, x in enumerate(modes))
-    out = self._fusion()(*modes, mask=m, train=train)
+    if present is None:
+      out = self._fusion()(*modes, mask=m, train=train)
+    else:
+      out = self._fusion()(*modes, mask=m, modality_mask=present, train=train)
     fused = out.fused
     if self.placement == "II":
       fused = attn("attention")(fused)
