@@ -152,7 +152,8 @@ REGRESSIONS = {
                                "config.model.fusion.dmf is invalid (dropout_rate must be in [0, 1), got inf); "
                                "this run does not train dmf"),
     "unused mbaf slots=0": ({"fusions": "naive", "model.fusion.mbaf.slots": 0},
-                            "config.model.fusion.mbaf is invalid (slots must be a positive int, got 0)"),
+                            "config.model.fusion.mbaf is invalid (slots must be a positive int, got 0; given by "
+                            "config.model.fusion.mbaf.slots=0)"),
 }
 
 
