@@ -249,14 +249,16 @@ class _LinenLayer(nnx.Module):
 class NaiveFusion(_LinenLayer):
   """Concatenation of ``n >= 1`` modes (DMF §4 "naive fusion"; MBAF's NF), as an NNX module.
 
-  ``NaiveFusion(in_features=(d_1, ..., d_n), rngs=None, dtype=None)``; no variables.
-  Fields: :class:`mbaf_jax.fusion.NaiveFusion`.
+  ``NaiveFusion(in_features=(d_1, ..., d_n), rngs=None, <fields of
+  mbaf_jax.fusion.NaiveFusion>)``; no memory, and parameters only for learned absent-mode
+  embeddings (``absent="learned"``), which start at zero (so ``rngs`` may be left out).
   """
   linen_type = naive.NaiveFusion
 
   def _init_variables(self, rngs) -> dict:
-    del rngs  # no parameters, no memory: nothing to draw
-    return {}
+    # Nothing random to draw (no variables, or absent="learned" embeddings that start at zero):
+    # without rngs a fixed key only satisfies Linen's init.
+    return super()._init_variables(rngs if _has_stream(rngs, "params") else nnx.Rngs(params=0))
 
 
 class DualMemoryFusion(_LinenLayer):

@@ -287,3 +287,15 @@ def test_constructor_checks_name_the_argument():
     mnnx.from_linen(nnx.Linear, {}, (1,))
   assert mnnx.NaiveFusion((6, 10)).out_features == 16
   assert mnnx.fusion_block("NF-III", (6, 10), rngs=nnx.Rngs(0)).out_features == 16
+
+
+def test_call_arguments_reach_the_linen_layer():
+  """A keyword of the Linen call the NNX signature does not name (``modality_mask``) is passed
+  on; NaiveFusion's learned absent-mode embeddings are NNX parameters."""
+  xs = modes((3, 4))
+  present = jnp.asarray(np.arange(2 * B).reshape(B, 2) % 3 > 0)
+  layer = mnnx.NaiveFusion((3, 4), absent="learned")
+  assert set(pure(layer, nnx.Param)["params"]) == {"absent_0", "absent_1"}
+  module, variables = mnnx.to_linen(layer)
+  want = module.apply(variables, *xs, modality_mask=present).fused
+  np.testing.assert_array_equal(layer(*xs, modality_mask=present).fused, want)
