@@ -11,7 +11,7 @@ ways on the same variables and batch, and compares with the single-device run:
 * ``shard_map``: per-device code, ``jax.shard_map`` over the same mesh with the layer's
   ``axis_name="batch"`` (the writer all-gathers the global batch, batch norm syncs).
 
-The mesh axis is the project's one batch axis name, ``train.distributed.BATCH_AXIS``.
+The mesh axis is the project's one batch axis name, ``train.parallel.BATCH_AXIS``.
 
 Each run does init, an evaluation apply and a train step (``jax.value_and_grad`` of a loss on the
 rows plus the layer's aux terms, memory written); the memory must come back replicated and equal
@@ -35,12 +35,12 @@ from mbaf_jax.fusion import MBAF, DualMemoryFusion, NaiveFusion
 from mbaf_jax.fusion.mbaf_blocks import fusion_block
 from mbaf_jax.models import factory
 from mbaf_jax.ops import sharding
-from train import distributed as dist
+from train import parallel
 from train import steps
 
 import test_distributed as td  # noqa: E402  (tests/ is on sys.path: tests/conftest.py)
 
-AXIS = dist.BATCH_AXIS
+AXIS = parallel.BATCH_AXIS
 N_DEV = 8
 BATCH = 16
 ATOL = 1e-5
@@ -275,7 +275,7 @@ VOCAB = 30
 def _random_batch(config):
   """``factory.dummy_batch`` of ``BATCH`` rows with random audio/signals and token ids."""
   rng = np.random.default_rng(1)
-  batch = factory.dummy_batch(config, BATCH)
+  batch = factory.dummy_batch(config.data, config.model, BATCH)
   for name in ("input_values", "waves"):
     if name in batch:
       batch[name] = rng.normal(size=batch[name].shape).astype(np.float32)
@@ -324,31 +324,31 @@ def test_full_model_equals_one_device(name, layout):
 
 
 def test_trainer_meshes_state_their_axis_type():
-  assert dist.global_mesh().axis_types == (jax.sharding.AxisType.Auto,)
-  assert dist.global_mesh().axis_names == (dist.BATCH_AXIS,)
-  mesh = dist.global_mesh(devices=jax.devices()[:4], axis_type="explicit")
-  assert dist.is_explicit(mesh) and mesh.devices.size == 4
+  assert parallel.global_mesh().axis_types == (jax.sharding.AxisType.Auto,)
+  assert parallel.global_mesh().axis_names == (parallel.BATCH_AXIS,)
+  mesh = parallel.global_mesh(devices=jax.devices()[:4], axis_type="explicit")
+  assert parallel.is_explicit(mesh) and mesh.devices.size == 4
   with pytest.raises(ValueError, match="axis_type"):
-    dist.global_mesh(axis_type="manual")
+    parallel.global_mesh(axis_type="manual")
 
 
 @pytest.mark.slow  # 20-35 s on 2 loaded cores (two compilations of the toy step)
 def test_parallel_train_step_on_an_explicit_mesh_equals_one_device():
-  """``train.distributed``'s jit layout with Explicit axes: the toy DMF classifier of
+  """``train.parallel``'s jit layout with Explicit axes: the toy DMF classifier of
   tests/test_distributed.py, 3 SGD steps on 8 devices, equals its single-device reference."""
   want_state, want_loss = td.run_reference()
-  ps = dist.make_parallel_train_step(td.build_step, "jit", devices=jax.devices()[:N_DEV],
+  ps = parallel.make_parallel_train_step(td.build_step, "jit", devices=jax.devices()[:N_DEV],
                                      axis_type="explicit")
-  assert dist.is_explicit(ps.mesh)
+  assert parallel.is_explicit(ps.mesh)
   state = ps.put_state(td.init_state())
   losses = []
   for i in range(td.STEPS):
     state, m = ps(state, ps.put_batch(td.make_batch(100 + i)), jax.random.key(7))
-    losses.append(float(ps.get_metrics(m)["loss"]))
+    losses.append(float(ps.to_host(m)["loss"]))
   assert ps.traces == 1
   mem = state["memory"]["fusion"]["M_a"]
   assert mem.sharding.is_fully_replicated and len(mem.sharding.device_set) == N_DEV
-  got = ps.get_state(state)
+  got = ps.to_host(state)
   np.testing.assert_allclose(losses, want_loss, rtol=ATOL, atol=ATOL)
   for part in ("params", "memory", "batch_stats"):
     assert_trees_close(got[part], want_state[part], what=f"{part} ")
