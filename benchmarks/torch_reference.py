@@ -255,7 +255,8 @@ def presence(modality_mask, mask, b: int):
   if modality_mask is None:
     return None, m
   present = modality_mask > 0
-  return present, torch.where(present.any(1), m, torch.zeros(()))
+  m = torch.where(present.any(1), m, torch.zeros(()))
+  return present | (m <= 0)[:, None], m  # a padded row is computed as without the argument
 
 
 # ----------------------------------------------------------------------------- DMF

@@ -60,8 +60,9 @@ def modality_presence(modality_mask, batch_size: int, n_modes: int, mask):
 
   Returns:
     ``(present (B, M) bool, row_mask (B,) float32)``: ``row_mask`` is ``mask`` with the rows
-    that have no mode present set to 0 (they are treated as padding). ``(None, mask)`` when
-    ``modality_mask`` is None.
+    that have no mode present set to 0 (they are treated as padding); ``present`` marks every
+    mode of a padded row present, so a padded row is computed exactly as without the argument.
+    ``(None, mask)`` when ``modality_mask`` is None.
 
   Raises:
     ValueError naming ``modality_mask`` when its shape is not ``(B, M)``.
@@ -74,7 +75,7 @@ def modality_presence(modality_mask, batch_size: int, n_modes: int, mask):
                      f"flag per row and mode, True = present), got {mm.shape}.")
   present = mm > 0 if mm.dtype != jnp.bool_ else mm
   row_mask = jnp.where(jnp.any(present, axis=1), mask, jnp.zeros((), mask.dtype))
-  return present, row_mask
+  return present | (row_mask <= 0)[:, None], row_mask
 
 
 def check_modes(modes: Sequence[Any], layer: str, count: int | None = None,
