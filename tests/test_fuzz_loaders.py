@@ -180,7 +180,8 @@ def _wav_files(root, s):
 
 def _disk_lines(path):
   """The lines of a text file as the release defines them: split at LF, a UTF-8 BOM ignored, CR
-  and trailing blanks stripped, bytes that are not UTF-8 replaced (such a line is still a line)."""
+  and trailing blanks stripped, bytes that are not UTF-8 replaced by U+FFFD (such a line is still
+  a line)."""
   raw = _read(path)
   if raw.startswith(codecs.BOM_UTF8):
     raw = raw[len(codecs.BOM_UTF8):]
@@ -219,7 +220,8 @@ def _check_iemocap(root, corpus, excluded=None):
     emo = os.path.join(root, f"Session{u.session}", "dialog", "EmoEvaluation", u.dialog + ".txt")
     assert any(ln.startswith("[") and f"\t{u.id}\t" in ln for ln in _disk_lines(emo))
     tr = os.path.join(root, f"Session{u.session}", "dialog", "transcriptions", u.dialog + ".txt")
-    first = next(ln for ln in _disk_lines(tr) if re.fullmatch(re.escape(u.id) + r" \[\d+\.\d+-\d+\.\d+\]:.*", ln))
+    first = next(ln for ln in _disk_lines(tr) if "\ufffd" not in ln  # (a line that is not UTF-8 is malformed)
+                 and re.fullmatch(re.escape(u.id) + r" \[\d+\.\d+-\d+\.\d+\]:.*", ln))
     assert first.split("]:", 1)[1].strip() == u.text
   if excluded is not None:
     assert n_excluded == excluded
