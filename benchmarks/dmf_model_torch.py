@@ -12,9 +12,9 @@ The train step is the trainer's (``train/steps.py``) written out on both sides: 
 cross-entropy + the fusion's aux (DMF Eq. 4's similarity term); SGD at 0.01 for the network and
 0.001 for the memory module (DMF §3); the conv feature encoder (Wav2Vec2) and the embeddings (BERT)
 frozen (DMF §2.1): in JAX by ``optax.set_to_zero`` on ``encoders.frozen_mask`` as the trainer
-does (XLA then drops their gradients as dead code, see :func:`frozen_backward_dropped`), in
-PyTorch by ``requires_grad=False`` (autograd then skips them); the new memories are carried into
-the next step without gradient. Layerdrop is 0 on both sides (JAX runs a dropped layer and
+does (XLA then drops their gradients as dead code: ``roofline_dmf.py``'s
+``frozen_backward_dropped``), in PyTorch by ``requires_grad=False`` (autograd then skips them);
+the new memories are carried into the next step without gradient. Layerdrop is 0 on both sides (JAX runs a dropped layer and
 discards it, PyTorch skips it: equal work needs 0); dropout and SpecAugment as configured.
 
 :func:`step0_loss_deviation` is the correctness check: both models with dropout and SpecAugment
@@ -155,38 +155,6 @@ def make_jax_train_step(model, tx):
              "batch_stats": stats or state.get("batch_stats", {})}
     return optax.apply_updates(params, updates), state, opt_state, loss
   return step
-
-
-def frozen_backward_dropped(c, kind: str, batch: dict) -> dict:
-  """Whether XLA drops the frozen conv feature encoder's backward from the train step.
-
-  Compiles the step twice, as the trainer builds it (frozen parts zeroed by the optimiser
-  only) and with ``stop_gradient_feature_encoder=True`` (no backward path into the conv stack at
-  all), and compares XLA's FLOP counts: equal means the optimiser mask alone lets XLA remove the
-  conv stack's backward as dead code.
-
-  Returns:
-    ``{"gflop_optimizer_mask", "gflop_stop_gradient", "frozen_backward_dropped"}``.
-  """
-  out = {}
-  for name, stop in (("optimizer_mask", False), ("stop_gradient", True)):
-    cc = model_config(False, stop) if not _is_quick(c) else model_config(True, stop)
-    model, variables = build_jax(cc, kind, batch)
-    params = variables.pop("params")
-    tx = optimizer(params, variables.get("memory", {}))
-    compiled = jax.jit(make_jax_train_step(model, tx)).lower(
-        params, variables, tx.init(params), batch, jax.random.key(0)).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    out[f"gflop_{name}"] = round(float(cost["flops"]) / 1e9, 3)
-  out["frozen_backward_dropped"] = bool(
-      abs(out["gflop_optimizer_mask"] - out["gflop_stop_gradient"])
-      <= 1e-3 * out["gflop_stop_gradient"])
-  return out
-
-
-def _is_quick(c) -> bool:
-  return c.model.audio.size == "tiny"
 
 
 def gumbel_noise(model, rng, batch: int):

@@ -18,6 +18,11 @@ layerdrop 0. For each fusion kind and compute dtype, one JSON line:
   ``t_roofline_ms`` = the larger, and ``mfu_ceiling`` = t_compute / t_roofline — the model FLOP
   utilisation the step cannot exceed on that chip (1.0 when compute-bound), before any
   launch overhead, imperfect overlap or non-matmul work running below peak;
+* ``param_gbytes``: the parameters' bytes (float32). A step reads them in the forward and the
+  backward, writes their gradients and SGD reads parameters and gradients and writes parameters:
+  ≈ 6 × ``param_gbytes`` of traffic that no fusion removes, the optimistic end of the traffic
+  range whose pessimistic end is ``gbytes`` (the CPU compilation computes bf16 in f32 and fuses
+  less than a GPU or TPU compiler, so its ``bytes accessed`` barely changes with the dtype);
 * ``frozen_backward_dropped`` (float32 DMF line): the same step compiled with
   ``stop_gradient_feature_encoder=True`` has the same FLOP count, i.e. XLA already removes the
   frozen conv stack's backward as dead code when only the optimiser freezes it.
@@ -80,7 +85,8 @@ def step_cost(c, kind: str, batch_size: int, stop_gradient: bool = False) -> dic
   dots = common.dot_general_calls(step, args)
   return {"gflop": float(cost["flops"]) / 1e9,
           "gbytes": float(cost.get("bytes accessed", 0.0)) / 1e9,
-          "dot_gflop": sum(d.count * d.gflop for d in dots)}
+          "dot_gflop": sum(d.count * d.gflop for d in dots),
+          "param_gbytes": sum(v.size * v.dtype.itemsize for v in jax.tree.leaves(params)) / 1e9}
 
 
 def main(argv=None):
