@@ -330,12 +330,12 @@ def run_kinds(run_kind, kinds, stop: cli.StopRequest, at_once: bool = True) -> N
 def _load_dataset(plan: validate.RunPlan, workdir: str) -> datasets.Dataset:
   """Loads the data set; with several processes, process 0 first (it may generate the synthetic
   corpus, fill the audio cache and build the vocabulary), then the others read the same."""
-  load = lambda: datasets.load_dataset(plan.data, plan.model, plan.family, plan.seed, workdir)  # noqa: E731
+  args = (plan.data, plan.model, plan.family, plan.seed, workdir)
   if jax.process_count() == 1:
-    return load()
-  ds = load() if jax.process_index() == 0 else None
+    return datasets.load_dataset(*args)
+  ds = datasets.load_dataset(*args) if jax.process_index() == 0 else None
   multihost_utils.sync_global_devices("mbaf_jax:dataset_ready")
-  return ds if ds is not None else load()
+  return ds if ds is not None else datasets.load_dataset(*args)
 
 
 def _train_kind(model: CompiledModel, out: reporting.RunOutput, stop: cli.StopRequest,
