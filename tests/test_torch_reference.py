@@ -303,9 +303,10 @@ def test_dmf_modality_mask_matches_torch(mode, opts):
   assert "memory_similarity" in out.aux
 
 
-@pytest.mark.parametrize("write", ["scan", "batched"])
-def test_mbaf_modality_mask_matches_torch(write):
-  layer = MBAF(slots=4, write=write, attention_keys=3)
+@pytest.mark.parametrize("write,opts", [("scan", {}),
+                                        ("batched", {"hidden": 7, "read": "cross"})])
+def test_mbaf_modality_mask_matches_torch(write, opts):
+  layer = MBAF(slots=4, write=write, attention_keys=3, **opts)
   modality = _modality(2)
   xs = _inputs((6, 5), modality=modality)
   variables = layer.init({"params": jax.random.key(0), "memory": jax.random.key(1)}, *xs)
@@ -313,6 +314,7 @@ def test_mbaf_modality_mask_matches_torch(write):
     _compare(layer, variables, xs, train=train, mem_weight=train, modality=modality)
 
 
+@pytest.mark.slow
 def test_mbaf_modality_mask_options_match_torch():
   """Three modes, memory on modes 2 and 0 (mode 1 passes through), cross read, H ≠ l."""
   layer = MBAF(slots=3, hidden=7, mlp_dims=(9,), compose_dim=5, write_bias=True, read="cross",
@@ -320,8 +322,7 @@ def test_mbaf_modality_mask_options_match_torch():
   modality = _modality(3)
   xs = _inputs((4, 3, 6), modality=modality)
   variables = layer.init({"params": jax.random.key(2)}, *xs)
-  for train in (True, False):
-    _compare(layer, variables, xs, train=train, mem_weight=train, modality=modality)
+  _compare(layer, variables, xs, train=True, mem_weight=True, modality=modality)
   identity = MBAF(slots=3, read_projection=False, write="batched")
   variables = identity.init({"params": jax.random.key(3)}, *xs)
   _compare(identity, variables, xs, train=True, mem_weight=True, modality=modality)
