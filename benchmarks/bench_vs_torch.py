@@ -33,9 +33,12 @@ Rows (one JSON line each, ``benchmarks/common.py`` keys plus the comparison):
   ``max_abs_dev_log_probs`` the batch-1 outputs' deviation.
 
 Every record names the CPU (``cpu_model``, from ``/proc/cpuinfo``) and holds the 1-minute load
-average before and after the row; ``quiet`` is false when either exceeds 1.5 (on 2 cores: something
-else ran). PyTorch's OpenMP threads slow down far more than XLA's under such load: compare only
-quiet rows.
+average before and after the row; ``quiet`` is false when either exceeds 1.5. The load average
+includes the benchmark's own threads (a long row on 2 cores lifts it towards 2 by itself), so each
+record also holds ``other_cpu_cores``: the CPU time other processes took during the row, in cores
+(from ``/proc/stat`` less this process's own time; ≈ 0 when the machine was quiet). PyTorch's
+OpenMP threads slow down far more than XLA's when other processes compete for the cores: compare
+only rows where nothing else ran.
 
 Each round times every implementation once (``--iters`` calls, their median), in the order
 jax, torch eager, torch.compile, jax, ...; a record holds each implementation's median over the
@@ -183,10 +186,39 @@ def cpu_model() -> str:
 def is_quiet(load_before: float, load_after: float, limit: float = QUIET_LOAD) -> bool:
   """Whether a row ran on a quiet machine: both 1-minute load averages at most ``limit``.
 
-  The load average counts the benchmark's own busy threads too (≈ 1 on an idle machine during a
-  single-process benchmark), so ``limit`` = 1.5 on 2 cores means "nothing else ran".
+  The load average counts the benchmark's own busy threads too: a row that keeps both cores of a
+  2-core machine busy for a minute pushes it towards 2 by itself. ``other_cpu_cores``
+  (:func:`cpu_sample`) says how much CPU *other* processes took meanwhile.
   """
   return max(load_before, load_after) <= limit
+
+
+def cpu_sample() -> tuple[float, float, float]:
+  """``(wall s, busy CPU s of the whole machine, CPU s of this process and its children)``.
+
+  Two samples give ``other_cpu_cores`` = (machine busy − own) / wall: the cores other processes
+  kept busy in between (0 on a quiet machine). The machine's share is read from ``/proc/stat``
+  (user, nice, system, irq, softirq, steal); elsewhere it is taken as this process's own.
+  """
+  t = os.times()
+  own = t.user + t.system + t.children_user + t.children_system
+  busy = own
+  try:
+    with open("/proc/stat", encoding="utf-8") as f:
+      fields = [int(v) for v in f.readline().split()[1:9]]
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = (fields[0] + fields[1] + fields[2] + fields[5] + fields[6] + fields[7]) / hz
+  except (OSError, ValueError, IndexError):
+    pass
+  return time.perf_counter(), busy, own
+
+
+def other_cpu_cores(before: tuple, after: tuple) -> float:
+  """Cores kept busy by other processes between two :func:`cpu_sample` samples."""
+  wall = after[0] - before[0]
+  if wall <= 0:
+    return 0.0
+  return round(max(0.0, (after[1] - before[1]) - (after[2] - before[2])) / wall, 3)
 
 
 def _first_line(e: BaseException) -> str:
@@ -212,6 +244,7 @@ def run_comparison(bench: str, group: str, impls: dict, timing: tuple, shape: di
   """
   rounds, iters, warmup = timing
   load0 = os.getloadavg()
+  cpu0 = cpu_sample()
   errors, first_call_s, ok = {}, {}, {}
   for name, fn in impls.items():
     t0 = time.perf_counter()
@@ -237,7 +270,8 @@ def run_comparison(bench: str, group: str, impls: dict, timing: tuple, shape: di
               "throughput_unit": "samples/s", "peak_mem_mb": round(common.peak_mem_mb(), 1),
               "loadavg_before": [round(v, 2) for v in load0],
               "loadavg_after": [round(v, 2) for v in load1],
-              "quiet": is_quiet(load0[0], load1[0])})
+              "quiet": is_quiet(load0[0], load1[0]),
+              "other_cpu_cores": other_cpu_cores(cpu0, cpu_sample())})
   torch = _torch()
   rec.update({"torch_version": torch.__version__, "torch_threads": torch.get_num_threads()})
   rec.update(extra)

@@ -237,7 +237,7 @@ def profile_model(name: str, args) -> list:
   for impl in ("jax", "torch"):
     if impl == "torch" and args.no_torch:
       continue
-    load0 = os.getloadavg()
+    load0, cpu0 = os.getloadavg(), bench_vs_torch.cpu_sample()
     prof = (profile_jax(jax.grad(loss), (params,) + tuple(inputs), args.iters) if impl == "jax"
             else profile_torch(hf_step, args.iters))
     load1 = os.getloadavg()
@@ -251,6 +251,7 @@ def profile_model(name: str, args) -> list:
            "loadavg_before": [round(v, 2) for v in load0],
            "loadavg_after": [round(v, 2) for v in load1],
            "quiet": bench_vs_torch.is_quiet(load0[0], load1[0]),
+           "other_cpu_cores": bench_vs_torch.other_cpu_cores(cpu0, bench_vs_torch.cpu_sample()),
            "top_ops": _round(prof["ops"][:args.top], total)}
     if impl == "jax":
       rec["by_scope"] = _round(by_scope(prof["ops"])[:args.top], total)

@@ -1,5 +1,6 @@
 """The whole-model / positional-conv rows of bench_vs_torch, the per-op profiler of
 profile_encoders and the roofline arithmetic of roofline_dmf: cheap checks of their parts."""
+import os
 import re
 
 import jax
@@ -20,6 +21,19 @@ def test_cpu_model_is_proc_cpuinfo_model_name_and_quiet_threshold():
     assert bench_vs_torch.cpu_model() == names[0].strip()
   assert bench_vs_torch.is_quiet(0.2, 1.5) and not bench_vs_torch.is_quiet(0.2, 1.51)
   assert not bench_vs_torch.is_quiet(3.0, 0.1)
+
+
+def test_other_cpu_cores_is_machine_busy_time_less_own_over_wall():
+  # (wall s, machine busy CPU s, own CPU s): 10 s in which the machine was busy 25 CPU s, 5 ours.
+  assert bench_vs_torch.other_cpu_cores((100.0, 50.0, 3.0), (110.0, 75.0, 8.0)) == 2.0
+  assert bench_vs_torch.other_cpu_cores((0.0, 10.0, 1.0), (1.0, 10.5, 1.5)) == 0.0
+  a = bench_vs_torch.cpu_sample()
+  x = 0.0
+  while bench_vs_torch.cpu_sample()[0] - a[0] < 0.2:  # keep one core busy ourselves
+    x += 1.0
+  b = bench_vs_torch.cpu_sample()
+  assert b[2] - a[2] > 0.05  # our own CPU time is counted
+  assert 0.0 <= bench_vs_torch.other_cpu_cores(a, b) <= os.cpu_count()
 
 
 def test_roofline_compute_and_memory_bound():
@@ -70,6 +84,7 @@ def test_posconv_rows_quick(capsys):
     assert r["default_impl"] == ("per_group" if jax.default_backend() == "cpu" else "xla")
     assert r["cpu_model"] and isinstance(r["quiet"], bool)
     assert r["quiet"] == (max(r["loadavg_before"][0], r["loadavg_after"][0]) <= 1.5)
+    assert 0.0 <= r["other_cpu_cores"] <= os.cpu_count()
     assert r["jax_median_ms"] > 0 and r["jax_xla_median_ms"] > 0 and r["torch_eager_median_ms"] > 0
 
 
