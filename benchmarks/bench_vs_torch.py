@@ -623,6 +623,16 @@ def dmf_model_rows(args, device):
     batch = dm.random_batch(c, b, vocab)
     model, variables, tm = dm.build_pair(c, kind, batch, device=device)
     check = dm.step0_loss_deviation(model, variables, tm, batch, device)
+    # Batch-1 inference: both sides' outputs before any step changes the PyTorch weights.
+    b1 = {k: v[:1] for k, v in batch.items()}
+    infer = jax.jit(lambda v, x, m: model.apply(v, x, mask=m, train=False).log_probs)
+    j_in = (dm.inputs_of(b1), b1["mask"])
+    tb1 = dm.torch_batch(b1, device)
+    tm.eval()
+    with torch.no_grad():
+      t_out = tm(tb1, tb1["mask"], False, None)[0].cpu().numpy()
+    infer_dev = float(np.max(np.abs(t_out - np.asarray(infer(variables, *j_in)))))
+    saved = dm.snapshot(tm)  # the timed PyTorch steps update it in place; restored below
     params = variables["params"]
     state = {k: v for k, v in variables.items() if k != "params"}
     tx = dm.optimizer(params, state.get("memory", {}))
@@ -655,31 +665,25 @@ def dmf_model_rows(args, device):
     rows.append(run_comparison(f"vs_torch_dmf_model_train_step_{kind}", "dmf_model", impls,
                                timing, shape, extra))
     common.emit(rows[-1])
-    # Batch-1 inference latency (evaluation forward: memory read, no write).
-    b1 = {k: v[:1] for k, v in batch.items()}
-    infer = jax.jit(lambda v, x, m: model.apply(v, x, mask=m, train=False).log_probs)
-    j_in = (dm.inputs_of(b1), b1["mask"])
+    # Batch-1 inference latency (evaluation forward: memory read, no write), same weights again.
+    dm.restore(tm, saved)
     impls = {"jax": lambda infer=infer, variables=variables, j_in=j_in:
              jax.block_until_ready(infer(variables, *j_in))}
-    tb1 = dm.torch_batch(b1, device)
-    outs = {}
     for name, compiled in (("torch_eager", False), ("torch_compile", True)):
       if compiled and args.no_compile:
         continue
       forward = torch.compile(tm) if compiled else tm
 
-      def torch_infer(forward=forward, tm=tm, tb1=tb1, name=name):
+      def torch_infer(forward=forward, tm=tm, tb1=tb1):
         tm.eval()
         with torch.no_grad():
-          outs[name] = forward(tb1, tb1["mask"], False, None)[0]
+          out = forward(tb1, tb1["mask"], False, None)[0]
         _sync(device)
+        return out
       impls[name] = torch_infer
-    j_out = np.asarray(infer(variables, *j_in))
-    impls["torch_eager"]()
-    dev = float(np.max(np.abs(outs["torch_eager"].cpu().numpy() - j_out)))
     rows.append(run_comparison(f"vs_torch_dmf_model_infer_b1_{kind}", "dmf_model_infer", impls,
                                (args.rounds, args.iters, args.warmup), dict(shape, batch=1),
-                               {"kind": kind, "max_abs_dev_log_probs": dev}))
+                               {"kind": kind, "max_abs_dev_log_probs": infer_dev}))
     common.emit(rows[-1])
   return rows
 

@@ -312,6 +312,24 @@ def torch_train_step(tm, forward, opt, tb: dict, noise):
   return loss
 
 
+def snapshot(tm: TorchDMFModel) -> tuple:
+  """Copies of the PyTorch model's weights, memory and batch statistics (:func:`restore`)."""
+  state = {k: v.detach().clone() for k, v in tm.state_dict().items()}
+  if isinstance(tm.fusion, tr.TorchNaive):
+    return state, None, None
+  return (state, {k: v.clone() for k, v in tm.fusion.memory.items()},
+          {n: {k: v.clone() for k, v in s.items()} for n, s in tm.fusion.batch_stats.items()})
+
+
+def restore(tm: TorchDMFModel, saved: tuple) -> None:
+  """Puts back what :func:`snapshot` copied (undoing the optimizer steps and memory writes)."""
+  state, memory, stats = saved
+  tm.load_state_dict(state)
+  if memory is not None:
+    tm.fusion.memory = {k: v.clone() for k, v in memory.items()}
+    tm.fusion.batch_stats = {n: {k: v.clone() for k, v in s.items()} for n, s in stats.items()}
+
+
 def torch_gumbel(tm, batch: int, device: str = "cpu"):
   """Fresh Gumbel noise ``(g_a, g_t)`` (B, n) drawn by torch (None for the naive model)."""
   if isinstance(tm.fusion, tr.TorchNaive):

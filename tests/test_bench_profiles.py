@@ -108,8 +108,19 @@ def test_whole_dmf_model_twin_same_loss_and_frozen_parts(kind):
   n_frozen_jax = sum(jax.tree.leaves(frozen_mask(variables["params"])))
   assert n_frozen_jax == len(frozen_t)
   before = {n: p.detach().clone() for n, p in tm.named_parameters()}
+  saved = dm.snapshot(tm)
   opt = dm.torch_optimizer(tm)
   dm.torch_train_step(tm, tm, opt, dm.torch_batch(batch), dm.torch_gumbel(tm, 2))
   after = dict(tm.named_parameters())
   assert all(torch.equal(before[n], after[n]) for n in frozen_t)
   assert any(not torch.equal(before[n], after[n]) for n in after if n not in frozen_t)
+  dm.restore(tm, saved)  # the step undone: step 0's loss again
+  assert dm.step0_loss_deviation(model, variables, tm, batch)["loss_abs_dev"] < 1e-5
+  # Evaluation forward at batch 1 (memory read only): equal log-probabilities.
+  b1 = {k: v[:1] for k, v in batch.items()}
+  j = model.apply(variables, dm.inputs_of(b1), mask=b1["mask"], train=False).log_probs
+  tm.eval()
+  tb1 = dm.torch_batch(b1)
+  with torch.no_grad():
+    t = tm(tb1, tb1["mask"], False, None)[0].numpy()
+  np.testing.assert_allclose(t, np.asarray(j), atol=1e-5)
