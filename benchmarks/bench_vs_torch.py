@@ -636,11 +636,16 @@ def dmf_model_rows(args, device):
     params = variables["params"]
     state = {k: v for k, v in variables.items() if k != "params"}
     tx = dm.optimizer(params, state.get("memory", {}))
-    opt_state = tx.init(params)
-    step = jax.jit(dm.make_jax_train_step(model, tx))
+    # As the trainer: the state is donated and carried from step to step (new memory included).
+    step = jax.jit(dm.make_jax_train_step(model, tx), donate_argnums=(0, 1, 2))
+    carry = [jax.tree.map(jnp.copy, params), jax.tree.map(jnp.copy, state), tx.init(params)]
     key = jax.random.key(1)
-    impls = {"jax": lambda step=step, params=params, state=state, opt_state=opt_state, batch=batch:
-             jax.block_until_ready(step(params, state, opt_state, batch, key))}
+
+    def jax_step(step=step, carry=carry, batch=batch):
+      out = step(*carry, batch, key)
+      carry[:] = out[:3]
+      return jax.block_until_ready(out[3])
+    impls = {"jax": jax_step}
     tb = dm.torch_batch(batch, device)
     for name, compiled in (("torch_eager", False), ("torch_compile", True)):
       if compiled and args.no_compile:
@@ -709,6 +714,8 @@ def main(argv=None):
   p.add_argument("--seconds", type=float, default=5.0, help="audio length (DMF: 5 s)")
   p.add_argument("--tokens", type=int, default=30, help="text length (DMF: 30)")
   p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+  p.add_argument("--torch-threads", type=int, default=None,
+                 help="torch.set_num_threads (default: PyTorch's, one per core)")
   p.add_argument("--mbaf-compile", default="quick,cebs",
                  help="MBAF cases also run under torch.compile (IEMOCAP's l = 6,848 with 64 "
                       "unrolled writes compiles for minutes)")
@@ -726,6 +733,8 @@ def main(argv=None):
   except ImportError as e:
     raise SystemExit("bench_vs_torch needs PyTorch: pip install -e '.[bench]'") from e
   device = "cuda" if torch.cuda.is_available() else "cpu"
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
   if "dmf" in only:
     for rec in dmf_rows(args, device):
       common.emit(rec)

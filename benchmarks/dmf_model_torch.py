@@ -151,8 +151,8 @@ def make_jax_train_step(model, tx):
         lambda p: jax_loss(model, state, p, batch, {"dropout": k_drop, "gumbel": k_gum}),
         has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    state = {**state, "memory": jax.lax.stop_gradient(memory) or state.get("memory", {}),
-             "batch_stats": stats or state.get("batch_stats", {})}
+    new = {"memory": jax.lax.stop_gradient(memory), "batch_stats": stats}
+    state = {k: new[k] if k in new and new[k] else v for k, v in state.items()}  # same tree
     return optax.apply_updates(params, updates), state, opt_state, loss
   return step
 
