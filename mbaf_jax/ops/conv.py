@@ -34,6 +34,9 @@ import functools
 import jax
 from jax import lax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+from mbaf_jax.ops import sharding
 
 IMPLS = ("auto", "xla", "per_group")
 _DIMS = ("NWC", "WIO", "NWC")
@@ -75,12 +78,17 @@ def _per_group_bwd(padding, groups, res, dy):
   # Weight gradient: one plain convolution per group, batch contracted as the feature axis.
   c, m = w.shape[1], w.shape[2] // groups
   xp = jnp.pad(x, ((0, 0), padding, (0, 0)))
+  # A batch sharded over an Explicit mesh is the contracted axis here: the weight gradient is
+  # replicated, like the weight (None elsewhere: XLA decides, as before).
+  out_sharding = (sharding.like(x, PartitionSpec()) if sharding.is_explicitly_sharded(x)
+                  else None)
   dws = []
   for g in range(groups):
     lhs = jnp.transpose(xp[:, :, g * c:(g + 1) * c], (2, 1, 0))  # (c, T + pads, B)
     rhs = jnp.transpose(dy[:, :, g * m:(g + 1) * m], (1, 0, 2))  # (T_out, B, m)
     dws.append(lax.conv_general_dilated(lhs, rhs, window_strides=(1,), padding="VALID",
-                                        dimension_numbers=_DIMS))  # (c, K, m)
+                                        dimension_numbers=_DIMS,
+                                        out_sharding=out_sharding))  # (c, K, m)
   dw = jnp.transpose(jnp.concatenate(dws, axis=2), (1, 0, 2))  # (K, c, groups · m)
   return dx, dw.astype(w.dtype)
 
