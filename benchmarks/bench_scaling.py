@@ -26,6 +26,7 @@ from flax import linen as nn  # noqa: E402
 from benchmarks import common  # noqa: E402
 from mbaf_jax.fusion import DualMemoryFusion  # noqa: E402
 from train import parallel  # noqa: E402
+from train import steps  # noqa: E402
 
 
 class FusionClassifier(nn.Module):
@@ -70,15 +71,15 @@ def make(sizes, batch):
             rngs={"gumbel": jax.random.fold_in(key, st["step"])},
             mutable=["memory", "batch_stats"])
         ce = -jnp.take_along_axis(logp, b["label"][:, None], 1)[:, 0]
-        return (parallel.global_masked_mean(ce, b["mask"], axis_name)
-                + parallel.device_share(aux["memory_similarity"], axis_name)), nv
+        return (steps.global_masked_mean(ce, b["mask"], axis_name)
+                + steps.device_share(aux["memory_similarity"], axis_name)), nv
       (loss, nv), g = jax.value_and_grad(loss_fn, has_aux=True)(st["params"])
-      g = parallel.sum_over_devices(g, axis_name)
+      g = steps.sum_over_devices(g, axis_name)
       upd, opt = tx.update(g, st["opt"], st["params"])
       return ({"params": optax.apply_updates(st["params"], upd), "opt": opt,
                "bs": nv["batch_stats"], "const": st["const"],
                "mem": jax.lax.stop_gradient(nv["memory"]), "step": st["step"] + 1},
-              {"loss": parallel.sum_over_devices(loss, axis_name)})
+              {"loss": steps.sum_over_devices(loss, axis_name)})
     return step
 
   return state, data, build_step

@@ -25,6 +25,7 @@ from train import loop
 from train import checkpoints
 from train import multihost
 from train import parallel
+from train import steps
 from train import validate
 
 import plans  # tests/plans.py
@@ -91,13 +92,13 @@ def build_step(axis_name):
           variables, batch["xa"], batch["xt"], batch["mask"], train=True,
           rngs={"gumbel": key}, mutable=["memory", "batch_stats"])
       ce = -jnp.take_along_axis(logp, batch["label"][:, None], axis=1)[:, 0]
-      loss = (parallel.global_masked_mean(ce, batch["mask"], axis_name)
-              + parallel.device_share(aux["memory_similarity"], axis_name))
+      loss = (steps.global_masked_mean(ce, batch["mask"], axis_name)
+              + steps.device_share(aux["memory_similarity"], axis_name))
       return loss, new_vars
 
     (loss, new_vars), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    grads = parallel.sum_over_devices(grads, axis_name)
-    loss = parallel.sum_over_devices(loss, axis_name)
+    grads = steps.sum_over_devices(grads, axis_name)
+    loss = steps.sum_over_devices(loss, axis_name)
     updates, opt_state = TX.update(grads, state["opt_state"], state["params"])
     new_state = {"params": optax.apply_updates(state["params"], updates),
                  "opt_state": opt_state, "batch_stats": new_vars["batch_stats"],
@@ -181,11 +182,11 @@ def test_global_masked_mean_shares_sum_to_global_mean():
   v = rng.normal(size=(8, 3)).astype(np.float32)
   m = np.array([1, 1, 0, 1, 0, 0, 1, 1], np.float32)
   want = (v.sum(-1) * m).sum() / m.sum()
-  shares = jax.pmap(lambda a, b: parallel.global_masked_mean(a, b, "i"), axis_name="i",
+  shares = jax.pmap(lambda a, b: steps.global_masked_mean(a, b, "i"), axis_name="i",
                     devices=jax.devices()[:4])(v.reshape(4, 2, 3), m.reshape(4, 2))
   np.testing.assert_allclose(np.sum(shares), want, rtol=1e-6)
-  np.testing.assert_allclose(parallel.global_masked_mean(v, m), want, rtol=1e-6)
-  assert float(parallel.global_masked_mean(v, np.zeros(8))) == 0.0
+  np.testing.assert_allclose(steps.global_masked_mean(v, m), want, rtol=1e-6)
+  assert float(steps.global_masked_mean(v, np.zeros(8))) == 0.0
 
 
 def test_host_local_to_global_single_process_layout():

@@ -19,9 +19,9 @@ returns ``step(state, batch, key) -> (state, metrics)``, a pure function of its 
   ``axis_name`` (the writer all-gathers the batch, batch norm syncs its statistics, the
   Gumbel noise is drawn for the global batch and sliced), (ii) normalise its loss so that
   the *sum over devices* of the per-device losses is the global loss
-  (:func:`global_masked_mean` for per-row terms, :func:`device_share` for terms computed
+  (``steps.global_masked_mean`` for per-row terms, ``steps.device_share`` for terms computed
   from the gathered global batch, e.g. DMF Eq. 4's similarity loss), and (iii) sum the
-  gradients over devices (:func:`sum_over_devices`) before the optimiser update. Then every
+  gradients over devices (``steps.sum_over_devices``) before the optimiser update. Then every
   device holds the same params and the same memory (write-then-carry, DMF §2.2), equal to
   the single-device run.
 
@@ -55,48 +55,6 @@ PARALLELISMS = ("jit", "pmap")  # config.train.parallelism
 BATCH_AXIS = "batch"  # the name of the batch axis: the jit mesh's axis and the pmap axis
 AXIS_TYPES = {"auto": AxisType.Auto, "explicit": AxisType.Explicit}
 
-
-
-# --------------------------------------------------------------------------- loss helpers
-def global_masked_mean(values, mask, axis_name: str | None = None):
-  """This device's share of the masked mean over the global batch.
-
-  ``Σ_devices global_masked_mean(v_i, m_i, axis) == Σ_all v·m / Σ_all m``, so with gradients
-  summed over devices (:func:`sum_over_devices`) a pmap step equals the single-device step.
-  With ``axis_name=None`` it is the ordinary masked mean of the (global) batch.
-
-  Args:
-    values: ``(B, ...)`` per-row values (extra axes are summed per row).
-    mask: ``(B,)`` mask, 1 = real row.
-    axis_name: pmap axis, or ``None``.
-
-  Returns:
-    Scalar. An all-padded global batch gives 0 (the denominator is clamped to 1).
-  """
-  m = jnp.asarray(mask, jnp.float32)
-  v = jnp.asarray(values, jnp.float32).reshape(m.shape[0], -1).sum(-1)
-  num, den = jnp.sum(v * m), jnp.sum(m)
-  if axis_name is not None:
-    den = jax.lax.psum(den, axis_name)
-  return num / jnp.maximum(den, 1.0)
-
-
-def device_share(x, axis_name: str | None = None):
-  """This device's share ``x / P`` of a term every device computes identically.
-
-  For terms computed from the all-gathered global batch (e.g. DMF Eq. 4 on the new
-  memories): summing the shares over the ``P`` devices gives ``x`` once.
-  """
-  if axis_name is None:
-    return x
-  return x / jax.lax.axis_size(axis_name)
-
-
-def sum_over_devices(tree, axis_name: str | None = None):
-  """``psum`` of a pytree (e.g. gradients) over ``axis_name``; identity when ``None``."""
-  if axis_name is None:
-    return tree
-  return jax.lax.psum(tree, axis_name)
 
 
 # --------------------------------------------------------------------------- mesh + sharding

@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import optax
 
 from mbaf_jax.fusion.dual_memory import DIAGNOSTICS
-from train import parallel
 
 COLLECTIONS = ("memory", "batch_stats", "constants")
 
@@ -149,6 +148,47 @@ def with_axis_name(model: nn.Module, axis_name: str | None) -> nn.Module:
   return model.clone(fusion=fusion)
 
 
+def global_masked_mean(values, mask, axis_name: str | None = None):
+  """This device's share of the masked mean over the global batch.
+
+  ``Σ_devices global_masked_mean(v_i, m_i, axis) == Σ_all v·m / Σ_all m``, so with gradients
+  summed over devices (:func:`sum_over_devices`) a pmap step equals the single-device step.
+  With ``axis_name=None`` it is the ordinary masked mean of the (global) batch.
+
+  Args:
+    values: ``(B, ...)`` per-row values (extra axes are summed per row).
+    mask: ``(B,)`` mask, 1 = real row.
+    axis_name: pmap axis, or ``None``.
+
+  Returns:
+    Scalar. An all-padded global batch gives 0 (the denominator is clamped to 1).
+  """
+  m = jnp.asarray(mask, jnp.float32)
+  v = jnp.asarray(values, jnp.float32).reshape(m.shape[0], -1).sum(-1)
+  num, den = jnp.sum(v * m), jnp.sum(m)
+  if axis_name is not None:
+    den = jax.lax.psum(den, axis_name)
+  return num / jnp.maximum(den, 1.0)
+
+
+def device_share(x, axis_name: str | None = None):
+  """This device's share ``x / P`` of a term every device computes identically.
+
+  For terms computed from the all-gathered global batch (e.g. DMF Eq. 4 on the new
+  memories): summing the shares over the ``P`` devices gives ``x`` once.
+  """
+  if axis_name is None:
+    return x
+  return x / jax.lax.axis_size(axis_name)
+
+
+def sum_over_devices(tree, axis_name: str | None = None):
+  """``psum`` of a pytree (e.g. gradients) over ``axis_name``; identity when ``None``."""
+  if axis_name is None:
+    return tree
+  return jax.lax.psum(tree, axis_name)
+
+
 def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
                     axis_name: str | None = None):
   """The train step for a model's ``apply`` and an optimiser (closed over, not traced).
@@ -158,9 +198,9 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
     tx: the optimiser.
     axis_name: ``None``: the step sees the global batch (one device, or jit over a mesh).
       A pmap axis: the step sees this device's rows; the cross-entropy is this device's share
-      of the global masked mean (``parallel.global_masked_mean``), the fusion's aux terms
+      of the global masked mean (``global_masked_mean``), the fusion's aux terms
       (computed from the gathered global batch) are divided by the device count
-      (``parallel.device_share``), the gradients are summed over devices and the metrics are
+      (``device_share``), the gradients are summed over devices and the metrics are
       global, so every device makes the update of the single-device step.
 
   Returns:
@@ -179,21 +219,21 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
       out, new_vars = apply_fn(state.variables(params), inputs, mask=mask, train=True,
                                rngs=rngs, mutable=["memory", "batch_stats", DIAGNOSTICS])
       picked = jnp.take_along_axis(out.log_probs, labels[:, None].astype(jnp.int32), axis=-1)
-      ce = parallel.global_masked_mean(-picked[:, 0], mask, axis_name)
+      ce = global_masked_mean(-picked[:, 0], mask, axis_name)
       aux = sum((jnp.asarray(v, jnp.float32) for v in out.aux.values()),
                 jnp.zeros((), jnp.float32))
-      aux = parallel.device_share(aux, axis_name)
+      aux = device_share(aux, axis_name)
       return ce + aux, (ce, aux, out.log_probs, new_vars)
 
     grads, (ce, aux, log_probs, new_vars) = jax.grad(loss_fn, has_aux=True)(state.params)
     new_vars = dict(new_vars)
     diagnostics = diagnostic_scalars(new_vars.pop(DIAGNOSTICS, {}), axis_name)
-    grads = parallel.sum_over_devices(grads, axis_name)
+    grads = sum_over_devices(grads, axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     m = mask.astype(jnp.float32)
     correct = jnp.sum(m * (jnp.argmax(log_probs, -1) == labels))
-    ce, aux, correct, count = parallel.sum_over_devices((ce, aux, correct, jnp.sum(m)), axis_name)
+    ce, aux, correct, count = sum_over_devices((ce, aux, correct, jnp.sum(m)), axis_name)
     loss = ce + aux
     bad = jnp.logical_and(state.first_nonfinite < 0, ~jnp.isfinite(loss))
     new_state = state.replace(
