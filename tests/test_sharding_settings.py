@@ -246,11 +246,14 @@ def close(got, want, what):
 
 def _cases():
   """The fast set is the setting a pipeline hands over (sharded inputs, no mesh context; the NNX
-  DMF runs the Linen DMF's code, so it is in the slow set with the other settings); Linen's set_mesh, Auto and shard_map runs are also in tests/test_explicit_sharding.py and
-  its pmap runs in tests/test_dual_memory.py and tests/test_mbaf.py."""
+  DMF runs the Linen DMF's code, so it is in the slow set with the other settings). Linen's
+  set_mesh, Auto and shard_map runs of the three layers are tests/test_explicit_sharding.py's;
+  here Linen runs the settings that file lacks (no mesh context, pmap)."""
   for setting in SETTINGS:
     for name in LAYERS:
       for api in FORWARDS:
+        if api == "linen" and setting in ("set_mesh", "auto", "shard_map"):
+          continue  # tests/test_explicit_sharding.py runs these
         fast = setting == "no_context" and (api == "linen" or name != "dmf")  # same code path
         marks = () if fast else (pytest.mark.slow,)
         yield pytest.param(setting, name, api, marks=marks, id=f"{setting}-{name}-{api}")
